@@ -1,0 +1,171 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::connector::store::{open, parse_key_value};
+use crate::contract::time::{rfc3339, DAY_MS, HOUR_MS};
+use crate::gen::GenSpec;
+
+/// Write a deterministic synthetic archive of the ad-events topic.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  adsproc gen --out ./archive --events 1000000 --hours 24\n  adsproc gen --out s3://bucket/archive --events 10000000 --duplicate-fraction 0.05 --seed 7")]
+pub struct Args {
+    /// Archive root (directory or s3:// prefix); files go to `<out>/<topic>/dt=…/hr=…/`.
+    #[arg(long)]
+    out: String,
+    #[command(flatten)]
+    knobs: Knobs,
+    /// Object store setting, key=value (repeatable), for s3:// locations.
+    #[arg(long = "store-option", value_parser = parse_key_value)]
+    store_options: Vec<(String, String)>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Knobs {
+    /// Number of archived messages (duplicates and malformed ones included).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// First ingest hour (RFC 3339, rounded down to the hour).
+    #[arg(long, default_value = "2026-01-01T00:00:00Z", value_parser = super::parse_time)]
+    start: i64,
+    /// Number of ingest hours.
+    #[arg(long, default_value_t = 24)]
+    hours: u32,
+    /// Distinct ads; traffic over them is Zipf-skewed.
+    #[arg(long, default_value_t = 10_000)]
+    ads: u32,
+    /// Zipf exponent of ad popularity.
+    #[arg(long, default_value_t = 1.1)]
+    zipf_exponent: f64,
+    #[arg(long, default_value_t = 2)]
+    regions: u32,
+    /// Kafka partitions of the topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Parquet files per ingest hour (each holds a subset of partitions).
+    #[arg(long, default_value_t = 4)]
+    files_per_hour: u32,
+    #[arg(long, default_value_t = 0.1)]
+    click_fraction: f64,
+    /// Fraction of messages that are client retries of an earlier event.
+    #[arg(long, default_value_t = 0.03)]
+    duplicate_fraction: f64,
+    /// Fraction of events that arrive late (15 s to 25 min after their event time).
+    #[arg(long, default_value_t = 0.02)]
+    late_fraction: f64,
+    /// Fraction of messages with a missing, wrong or out-of-range field.
+    #[arg(long, default_value_t = 0.01)]
+    malformed_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value = "ad-events")]
+    topic: String,
+}
+
+impl Knobs {
+    fn spec(&self) -> anyhow::Result<GenSpec> {
+        for (name, v) in [
+            ("--click-fraction", self.click_fraction),
+            ("--duplicate-fraction", self.duplicate_fraction),
+            ("--late-fraction", self.late_fraction),
+            ("--malformed-fraction", self.malformed_fraction),
+        ] {
+            anyhow::ensure!((0.0..=1.0).contains(&v), "{name} must be between 0 and 1, not {v}");
+        }
+        anyhow::ensure!(self.duplicate_fraction + self.malformed_fraction <= 1.0, "--duplicate-fraction plus --malformed-fraction exceed 1");
+        anyhow::ensure!(self.zipf_exponent > 0.0, "--zipf-exponent must be positive");
+        Ok(GenSpec {
+            events: self.events,
+            start: crate::contract::time::floor_to(self.start, HOUR_MS),
+            hours: self.hours,
+            ads: self.ads,
+            zipf_exponent: self.zipf_exponent,
+            regions: self.regions,
+            partitions: self.partitions,
+            files_per_hour: self.files_per_hour,
+            click_fraction: self.click_fraction,
+            duplicate_fraction: self.duplicate_fraction,
+            late_fraction: self.late_fraction,
+            malformed_fraction: self.malformed_fraction,
+            seed: self.seed,
+            topic: self.topic.clone(),
+        })
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let spec = a.knobs.spec()?;
+    let rt = super::tokio_runtime()?;
+    let loc = open(&a.out, &a.store_options, true).map_err(|e| anyhow::anyhow!("--out: {e:#}"))?;
+    let started = std::time::Instant::now();
+    let (files, rows) = spec.write(&loc, rt.handle())?;
+    println!(
+        "wrote {rows} messages in {files} files to {}/{} (ingest hours {} to {}) in {:.1} s",
+        a.out.trim_end_matches('/'),
+        spec.topic,
+        rfc3339(spec.start),
+        rfc3339(spec.start + i64::from(spec.hours) * HOUR_MS),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Generate a day of synthetic events into a local archive and backfill it (no broker needed).
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Working directory for the archive and the output.
+    #[arg(long, default_value = "out/demo")]
+    dir: PathBuf,
+    /// Messages to generate over the day.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+}
+
+pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let archive = a.dir.join("archive");
+    let output = a.dir.join("output");
+    let start = "2026-01-01T00:00:00Z";
+    println!("1/2 generating {} messages over one day into {}", a.events, archive.display());
+    let code = run(Args {
+        out: archive.display().to_string(),
+        knobs: Knobs {
+            events: a.events,
+            start: super::parse_time(start).expect("valid literal"),
+            hours: 24,
+            ads: 10_000,
+            zipf_exponent: 1.1,
+            regions: 2,
+            partitions: 8,
+            files_per_hour: 4,
+            click_fraction: 0.1,
+            duplicate_fraction: 0.03,
+            late_fraction: 0.02,
+            malformed_fraction: 0.01,
+            seed: 42,
+            topic: "ad-events".into(),
+        },
+        store_options: vec![],
+    })?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let from = super::parse_time(start).expect("valid literal");
+    println!("2/2 backfilling the day's windows into {}", output.display());
+    let argv = [
+        "backfill".to_string(),
+        "--job".into(),
+        "aggregation".into(),
+        "--source".into(),
+        archive.display().to_string(),
+        "--sink".into(),
+        output.display().to_string(),
+        "--from".into(),
+        rfc3339(from),
+        "--to".into(),
+        rfc3339(from + DAY_MS),
+    ];
+    let parsed = <super::Cli as clap::Parser>::try_parse_from(std::iter::once("adsproc".to_string()).chain(argv))?;
+    match parsed.command {
+        super::Command::Backfill(b) => super::backfill::run(b),
+        _ => unreachable!("parsed a backfill command"),
+    }
+}

@@ -1,0 +1,173 @@
+//! The Parquet archive of a topic (contract §3): `<root>/<topic>/dt=YYYY-MM-DD/hr=HH/*.parquet`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use tokio::runtime::Handle;
+
+use super::store::Location;
+use crate::contract::schema::{archive_schema, normalize};
+use crate::contract::time::{hive_hour_dir, parse_hive_date, parse_hive_hour, DAY_MS};
+use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition};
+
+/// Rows per decoded batch: large enough to amortize per-batch work, small enough for cache.
+const BATCH_ROWS: usize = 64 * 1024;
+
+pub struct ParquetArchive {
+    location: Location,
+    topic: String,
+    rt: Handle,
+}
+
+impl ParquetArchive {
+    pub fn new(location: Location, topic: &str, rt: Handle) -> Self {
+        Self { location, topic: topic.to_string(), rt }
+    }
+
+    fn topic_dir(&self) -> Path {
+        self.location.child(&self.topic)
+    }
+
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.location.store
+    }
+
+    /// `dt=` directories with their day start, ascending.
+    fn days(&self) -> anyhow::Result<Vec<(i64, Path)>> {
+        let dir = self.topic_dir();
+        let listing = self
+            .rt
+            .block_on(self.store().list_with_delimiter(Some(&dir)))
+            .with_context(|| format!("cannot list {}/{}", self.location.url, self.topic))?;
+        let mut days: Vec<(i64, Path)> = listing
+            .common_prefixes
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.filename()?.to_string();
+                Some((parse_hive_date(&name)?, p))
+            })
+            .collect();
+        days.sort_by_key(|d| d.0);
+        Ok(days)
+    }
+
+    fn hours_of_day(&self, day: &Path) -> anyhow::Result<Vec<(i64, Path)>> {
+        let listing = self
+            .rt
+            .block_on(self.store().list_with_delimiter(Some(day)))
+            .with_context(|| format!("cannot list {day}"))?;
+        let dt = day.filename().unwrap_or_default().to_string();
+        let mut hours: Vec<(i64, Path)> = listing
+            .common_prefixes
+            .into_iter()
+            .filter_map(|p| {
+                let hr = p.filename()?.to_string();
+                Some((parse_hive_hour(&dt, &hr)?, p))
+            })
+            .collect();
+        hours.sort_by_key(|h| h.0);
+        Ok(hours)
+    }
+}
+
+impl ArchiveSource for ParquetArchive {
+    fn describe(&self) -> String {
+        format!("{}/{}", self.location.url.trim_end_matches('/'), self.topic)
+    }
+
+    fn hours(&self, from: i64, to: i64) -> anyhow::Result<Vec<HourPartition>> {
+        let mut out = Vec::new();
+        for (day, day_path) in self.days()? {
+            if day + DAY_MS <= from || day >= to {
+                continue;
+            }
+            for (hour, hour_path) in self.hours_of_day(&day_path)? {
+                if hour < from || hour >= to {
+                    continue;
+                }
+                let metas: Vec<_> = self
+                    .rt
+                    .block_on(self.store().list(Some(&hour_path)).try_collect::<Vec<_>>())
+                    .with_context(|| format!("cannot list {hour_path}"))?;
+                let mut files: Vec<ArchiveFile> = metas
+                    .into_iter()
+                    .filter(|m| m.location.as_ref().ends_with(".parquet"))
+                    .map(|m| ArchiveFile { path: m.location.to_string(), size: m.size })
+                    .collect();
+                files.sort_by(|a, b| a.path.cmp(&b.path));
+                out.push(HourPartition { hour, files });
+            }
+        }
+        Ok(out)
+    }
+
+    fn bounds(&self) -> anyhow::Result<Option<(i64, i64)>> {
+        let days = self.days()?;
+        let first = days.iter().find_map(|(_, d)| self.hours_of_day(d).ok()?.first().map(|h| h.0));
+        let last = days.iter().rev().find_map(|(_, d)| self.hours_of_day(d).ok()?.last().map(|h| h.0));
+        Ok(first.zip(last))
+    }
+
+    fn read(&self, file: &ArchiveFile) -> anyhow::Result<Vec<RecordBatch>> {
+        let path = Path::parse(&file.path)?;
+        let bytes = self
+            .rt
+            .block_on(async { self.store().get(&path).await?.bytes().await })
+            .with_context(|| format!("cannot read {}", file.path))?;
+        decode_parquet(bytes).with_context(|| format!("archive file {}", file.path))
+    }
+}
+
+/// Decodes the archive columns of a Parquet file into canonical batches.
+pub fn decode_parquet(bytes: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).context("not a readable Parquet file")?;
+    let wanted = archive_schema();
+    let file_schema = builder.schema().clone();
+    let indices: Vec<usize> = file_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| wanted.field_with_name(f.name()).is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()?;
+    let mut out = Vec::new();
+    let mut warned = false;
+    for batch in reader {
+        let batch = batch.context("corrupt data in Parquet file")?;
+        let (canonical, missing) = normalize(&batch)?;
+        if !missing.is_empty() && !warned {
+            tracing::warn!("columns {missing:?} are missing; their rows go to the dead-letter output");
+            warned = true;
+        }
+        out.push(canonical);
+    }
+    Ok(out)
+}
+
+/// Writes one archive file under its ingest hour's directory (used by `gen` and the tests'
+/// archiver). `batch` must hold the archive columns of a single ingest hour.
+pub fn write_archive_file(location: &Location, rt: &Handle, topic: &str, hour: i64, name: &str, batch: &RecordBatch) -> anyhow::Result<()> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);
+    let mut w = ArrowWriter::try_new(&mut buf, archive_schema(), Some(props))?;
+    w.write(batch)?;
+    w.close()?;
+    let path = location.child(&format!("{topic}/{}/{name}", hive_hour_dir(hour)));
+    rt.block_on(location.store.put(&path, PutPayload::from(buf)))
+        .with_context(|| format!("cannot write {path}"))?;
+    Ok(())
+}

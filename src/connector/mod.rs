@@ -1,0 +1,6 @@
+//! Layer 4: connectors. Object stores, the Parquet archive (read and written) and the
+//! Hive-partitioned Parquet sinks; the Kafka connector joins them with the stream runtime.
+
+pub mod archive;
+pub mod parquet_sink;
+pub mod store;

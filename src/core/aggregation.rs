@@ -1,0 +1,359 @@
+//! The aggregation operator: validate → lateness → dedupe → tumbling-window count.
+//!
+//! One implementation for both modes. The runtime chooses only *how results leave*:
+//! [`Emit::Updates`] (the stream job: a window's result when the watermark passes its end,
+//! then a corrected result for every late update, all under one record_uuid) or
+//! [`Emit::FinalOnly`] (a backfill: each window once, when it can no longer change). The last
+//! value of every record_uuid is the same either way, and so is every dead letter.
+
+use std::ops::Range;
+
+use arrow::array::{Array, RecordBatch};
+
+use super::audit::Audit;
+use super::batch_view::{BatchView, ABSENT, CLICK, OTHER_TYPE};
+use super::config::{AggregationRules, OptionalField};
+use super::dedupe::{self, DedupeState, Position};
+use super::interner::Interner;
+use super::reason::Reject;
+use super::windows::{WindowTable, WindowValue};
+use crate::contract::columns as c;
+use crate::contract::outputs::{AdMetric, DeadLetter};
+use crate::contract::record_uuid;
+use crate::contract::time::floor_to;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    Updates,
+    FinalOnly,
+}
+
+/// How late an event may be ingested and still count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lateness {
+    /// The job's rule: out-of-orderness + allowed lateness after the window's end.
+    Bounded,
+    /// `--complete`: every valid event counts, however late (a restatement).
+    Unbounded,
+}
+
+/// What part of the results this operator is responsible for emitting. A backfill of
+/// [from, to) reads context around its range; it emits the windows that start in [from, to)
+/// and dead letters for messages ingested in [from, to), so adjacent backfills partition both
+/// outputs exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub window_starts: Range<i64>,
+    pub reject_ingest: Range<i64>,
+}
+
+impl Scope {
+    pub fn everything() -> Self {
+        Self { window_starts: i64::MIN..i64::MAX, reject_ingest: i64::MIN..i64::MAX }
+    }
+
+    pub fn range(from: i64, to: i64) -> Self {
+        Self { window_starts: from..to, reject_ingest: from..to }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub emit: Emit,
+    pub lateness: Lateness,
+    pub scope: Scope,
+}
+
+struct Candidate {
+    window_start: i64,
+    ad: u32,
+    region: u32,
+    click: bool,
+    campaign: u32,
+    advertiser: u32,
+}
+
+pub struct AggregationOperator {
+    rules: AggregationRules,
+    settings: Settings,
+    topic: std::sync::Arc<str>,
+    strings: Interner,
+    dedupe: DedupeState,
+    windows: WindowTable,
+    epoch: u32,
+    ingest_watermark: i64,
+    purged_before: i64,
+    last_expiry: i64,
+    audit: Audit,
+    metrics: Vec<AdMetric>,
+    dead: Vec<DeadLetter>,
+}
+
+impl AggregationOperator {
+    pub fn new(rules: AggregationRules, settings: Settings) -> Self {
+        Self {
+            topic: rules.input_topic.as_str().into(),
+            rules,
+            settings,
+            strings: Interner::default(),
+            dedupe: DedupeState::default(),
+            windows: WindowTable::default(),
+            epoch: 0,
+            ingest_watermark: i64::MIN,
+            purged_before: i64::MIN,
+            last_expiry: i64::MIN,
+            audit: Audit::default(),
+            metrics: Vec::new(),
+            dead: Vec::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &AggregationRules {
+        &self.rules
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    pub fn ingest_watermark(&self) -> i64 {
+        self.ingest_watermark
+    }
+
+    /// Sizes of the keyed state: (dedupe entries, open windows).
+    pub fn state_size(&self) -> (usize, usize) {
+        (self.dedupe.len(), self.windows.len())
+    }
+
+    /// Processes one epoch: canonical batches delivered together. `rows[i]`, when given,
+    /// selects the rows of `batches[i]` that belong to this operator's key group.
+    pub fn process_epoch(&mut self, batches: &[RecordBatch], rows: Option<&[Vec<u32>]>) {
+        self.epoch += 1;
+        let mut cands: Vec<Candidate> = Vec::new();
+        let mut arrivals: Vec<(u128, Position)> = Vec::new();
+        for (bi, batch) in batches.iter().enumerate() {
+            let mut view = BatchView::new(batch);
+            match rows {
+                Some(sel) => {
+                    cands.reserve(sel[bi].len());
+                    arrivals.reserve(sel[bi].len());
+                    for &row in &sel[bi] {
+                        self.admit(&mut view, row as usize, &mut cands, &mut arrivals);
+                    }
+                }
+                None => {
+                    cands.reserve(batch.num_rows());
+                    arrivals.reserve(batch.num_rows());
+                    for row in 0..batch.num_rows() {
+                        self.admit(&mut view, row, &mut cands, &mut arrivals);
+                    }
+                }
+            }
+        }
+        let counted = self.dedupe.resolve(self.epoch, self.rules.dedupe_ttl_ms, &arrivals);
+        for ((cand, arrival), counted) in cands.iter().zip(&arrivals).zip(counted) {
+            if !self.settings.scope.window_starts.contains(&cand.window_start) {
+                self.audit.outside_range += 1;
+            } else if !counted {
+                self.audit.duplicates += 1;
+            } else {
+                self.audit.counted += 1;
+                self.windows.add(
+                    cand.window_start,
+                    (cand.ad, cand.region),
+                    cand.click,
+                    cand.campaign,
+                    cand.advertiser,
+                    arrival.1,
+                );
+            }
+        }
+        if self.settings.emit == Emit::Updates {
+            let updates = self.windows.take_updates();
+            self.emit(updates);
+        }
+    }
+
+    /// Validates one row and applies the lateness rule; a survivor becomes a dedupe candidate.
+    #[inline]
+    fn admit(&mut self, v: &mut BatchView, row: usize, cands: &mut Vec<Candidate>, arrivals: &mut Vec<(u128, Position)>) {
+        self.audit.read += 1;
+        let ingest = BatchView::opt_i64(v.ingest, row);
+        let (cand, event_id) = match self.validate(v, row, ingest) {
+            Ok(ok) => ok,
+            Err(reject) => return self.reject(v, row, ingest, reject),
+        };
+        let ingest = ingest.expect("validated");
+        let window_end = cand.window_start + self.rules.window_ms;
+        if self.settings.lateness == Lateness::Bounded {
+            if ingest >= window_end + self.rules.out_of_orderness_ms + self.rules.allowed_lateness_ms {
+                return self.reject(v, row, Some(ingest), Reject::Late { window_end, ingest });
+            }
+            if cand.window_start < self.purged_before {
+                return self.reject(v, row, Some(ingest), Reject::AfterPurge { window_end, ingest });
+            }
+        }
+        let p = if v.partition.is_null(row) { -1 } else { v.partition.value(row) };
+        let o = if v.offset.is_null(row) { -1 } else { v.offset.value(row) };
+        arrivals.push((dedupe::key_of(event_id), (ingest, p, o)));
+        cands.push(cand);
+    }
+
+    fn validate<'b>(&mut self, v: &mut BatchView<'b>, row: usize, ingest: Option<i64>) -> Result<(Candidate, &'b str), Reject> {
+        if !v.decode_error.is_null(row) {
+            return Err(Reject::WrongType(v.decode_error.value(row).to_string()));
+        }
+        let event_id = v.event_id;
+        if event_id.is_null(row) || event_id.value(row).is_empty() {
+            return Err(Reject::MissingField(c::EVENT_ID));
+        }
+        let event_id: &'b str = event_id.value(row);
+        let click = match v.event_type.key(row) {
+            None => return Err(Reject::MissingField(c::EVENT_TYPE)),
+            Some(k) if v.event_type_codes[k] == OTHER_TYPE => {
+                return Err(match v.event_type.str(row) {
+                    None | Some("") => Reject::MissingField(c::EVENT_TYPE),
+                    Some(t) => Reject::UnknownEventType(t.to_string()),
+                });
+            }
+            Some(k) => v.event_type_codes[k] == CLICK,
+        };
+        let ad = v.ad.id(row, &mut self.strings);
+        if ad == ABSENT {
+            return Err(Reject::MissingField(c::AD_ID));
+        }
+        let Some(event_time) = BatchView::opt_i64(v.event_time, row) else {
+            return Err(Reject::MissingField(c::EVENT_TIME));
+        };
+        let region = v.region.id(row, &mut self.strings);
+        if region == ABSENT {
+            return Err(Reject::MissingField(c::REGION));
+        }
+        let Some(ingest) = ingest else {
+            return Err(Reject::MissingField(c::KAFKA_TIMESTAMP));
+        };
+        let campaign = v.campaign.id(row, &mut self.strings);
+        let advertiser = v.advertiser.id(row, &mut self.strings);
+        for f in &self.rules.also_required {
+            let present = match f {
+                OptionalField::CampaignId => campaign != ABSENT,
+                OptionalField::AdvertiserId => advertiser != ABSENT,
+                OptionalField::UserId => !v.user_id.is_null(row) && !v.user_id.value(row).is_empty(),
+                OptionalField::StoreId => !v.store_id.is_null(row) && !v.store_id.value(row).is_empty(),
+            };
+            if !present {
+                return Err(Reject::MissingField(match f {
+                    OptionalField::CampaignId => c::CAMPAIGN_ID,
+                    OptionalField::AdvertiserId => c::ADVERTISER_ID,
+                    OptionalField::UserId => c::USER_ID,
+                    OptionalField::StoreId => c::STORE_ID,
+                }));
+            }
+        }
+        if event_time > ingest.saturating_add(self.rules.max_future_ms) {
+            return Err(Reject::InFuture { event_time, ingest });
+        }
+        if event_time < ingest.saturating_sub(self.rules.max_past_ms) {
+            return Err(Reject::TooOld { event_time, ingest });
+        }
+        let window_start = floor_to(event_time, self.rules.window_ms);
+        Ok((Candidate { window_start, ad, region, click, campaign, advertiser }, event_id))
+    }
+
+    fn reject(&mut self, v: &BatchView, row: usize, ingest: Option<i64>, reject: Reject) {
+        if ingest.is_some_and(|t| !self.settings.scope.reject_ingest.contains(&t)) {
+            self.audit.outside_range += 1;
+            return;
+        }
+        if reject.is_late() {
+            self.audit.dropped_late += 1;
+        } else {
+            self.audit.invalid += 1;
+        }
+        *self.audit.rejected_by_reason.entry(reject.code()).or_default() += 1;
+        let (partition, offset, kafka_timestamp) = v.position(row);
+        let payload = v.payload(row);
+        let record_uuid = match (partition, offset) {
+            (Some(p), Some(o)) => record_uuid::dead_letter(&self.topic, p, o),
+            _ => record_uuid::dead_letter_unpositioned(&self.topic, &payload),
+        };
+        self.dead.push(DeadLetter {
+            record_uuid,
+            topic: self.topic.clone(),
+            partition,
+            offset,
+            kafka_timestamp,
+            reason: reject.to_string(),
+            payload,
+        });
+    }
+
+    /// The runtime's promise that no message ingested before `t` will follow. Fires windows
+    /// the event-time watermark (`t` − out-of-orderness) has passed, purges those past allowed
+    /// lateness, and expires dedupe state no future arrival can hit.
+    pub fn advance_ingest_watermark(&mut self, t: i64) {
+        if t <= self.ingest_watermark {
+            return;
+        }
+        self.ingest_watermark = t;
+        let event_wm = t.saturating_sub(self.rules.out_of_orderness_ms);
+        // Window [s, s + size) has ended once event_wm >= s + size.
+        let fire_limit = event_wm.saturating_sub(self.rules.window_ms).saturating_add(1);
+        if self.settings.emit == Emit::Updates {
+            let fired = self.windows.fire_before(fire_limit);
+            self.emit(fired);
+        }
+        if self.settings.lateness == Lateness::Bounded {
+            let purge_limit = fire_limit.saturating_sub(self.rules.allowed_lateness_ms);
+            if purge_limit > self.purged_before {
+                let purged = self.windows.purge_before(purge_limit);
+                if self.settings.emit == Emit::FinalOnly {
+                    self.emit(purged);
+                }
+                self.purged_before = purge_limit;
+            }
+        }
+        let ttl = self.rules.dedupe_ttl_ms;
+        if t.saturating_sub(self.last_expiry) >= ttl / 4 {
+            self.dedupe.expire(t, ttl);
+            self.last_expiry = t;
+        }
+    }
+
+    /// End of a bounded input: every open window's value is final.
+    pub fn finish(&mut self) {
+        let rest = match self.settings.emit {
+            Emit::Updates => {
+                let mut v = self.windows.fire_before(i64::MAX);
+                v.extend(self.windows.take_updates());
+                v
+            }
+            Emit::FinalOnly => self.windows.purge_before(i64::MAX),
+        };
+        self.emit(rest);
+    }
+
+    fn emit(&mut self, values: Vec<WindowValue>) {
+        let name = |s: &Interner, id: u32| (id != ABSENT).then(|| s.name(id).clone());
+        for (start, (ad, region), acc) in values {
+            let region_name = self.strings.name(region).clone();
+            let ad_name = self.strings.name(ad).clone();
+            self.metrics.push(AdMetric {
+                record_uuid: record_uuid::ad_metric(&region_name, &ad_name, start),
+                region: region_name,
+                ad_id: ad_name,
+                campaign_id: name(&self.strings, acc.campaign),
+                advertiser_id: name(&self.strings, acc.advertiser),
+                window_start: start,
+                window_end: start + self.rules.window_ms,
+                impressions: acc.impressions,
+                clicks: acc.clicks,
+            });
+        }
+    }
+
+    /// Takes the records emitted so far, in emission order.
+    pub fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
+        (std::mem::take(&mut self.metrics), std::mem::take(&mut self.dead))
+    }
+}

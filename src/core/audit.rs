@@ -1,0 +1,64 @@
+//! The job's accounting: every event read lands in exactly one bucket.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Every row handed to the operator.
+    pub read: u64,
+    /// Distinct valid events counted in an emitted window.
+    pub counted: u64,
+    /// Later arrivals of an event_id already counted.
+    pub duplicates: u64,
+    /// Rejected by validation (dead-lettered).
+    pub invalid: u64,
+    /// Valid but beyond allowed lateness (dead-lettered).
+    pub dropped_late: u64,
+    /// Read only as context for the requested range: warm-up before it, or arrivals after it
+    /// whose window lies outside it. Nothing is emitted for them.
+    pub outside_range: u64,
+    /// Rejections by reason code.
+    pub rejected_by_reason: BTreeMap<&'static str, u64>,
+}
+
+impl Audit {
+    pub fn merge(&mut self, other: &Audit) {
+        self.read += other.read;
+        self.counted += other.counted;
+        self.duplicates += other.duplicates;
+        self.invalid += other.invalid;
+        self.dropped_late += other.dropped_late;
+        self.outside_range += other.outside_range;
+        for (k, v) in &other.rejected_by_reason {
+            *self.rejected_by_reason.entry(k).or_default() += v;
+        }
+    }
+
+    /// The audit identity: nothing read is unaccounted for.
+    pub fn balances(&self) -> bool {
+        self.read == self.counted + self.duplicates + self.invalid + self.dropped_late + self.outside_range
+    }
+}
+
+impl fmt::Display for Audit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "events read {} = counted {} + duplicates {} + invalid {} + dropped-late {} + outside range {}  [{}]",
+            self.read,
+            self.counted,
+            self.duplicates,
+            self.invalid,
+            self.dropped_late,
+            self.outside_range,
+            if self.balances() { "balanced" } else { "NOT BALANCED" }
+        )?;
+        for (code, n) in &self.rejected_by_reason {
+            writeln!(f, "  dead-lettered {code}: {n}")?;
+        }
+        Ok(())
+    }
+}

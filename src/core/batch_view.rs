@@ -1,0 +1,170 @@
+//! Typed, interned access to one canonical batch.
+//!
+//! Dictionary-encoded columns are resolved per distinct value, lazily: a batch read from
+//! Parquet carries the column chunk's whole dictionary, and a key-group operator only ever
+//! touches the values of its own rows.
+
+use arrow::array::{Array, AsArray, DictionaryArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{Int32Type, TimestampMillisecondType};
+use serde_json::{Map, Value};
+
+use super::interner::Interner;
+use crate::contract::columns as c;
+use crate::contract::schema::{canonical_input_schema, col};
+
+const UNRESOLVED: u32 = u32::MAX;
+/// Null or empty: the contract treats both as missing.
+pub const ABSENT: u32 = u32::MAX - 1;
+
+pub struct DictColumn<'a> {
+    keys: &'a Int32Array,
+    values: &'a StringArray,
+    ids: Vec<u32>,
+}
+
+impl<'a> DictColumn<'a> {
+    fn new(array: &'a dyn Array) -> Self {
+        let dict: &DictionaryArray<Int32Type> = array.as_dictionary();
+        let values = dict.values().as_string::<i32>();
+        Self { keys: dict.keys(), values, ids: vec![UNRESOLVED; values.len()] }
+    }
+
+    /// The interned id of the row's value, or [`ABSENT`].
+    #[inline]
+    pub fn id(&mut self, row: usize, interner: &mut Interner) -> u32 {
+        if self.keys.is_null(row) {
+            return ABSENT;
+        }
+        let k = self.keys.value(row) as usize;
+        let id = self.ids[k];
+        if id != UNRESOLVED {
+            return id;
+        }
+        let id = if self.values.is_null(k) || self.values.value(k).is_empty() {
+            ABSENT
+        } else {
+            interner.intern(self.values.value(k))
+        };
+        self.ids[k] = id;
+        id
+    }
+
+    pub fn str(&self, row: usize) -> Option<&'a str> {
+        if self.keys.is_null(row) {
+            return None;
+        }
+        let k = self.keys.value(row) as usize;
+        (!self.values.is_null(k)).then(|| self.values.value(k))
+    }
+
+    /// Dictionary key of the row, to compute per-value properties once.
+    #[inline]
+    pub fn key(&self, row: usize) -> Option<usize> {
+        (!self.keys.is_null(row)).then(|| self.keys.value(row) as usize)
+    }
+
+    pub fn values(&self) -> &'a StringArray {
+        self.values
+    }
+}
+
+/// Impression/click code of each event_type dictionary value, computed once per batch.
+pub const IMPRESSION: u8 = 0;
+pub const CLICK: u8 = 1;
+pub const OTHER_TYPE: u8 = 2;
+
+pub struct BatchView<'a> {
+    pub batch: &'a RecordBatch,
+    pub event_id: &'a StringArray,
+    pub event_type: DictColumn<'a>,
+    pub event_type_codes: Vec<u8>,
+    pub ad: DictColumn<'a>,
+    pub campaign: DictColumn<'a>,
+    pub advertiser: DictColumn<'a>,
+    pub region: DictColumn<'a>,
+    pub user_id: &'a StringArray,
+    pub store_id: &'a StringArray,
+    pub event_time: &'a TimestampMillisecondArray,
+    pub partition: &'a Int32Array,
+    pub offset: &'a Int64Array,
+    pub ingest: &'a TimestampMillisecondArray,
+    pub decode_error: &'a StringArray,
+    pub raw: &'a StringArray,
+}
+
+impl<'a> BatchView<'a> {
+    /// `batch` must have the canonical schema (see [`crate::contract::schema::normalize`]).
+    pub fn new(batch: &'a RecordBatch) -> Self {
+        assert_eq!(batch.schema(), canonical_input_schema(), "the core takes canonical batches only");
+        let event_type = DictColumn::new(batch.column(col::EVENT_TYPE).as_ref());
+        let event_type_codes = event_type
+            .values()
+            .iter()
+            .map(|v| match v {
+                Some(c::IMPRESSION) => IMPRESSION,
+                Some(c::CLICK) => CLICK,
+                _ => OTHER_TYPE,
+            })
+            .collect();
+        Self {
+            batch,
+            event_id: batch.column(col::EVENT_ID).as_string::<i32>(),
+            event_type,
+            event_type_codes,
+            ad: DictColumn::new(batch.column(col::AD_ID).as_ref()),
+            campaign: DictColumn::new(batch.column(col::CAMPAIGN_ID).as_ref()),
+            advertiser: DictColumn::new(batch.column(col::ADVERTISER_ID).as_ref()),
+            region: DictColumn::new(batch.column(col::REGION).as_ref()),
+            user_id: batch.column(col::USER_ID).as_string::<i32>(),
+            store_id: batch.column(col::STORE_ID).as_string::<i32>(),
+            event_time: batch.column(col::EVENT_TIME).as_primitive::<TimestampMillisecondType>(),
+            partition: batch.column(col::KAFKA_PARTITION).as_primitive(),
+            offset: batch.column(col::KAFKA_OFFSET).as_primitive(),
+            ingest: batch.column(col::KAFKA_TIMESTAMP).as_primitive::<TimestampMillisecondType>(),
+            decode_error: batch.column(col::DECODE_ERROR).as_string::<i32>(),
+            raw: batch.column(col::RAW_PAYLOAD).as_string::<i32>(),
+        }
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    pub fn opt_i64(a: &TimestampMillisecondArray, row: usize) -> Option<i64> {
+        (!a.is_null(row)).then(|| a.value(row))
+    }
+
+    pub fn position(&self, row: usize) -> (Option<i32>, Option<i64>, Option<i64>) {
+        (
+            (!self.partition.is_null(row)).then(|| self.partition.value(row)),
+            (!self.offset.is_null(row)).then(|| self.offset.value(row)),
+            Self::opt_i64(self.ingest, row),
+        )
+    }
+
+    /// The message as received when the runtime kept its bytes, else the archived row
+    /// re-serialized as the contract's JSON object.
+    pub fn payload(&self, row: usize) -> String {
+        if !self.raw.is_null(row) {
+            return self.raw.value(row).to_string();
+        }
+        let mut m = Map::new();
+        let s = |a: &StringArray| (!a.is_null(row)).then(|| a.value(row).to_string());
+        let put = |m: &mut Map<String, Value>, k: &str, v: Option<String>| {
+            m.insert(k.to_string(), v.map(Value::String).unwrap_or(Value::Null));
+        };
+        put(&mut m, c::EVENT_ID, s(self.event_id));
+        put(&mut m, c::EVENT_TYPE, self.event_type.str(row).map(str::to_string));
+        put(&mut m, c::AD_ID, self.ad.str(row).map(str::to_string));
+        put(&mut m, c::CAMPAIGN_ID, self.campaign.str(row).map(str::to_string));
+        put(&mut m, c::ADVERTISER_ID, self.advertiser.str(row).map(str::to_string));
+        put(&mut m, c::USER_ID, s(self.user_id));
+        put(&mut m, c::STORE_ID, s(self.store_id));
+        m.insert(
+            c::EVENT_TIME.to_string(),
+            Self::opt_i64(self.event_time, row).map(Value::from).unwrap_or(Value::Null),
+        );
+        put(&mut m, c::REGION, self.region.str(row).map(str::to_string));
+        Value::Object(m).to_string()
+    }
+}

@@ -1,0 +1,74 @@
+//! Why an event was rejected. The text before the first `:` is a stable code for dashboards.
+
+use std::fmt;
+
+use crate::contract::time::rfc3339;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    WrongType(String),
+    MissingField(&'static str),
+    UnknownEventType(String),
+    InFuture { event_time: i64, ingest: i64 },
+    TooOld { event_time: i64, ingest: i64 },
+    Late { window_end: i64, ingest: i64 },
+    /// Counts by the lateness rule, but its window was already purged: the runtime's ingest
+    /// watermark had passed the message's own timestamp (non-monotonic Kafka timestamps).
+    AfterPurge { window_end: i64, ingest: i64 },
+}
+
+impl Reject {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::WrongType(_) => "wrong_type",
+            Reject::MissingField(_) => "missing_field",
+            Reject::UnknownEventType(_) => "unknown_event_type",
+            Reject::InFuture { .. } => "event_time_in_future",
+            Reject::TooOld { .. } => "event_time_too_old",
+            Reject::Late { .. } => "late",
+            Reject::AfterPurge { .. } => "late",
+        }
+    }
+
+    pub fn is_late(&self) -> bool {
+        matches!(self, Reject::Late { .. } | Reject::AfterPurge { .. })
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.code())?;
+        match self {
+            Reject::WrongType(e) => write!(f, "{e}"),
+            Reject::MissingField(name) => write!(f, "{name} is missing, null or empty"),
+            Reject::UnknownEventType(t) => write!(f, "event_type {t:?} is neither impression nor click"),
+            Reject::InFuture { event_time, ingest } => write!(
+                f,
+                "event_time {} is {} ms after ingest time {}",
+                rfc3339(*event_time),
+                event_time - ingest,
+                rfc3339(*ingest)
+            ),
+            Reject::TooOld { event_time, ingest } => write!(
+                f,
+                "event_time {} is {} ms before ingest time {}",
+                rfc3339(*event_time),
+                ingest - event_time,
+                rfc3339(*ingest)
+            ),
+            Reject::Late { window_end, ingest } => write!(
+                f,
+                "ingested at {}, {} ms after its window ended at {}: beyond out-of-orderness and allowed lateness",
+                rfc3339(*ingest),
+                ingest - window_end,
+                rfc3339(*window_end)
+            ),
+            Reject::AfterPurge { window_end, ingest } => write!(
+                f,
+                "ingested at {} but delivered after the watermark purged its window (ended {}): the partition's timestamps went backwards",
+                rfc3339(*ingest),
+                rfc3339(*window_end)
+            ),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Progress of long work: a bar on a terminal, plain log lines elsewhere (CI, files, pipes).
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub trait Progress: Send + Sync {
+    fn begin(&self, files: u64, bytes: u64);
+    fn advance(&self, files: u64, bytes: u64, events: u64);
+    fn end(&self);
+}
+
+/// Chooses a bar when stderr is a terminal, else log lines every `interval`.
+pub fn for_stderr(quiet: bool) -> Box<dyn Progress> {
+    if quiet {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(Bar::new())
+    } else {
+        Box::new(LogLines::new(Duration::from_secs(5)))
+    }
+}
+
+pub struct Silent;
+
+impl Progress for Silent {
+    fn begin(&self, _: u64, _: u64) {}
+    fn advance(&self, _: u64, _: u64, _: u64) {}
+    fn end(&self) {}
+}
+
+struct Bar {
+    bar: ProgressBar,
+    state: Mutex<(u64, u64, Instant)>,
+}
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} | {msg} | ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        Self { bar, state: Mutex::new((0, 0, Instant::now())) }
+    }
+}
+
+impl Progress for Bar {
+    fn begin(&self, _files: u64, bytes: u64) {
+        self.bar.set_length(bytes);
+        *self.state.lock().unwrap() = (0, 0, Instant::now());
+    }
+
+    fn advance(&self, files: u64, bytes: u64, events: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.0 += files;
+        s.1 += events;
+        let rate = s.1 as f64 / s.2.elapsed().as_secs_f64().max(1e-3);
+        self.bar.set_message(format!("{} files, {} events, {:.0} events/s", s.0, s.1, rate));
+        self.bar.inc(bytes);
+    }
+
+    fn end(&self) {
+        self.bar.finish();
+    }
+}
+
+struct LogLines {
+    interval: Duration,
+    state: Mutex<LogState>,
+}
+
+struct LogState {
+    total_files: u64,
+    total_bytes: u64,
+    files: u64,
+    bytes: u64,
+    events: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl LogLines {
+    fn new(interval: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            interval,
+            state: Mutex::new(LogState { total_files: 0, total_bytes: 0, files: 0, bytes: 0, events: 0, started: now, last: now }),
+        }
+    }
+}
+
+impl Progress for LogLines {
+    fn begin(&self, files: u64, bytes: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.total_files = files;
+        s.total_bytes = bytes;
+        s.started = Instant::now();
+        s.last = s.started;
+        tracing::info!("reading {files} files, {}", HumanBytes(bytes));
+    }
+
+    fn advance(&self, files: u64, bytes: u64, events: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.files += files;
+        s.bytes += bytes;
+        s.events += events;
+        if s.last.elapsed() < self.interval {
+            return;
+        }
+        s.last = Instant::now();
+        let secs = s.started.elapsed().as_secs_f64().max(1e-3);
+        let done = s.bytes as f64 / s.total_bytes.max(1) as f64;
+        let eta = if done > 0.0 { secs / done - secs } else { f64::NAN };
+        tracing::info!(
+            "{}/{} files, {} events, {:.0} events/s, {:.0}% of bytes, ETA {:.0}s",
+            s.files, s.total_files, s.events, s.events as f64 / secs, done * 100.0, eta
+        );
+    }
+
+    fn end(&self) {}
+}
