@@ -195,7 +195,8 @@ impl AggregationOperator {
         }
         let p = if v.partition.is_null(row) { -1 } else { v.partition.value(row) };
         let o = if v.offset.is_null(row) { -1 } else { v.offset.value(row) };
-        arrivals.push((dedupe::key_of(event_id), (ingest, p, o)));
+        let seed = v.ad.seed(row);
+        arrivals.push((dedupe::key_of(seed, event_id), (ingest, p, o)));
         cands.push(cand);
     }
 

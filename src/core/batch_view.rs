@@ -20,13 +20,24 @@ pub struct DictColumn<'a> {
     keys: &'a Int32Array,
     values: &'a StringArray,
     ids: Vec<u32>,
+    seeds: Vec<u64>,
 }
 
 impl<'a> DictColumn<'a> {
     fn new(array: &'a dyn Array) -> Self {
         let dict: &DictionaryArray<Int32Type> = array.as_dictionary();
         let values = dict.values().as_string::<i32>();
-        Self { keys: dict.keys(), values, ids: vec![UNRESOLVED; values.len()] }
+        Self { keys: dict.keys(), values, ids: vec![UNRESOLVED; values.len()], seeds: Vec::new() }
+    }
+
+    /// The dedupe seed of the row's value (see [`crate::core::dedupe::ad_seed`]); call only for
+    /// rows whose value is present.
+    #[inline]
+    pub fn seed(&mut self, row: usize) -> u64 {
+        if self.seeds.is_empty() {
+            self.seeds = self.values.iter().map(|v| super::dedupe::ad_seed(v.unwrap_or(""))).collect();
+        }
+        self.seeds[self.keys.value(row) as usize]
     }
 
     /// The interned id of the row's value, or [`ABSENT`].

@@ -1,20 +1,30 @@
-//! Keyed dedupe state: event_id → its counted arrival, with a TTL in ingest time.
+//! Keyed dedupe state: (ad_id, event_id) → its counted arrival, with a TTL in ingest time.
 //!
-//! The rule: an arrival is counted unless an earlier arrival of the same event_id, in
+//! The key includes the ad because state is partitioned by ad (see `key_group`): a client
+//! retry repeats the ad it was for, so this is dedupe by event_id for every real retry, and a
+//! message that reuses an event_id for another ad is a different event in every mode and at
+//! every parallelism, instead of a duplicate only when the two ads share a key group.
+//!
+//! The rule: an arrival is counted unless an earlier arrival of the same key, in
 //! (ingest time, partition, offset) order, was counted less than the TTL before it. Arrivals
 //! of one epoch are resolved as a set, so the order in which files or partitions were read
 //! inside an epoch cannot change the outcome; epochs are applied in ingest order. Exact as long
 //! as no event_id sees two TTL expiries within one epoch, which the config guarantees by
 //! requiring a TTL of at least an hour (a backfill epoch spans one ingest hour).
 //!
-//! Keys are the xxh3-128 hash of the event_id bytes: 16 bytes instead of a 36-byte string per
-//! entry. Two distinct ids collide with probability about n²/2¹²⁹ — below 10⁻²⁰ for a billion
-//! ids in state.
+//! Keys are the xxh3-128 hash of the event_id bytes seeded with the 64-bit hash of the ad_id:
+//! 16 bytes instead of two strings per entry. Two distinct keys collide with probability
+//! about n²/2¹²⁹ — below 10⁻²⁰ for a billion keys in state.
 
 use rustc_hash::FxHashMap;
 
-pub fn key_of(event_id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+/// The seed for an ad's keys: computed once per distinct ad_id value of a batch.
+pub fn ad_seed(ad_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(ad_id.as_bytes())
+}
+
+pub fn key_of(ad_seed: u64, event_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128_with_seed(event_id.as_bytes(), ad_seed)
 }
 
 /// Arrival position: ingest time, then partition, then offset.

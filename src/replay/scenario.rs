@@ -65,6 +65,10 @@ struct ExpectedDead {
     partition: i32,
     offset: i64,
     reason: String,
+    /// The reason the backfill gives when the archive cannot carry what the stream saw: a
+    /// wrongly typed field is archived as null. `not_json` messages are never archived.
+    #[serde(default)]
+    archived_reason: Option<String>,
 }
 
 pub struct Scenario {
@@ -267,13 +271,22 @@ fn compare(s: &Scenario, p: &Produced, archived_only: bool) -> Vec<String> {
     let actual_dead: BTreeSet<ExpectedDead> = p
         .dead
         .iter()
-        .map(|d| ExpectedDead { partition: d.partition.unwrap_or(-1), offset: d.offset.unwrap_or(-1), reason: d.reason_code().to_string() })
+        .map(|d| ExpectedDead {
+            partition: d.partition.unwrap_or(-1),
+            offset: d.offset.unwrap_or(-1),
+            reason: d.reason_code().to_string(),
+            archived_reason: None,
+        })
         .collect();
     let expected_dead: BTreeSet<ExpectedDead> = s
         .expected_dead
         .iter()
         .filter(|d| !(archived_only && d.reason == "not_json"))
-        .cloned()
+        .map(|d| ExpectedDead {
+            reason: if archived_only { d.archived_reason.clone().unwrap_or_else(|| d.reason.clone()) } else { d.reason.clone() },
+            archived_reason: None,
+            ..d.clone()
+        })
         .collect();
     for e in expected_dead.difference(&actual_dead) {
         diffs.push(format!("- dead letter expected p{} o{} {}", e.partition, e.offset, e.reason));
