@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use crate::connector::archive::ParquetArchive;
 use crate::connector::parquet_sink::HiveParquetSink;
-use crate::connector::store::{open, parse_key_value};
+use crate::connector::store::{is_s3, open, parse_key_value};
 use crate::contract::time::{rfc3339, to_datetime};
 use crate::runtime::backfill::{run as run_backfill, BackfillOptions, BackfillReport};
 use crate::runtime::progress;
@@ -73,6 +73,9 @@ fn compact(ms: i64) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rules = super::load_rules(a.job_file.as_deref())?;
+    if !a.store_options.is_empty() && !is_s3(&a.source) && !is_s3(&a.sink) {
+        anyhow::bail!("--store-option applies to s3:// locations, and neither --source nor --sink is one");
+    }
     let rt = super::tokio_runtime()?;
     let source_loc = open(&a.source, &a.store_options, false).map_err(|e| anyhow::anyhow!("--source: {e:#}"))?;
     let sink_loc = open(&a.sink, &a.store_options, true).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;

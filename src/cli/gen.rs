@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::connector::store::{open, parse_key_value};
+use crate::connector::store::{is_s3, open, parse_key_value};
 use crate::contract::time::{rfc3339, DAY_MS, HOUR_MS};
 use crate::gen::GenSpec;
 
@@ -94,6 +94,9 @@ impl Knobs {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let spec = a.knobs.spec()?;
+    if !a.store_options.is_empty() && !is_s3(&a.out) {
+        anyhow::bail!("--store-option applies to s3:// locations, and --out is not one");
+    }
     let rt = super::tokio_runtime()?;
     let loc = open(&a.out, &a.store_options, true).map_err(|e| anyhow::anyhow!("--out: {e:#}"))?;
     let started = std::time::Instant::now();

@@ -33,7 +33,12 @@ impl Location {
     }
 }
 
-/// Opens a location. `create` makes a missing local directory (for sinks); a missing source
+/// Whether a location string names S3 (and so takes `--store-option`s).
+pub fn is_s3(url: &str) -> bool {
+    url.starts_with("s3://")
+}
+
+/// Opens a location; `options` apply to S3 locations only. `create` makes a missing local directory (for sinks); a missing source
 /// directory is an error that says so.
 pub fn open(url: &str, options: &[(String, String)], create: bool) -> anyhow::Result<Location> {
     if let Some(rest) = url.strip_prefix("s3://") {
@@ -62,9 +67,6 @@ pub fn open(url: &str, options: &[(String, String)], create: bool) -> anyhow::Re
     }
     if url.contains("://") && !url.starts_with("file://") {
         bail!("'{url}': unsupported URL scheme; use s3://bucket/prefix, file:///dir or a directory path");
-    }
-    if !options.is_empty() {
-        bail!("--store-option applies to s3:// locations only");
     }
     let dir = std::path::PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
     if !dir.exists() {

@@ -1,0 +1,218 @@
+//! Bad input never panics: each case gives a clear error (exit 2) or dead-letter records.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use common::*;
+use parquet::arrow::ArrowWriter;
+
+fn adsproc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adsproc")).args(args).env("ADSPROC_NO_PROGRESS", "1").output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn backfill(source: &Path, sink: &Path, from: &str, to: &str) -> Output {
+    adsproc(&["backfill", "--job", "aggregation", "--quiet", "--source", source.to_str().unwrap(), "--sink", sink.to_str().unwrap(), "--from", from, "--to", to])
+}
+
+fn hour_dir(root: &Path) -> std::path::PathBuf {
+    let d = root.join("ad-events/dt=2026-01-01/hr=00");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) {
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+fn ts(v: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC"))
+}
+
+/// Two rows with every archive column except those named in `skip`.
+fn rows_without(skip: &[&str]) -> RecordBatch {
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("event_id", Arc::new(StringArray::from(vec!["e1", "e2"]))),
+        ("event_type", Arc::new(StringArray::from(vec!["impression", "click"]))),
+        ("ad_id", Arc::new(StringArray::from(vec!["ad-1", "ad-1"]))),
+        ("campaign_id", Arc::new(StringArray::from(vec!["c", "c"]))),
+        ("advertiser_id", Arc::new(StringArray::from(vec!["a", "a"]))),
+        ("user_id", Arc::new(StringArray::from(vec!["u", "u"]))),
+        ("store_id", Arc::new(StringArray::from(vec!["s", "s"]))),
+        ("event_time", ts(vec![Some(T0 + 1_000), Some(T0 + 2_000)])),
+        ("region", Arc::new(StringArray::from(vec!["region-a", "region-a"]))),
+        ("_kafka_partition", Arc::new(Int32Array::from(vec![0, 0]))),
+        ("_kafka_offset", Arc::new(Int64Array::from(vec![0, 1]))),
+        ("_kafka_timestamp", ts(vec![Some(T0 + 1_500), Some(T0 + 2_500)])),
+    ];
+    RecordBatch::try_from_iter(cols.into_iter().filter(|(n, _)| !skip.contains(n))).unwrap()
+}
+
+const FROM: &str = "2026-01-01T00:00:00Z";
+const TO: &str = "2026-01-01T01:00:00Z";
+
+#[test]
+fn a_valid_file_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("ok.parquet"), &rows_without(&[]));
+    let o = backfill(tmp.path(), &tmp.path().join("out"), FROM, TO);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("counted 2 "), "{}", text(&o));
+}
+
+#[test]
+fn a_corrupt_parquet_file_is_a_clear_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(hour_dir(tmp.path()).join("broken.parquet"), b"PAR1 this is not parquet at all").unwrap();
+    let o = backfill(tmp.path(), &tmp.path().join("out"), FROM, TO);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("broken.parquet") && t.contains("not a readable Parquet file"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn a_truncated_parquet_file_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = hour_dir(tmp.path());
+    write_parquet(&dir.join("whole.parquet"), &rows_without(&[]));
+    let bytes = std::fs::read(dir.join("whole.parquet")).unwrap();
+    std::fs::remove_file(dir.join("whole.parquet")).unwrap();
+    std::fs::write(dir.join("cut.parquet"), &bytes[..bytes.len() / 2]).unwrap();
+    let o = backfill(tmp.path(), &tmp.path().join("out"), FROM, TO);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("cut.parquet"), "{}", text(&o));
+}
+
+#[test]
+fn a_missing_column_sends_its_rows_to_the_dead_letter_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("no-ad.parquet"), &rows_without(&["ad_id"]));
+    let o = backfill(tmp.path(), &tmp.path().join("out"), FROM, TO);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("invalid 2 ") && t.contains("dead-lettered missing_field: 2"), "{t}");
+    assert!(t.contains("[\"ad_id\"] are missing"), "{t}");
+    assert!(tmp.path().join("out/dlq/dt=2026-01-01/hr=00").exists());
+}
+
+#[test]
+fn a_wrong_column_type_is_a_clear_error_naming_column_and_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = rows_without(&["event_time"]);
+    let mut cols: Vec<(String, ArrayRef)> = b.schema().fields().iter().map(|f| f.name().clone()).zip(b.columns().iter().cloned()).collect();
+    cols.push(("event_time".into(), Arc::new(StringArray::from(vec!["soon", "later"]))));
+    b = RecordBatch::try_from_iter(cols).unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("typed.parquet"), &b);
+    let o = backfill(tmp.path(), &tmp.path().join("out"), FROM, TO);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("typed.parquet") && t.contains("column 'event_time' has type Utf8"), "{t}");
+}
+
+#[test]
+fn nulls_everywhere_are_dead_lettered_not_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = |n: usize| -> ArrayRef { Arc::new(StringArray::from(vec![None::<&str>; n])) };
+    let b = RecordBatch::try_from_iter(vec![
+        ("event_id", s(3)),
+        ("event_type", s(3)),
+        ("ad_id", s(3)),
+        ("event_time", ts(vec![None; 3])),
+        ("region", s(3)),
+        ("_kafka_partition", Arc::new(Int32Array::from(vec![None; 3])) as ArrayRef),
+        ("_kafka_offset", Arc::new(Int64Array::from(vec![None; 3])) as ArrayRef),
+        ("_kafka_timestamp", ts(vec![None; 3])),
+    ])
+    .unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("nulls.parquet"), &b);
+    let o = backfill(tmp.path(), &tmp.path().join("out"), FROM, TO);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("events read 3 = counted 0 + duplicates 0 + invalid 3"), "{t}");
+}
+
+#[test]
+fn an_empty_archive_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("ad-events")).unwrap();
+    let o = backfill(tmp.path(), &tmp.path().join("out"), FROM, TO);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("has no ad-event files") && text(&o).contains("the archive is empty"), "{}", text(&o));
+}
+
+#[test]
+fn a_missing_source_directory_is_a_clear_error() {
+    let o = backfill(Path::new("/nonexistent/archive"), Path::new("/tmp/unused-out"), FROM, TO);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("--source: directory /nonexistent/archive does not exist"), "{}", text(&o));
+}
+
+#[test]
+fn data_outside_the_range_is_a_clear_error_with_the_archive_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("ok.parquet"), &rows_without(&[]));
+    let o = backfill(tmp.path(), &tmp.path().join("out"), "2026-03-01T00:00:00Z", "2026-03-02T00:00:00Z");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("the archive holds ingest hours 2026-01-01T00:00:00.000Z to 2026-01-01T00:00:00.000Z"), "{}", text(&o));
+}
+
+#[test]
+fn bad_arguments_exit_non_zero_with_a_precise_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("ok.parquet"), &rows_without(&[]));
+    let unaligned = backfill(tmp.path(), &tmp.path().join("out"), "2026-01-01T00:00:30Z", TO);
+    assert_eq!(unaligned.status.code(), Some(2));
+    assert!(text(&unaligned).contains("not aligned to the job's 60000 ms windows; the nearest window boundaries are 2026-01-01T00:00:00.000Z and 2026-01-01T00:01:00.000Z"), "{}", text(&unaligned));
+    let reversed = backfill(tmp.path(), &tmp.path().join("out"), TO, FROM);
+    assert_eq!(reversed.status.code(), Some(2));
+    assert!(text(&reversed).contains("is not before --to"));
+    let garbage = backfill(tmp.path(), &tmp.path().join("out"), "yesterday", TO);
+    assert_eq!(garbage.status.code(), Some(2));
+    assert!(text(&garbage).contains("'yesterday' is not an RFC 3339 time"), "{}", text(&garbage));
+    let rate = adsproc(&["backfill", "--job", "aggregation", "--source", "x", "--sink", "y", "--from", FROM, "--to", TO, "--max-rate", "0"]);
+    assert_eq!(rate.status.code(), Some(2));
+    assert!(text(&rate).contains("not a positive number of records per second"));
+    let job = adsproc(&["backfill", "--job", "nope", "--source", "x", "--sink", "y", "--from", FROM, "--to", TO]);
+    assert_eq!(job.status.code(), Some(2));
+    assert!(text(&job).contains("possible values: aggregation"), "{}", text(&job));
+}
+
+#[test]
+fn a_bad_job_file_names_the_file_and_the_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("job.toml");
+    std::fs::write(&f, adsproc::core::config::DEFAULT_JOB_FILE.replace("ttl = \"24h\"", "ttl = \"10m\"")).unwrap();
+    let o = adsproc(&["backfill", "--job", "aggregation", "--job-file", f.to_str().unwrap(), "--source", "x", "--sink", "y", "--from", FROM, "--to", TO]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("job.toml: invalid job file: dedupe.ttl must be at least 1h"), "{}", text(&o));
+}
+
+#[test]
+fn an_unreachable_s3_endpoint_fails_quickly_with_the_endpoint_in_the_message() {
+    // A port on loopback that nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_adsproc"))
+        .args(["backfill", "--job", "aggregation", "--quiet", "--source", "s3://archive/raw", "--sink", "/tmp/adsproc-unused"])
+        .args(["--from", FROM, "--to", TO])
+        .args(["--store-option", &format!("endpoint={endpoint}"), "--store-option", "allow_http=true"])
+        .args(["--store-option", "access_key_id=x", "--store-option", "secret_access_key=y", "--store-option", "region=us-east-1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("cannot list s3://archive/raw/ad-events") && t.contains(&format!("127.0.0.1:{port}")), "{t}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+}
