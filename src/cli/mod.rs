@@ -75,10 +75,23 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", condensed(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error chain without the repetitions of nested errors that quote their source.
+fn condensed(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
 /// A store and the prefix inside it that a URL names.
 #[derive(Clone, Debug)]
@@ -45,7 +45,12 @@ pub fn open(url: &str, options: &[(String, String)], create: bool) -> anyhow::Re
         if rest.is_empty() || rest.starts_with('/') {
             bail!("'{url}' names no bucket: use s3://<bucket>/<prefix>");
         }
-        let mut b = AmazonS3Builder::from_env().with_url(url);
+        // Timeouts go in as settings, not as a ClientOptions value, which would replace the
+        // client settings (allow_http, …) that the environment or --store-option give.
+        let mut b = AmazonS3Builder::from_env()
+            .with_url(url)
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s");
         for (k, v) in options {
             let key: AmazonS3ConfigKey = k
                 .to_ascii_lowercase()
@@ -58,8 +63,7 @@ pub fn open(url: &str, options: &[(String, String)], create: bool) -> anyhow::Re
                 backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2), base: 2.0 },
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(20),
-            })
-            .with_client_options(ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(120)));
+            });
         let store = b.build().with_context(|| format!("cannot configure S3 for '{url}'"))?;
         let prefix = Path::parse(rest.split_once('/').map(|(_, p)| p).unwrap_or(""))
             .with_context(|| format!("'{url}' has an invalid path"))?;
