@@ -20,7 +20,7 @@ use crate::contract::time::{hive_hour_dir, parse_hive_date, parse_hive_hour, DAY
 use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition};
 
 /// Rows per decoded batch: large enough to amortize per-batch work, small enough for cache.
-const BATCH_ROWS: usize = 64 * 1024;
+const BATCH_ROWS: usize = 256 * 1024;
 
 pub struct ParquetArchive {
     location: Location,

@@ -14,6 +14,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use super::store::Location;
@@ -44,6 +46,11 @@ impl HiveParquetSink {
     }
 
     fn write_file(&mut self, table: &'static str, hour: i64, batch: RecordBatch) -> anyhow::Result<()> {
+        let bytes = encode(batch)?;
+        self.put_file(table, hour, bytes)
+    }
+
+    fn put_file(&mut self, table: &'static str, hour: i64, bytes: Vec<u8>) -> anyhow::Result<()> {
         let dir = self.location.child(&format!("{table}/{}", hive_hour_dir(hour)));
         let key = (table.to_string(), hour);
         if !self.seq.contains_key(&key) {
@@ -60,15 +67,8 @@ impl HiveParquetSink {
         let n = self.seq.get_mut(&key).expect("inserted above");
         let path = dir.clone().join(format!("{}-{:05}.parquet", self.run, n));
         *n += 1;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
-        w.write(&batch)?;
-        w.close()?;
         self.rt
-            .block_on(self.location.store.put(&path, PutPayload::from(buf)))
+            .block_on(self.location.store.put(&path, PutPayload::from(bytes)))
             .with_context(|| format!("cannot write {path}"))?;
         self.files += 1;
         self.tables.insert(table);
@@ -76,20 +76,42 @@ impl HiveParquetSink {
     }
 
     fn flush_metrics(&mut self, hour: i64) -> anyhow::Result<()> {
-        if let Some(mut rows) = self.metrics.remove(&hour) {
-            rows.sort_by(|a, b| (a.window_start, &a.region, &a.ad_id).cmp(&(b.window_start, &b.region, &b.ad_id)));
-            self.write_file(AD_METRICS_TABLE, hour, ad_metrics_batch(&rows))?;
+        if let Some(rows) = self.metrics.remove(&hour) {
+            self.write_file(AD_METRICS_TABLE, hour, sorted_metrics(rows))?;
         }
         Ok(())
     }
 
     fn flush_dead(&mut self, hour: i64) -> anyhow::Result<()> {
-        if let Some(mut rows) = self.dead.remove(&hour) {
-            rows.sort_by_key(|d| (d.partition, d.offset));
-            self.write_file(DLQ_TABLE, hour, dead_letter_batch(&rows))?;
+        if let Some(rows) = self.dead.remove(&hour) {
+            self.write_file(DLQ_TABLE, hour, sorted_dead(rows))?;
         }
         Ok(())
     }
+}
+
+/// Rows in a stable order, so a file's content does not depend on parallelism.
+fn sorted_metrics(mut rows: Vec<AdMetric>) -> RecordBatch {
+    rows.par_sort_unstable_by(|a, b| (a.window_start, &a.region, &a.ad_id).cmp(&(b.window_start, &b.region, &b.ad_id)));
+    ad_metrics_batch(&rows)
+}
+
+fn sorted_dead(mut rows: Vec<DeadLetter>) -> RecordBatch {
+    rows.par_sort_unstable_by_key(|d| (d.partition, d.offset));
+    dead_letter_batch(&rows)
+}
+
+fn encode(batch: RecordBatch) -> anyhow::Result<Vec<u8>> {
+    // record_uuid is unique per row: a dictionary attempt on it is pure cost.
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_column_dictionary_enabled(ColumnPath::from("record_uuid"), false)
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(buf)
 }
 
 impl OutputSink for HiveParquetSink {
@@ -126,13 +148,17 @@ impl OutputSink for HiveParquetSink {
     }
 
     fn finish(&mut self) -> anyhow::Result<String> {
-        let hours: Vec<i64> = self.metrics.keys().copied().collect();
-        for h in hours {
-            self.flush_metrics(h)?;
-        }
-        let hours: Vec<i64> = self.dead.keys().copied().collect();
-        for h in hours {
-            self.flush_dead(h)?;
+        // Partitions are independent: sort, encode and compress them in parallel.
+        let metrics = std::mem::take(&mut self.metrics);
+        let dead = std::mem::take(&mut self.dead);
+        let encoded: Vec<(&'static str, i64, Vec<u8>)> = metrics
+            .into_par_iter()
+            .map(|(h, rows)| (AD_METRICS_TABLE, h, encode(sorted_metrics(rows))))
+            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, encode(sorted_dead(rows)))))
+            .map(|(t, h, r)| r.map(|b| (t, h, b)))
+            .collect::<anyhow::Result<_>>()?;
+        for (table, hour, bytes) in encoded {
+            self.put_file(table, hour, bytes)?;
         }
         Ok(format!(
             "{} files under {} ({})",

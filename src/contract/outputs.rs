@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -77,9 +77,19 @@ fn ts(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from_iter(values).with_timezone("UTC"))
 }
 
+/// Hyphenated lower-case UUID text without an allocation per row.
+fn uuid_column<'a>(uuids: impl ExactSizeIterator<Item = &'a Uuid>) -> ArrayRef {
+    let mut b = StringBuilder::with_capacity(uuids.len(), uuids.len() * 36);
+    let mut buf = [0u8; 36];
+    for u in uuids {
+        b.append_value(u.hyphenated().encode_lower(&mut buf));
+    }
+    Arc::new(b.finish())
+}
+
 pub fn ad_metrics_batch(rows: &[AdMetric]) -> RecordBatch {
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.record_uuid.to_string()))),
+        uuid_column(rows.iter().map(|r| &r.record_uuid)),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &*r.region))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &*r.ad_id))),
         Arc::new(StringArray::from_iter(rows.iter().map(|r| r.campaign_id.as_deref()))),
@@ -94,7 +104,7 @@ pub fn ad_metrics_batch(rows: &[AdMetric]) -> RecordBatch {
 
 pub fn dead_letter_batch(rows: &[DeadLetter]) -> RecordBatch {
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.record_uuid.to_string()))),
+        uuid_column(rows.iter().map(|r| &r.record_uuid)),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &*r.topic))),
         Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.partition))),
         Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.offset))),

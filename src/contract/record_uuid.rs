@@ -7,15 +7,71 @@
 //! share a UUID. Counts are deliberately not part of the identity: a corrected window replaces
 //! the earlier value under the same UUID in an upsert store.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
+
+use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
 /// `Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:adsproc:record-uuid:v1")`, written out so that the
 /// namespace is a literal other implementations can copy.
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x837d1c1b_bc06_5853_a752_229cddd62ee8);
 
+/// Appends `s` as a JSON string literal, escaping exactly as `serde_json` does (`"`, `\\` and
+/// control characters; nothing else), so the name is the documented JSON array.
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// The UUIDv5 of the JSON array of `parts`. Output paths derive millions of these, so the
+/// name is built in a reused buffer and hashed with a SHA-1 that uses the CPU's SHA
+/// extensions when present; the result is `Uuid::new_v5(&NAMESPACE, json_array)`.
 fn derive(parts: &[&str]) -> Uuid {
-    let name = serde_json::to_string(parts).expect("a list of strings always serializes");
-    Uuid::new_v5(&NAMESPACE, name.as_bytes())
+    thread_local! {
+        static NAME: RefCell<String> = RefCell::new(String::with_capacity(128));
+    }
+    NAME.with(|name| {
+        let mut name = name.borrow_mut();
+        name.clear();
+        name.push('[');
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                name.push(',');
+            }
+            push_json_string(&mut name, p);
+        }
+        name.push(']');
+        let mut h = Sha1::new();
+        h.update(NAMESPACE.as_bytes());
+        h.update(name.as_bytes());
+        let digest = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+    })
 }
 
 /// Identity of an `ad-metrics` record: region, ad and the window's start.
@@ -63,6 +119,27 @@ mod tests {
     #[test]
     fn dead_letter_uuids_are_pinned() {
         assert_eq!(dead_letter("ad-events", 3, 1234).to_string(), "5a574b9a-50e4-58a0-8a1c-6660ec369ae0");
+    }
+
+    #[test]
+    fn the_name_is_serde_json_s_encoding_of_the_parts() {
+        let nasty = ["", "plain", "quote\"d", "back\\slash", "tab\tnew\nline\r", "\u{1}\u{1f}\u{7f}", "ü€😀", "a/b", "\u{8}\u{c}"];
+        for a in nasty {
+            for b in nasty {
+                let parts = ["ad-metrics", a, b];
+                let json = serde_json::to_string(&parts).unwrap();
+                assert_eq!(derive(&parts), Uuid::new_v5(&NAMESPACE, json.as_bytes()), "{json}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_strings_derive_as_new_v5_of_their_json(a in ".*", b in "\\PC*") {
+            let parts = ["dlq", a.as_str(), b.as_str()];
+            let json = serde_json::to_string(&parts).unwrap();
+            proptest::prop_assert_eq!(derive(&parts), Uuid::new_v5(&NAMESPACE, json.as_bytes()));
+        }
     }
 
     #[test]

@@ -20,24 +20,27 @@ pub struct DictColumn<'a> {
     keys: &'a Int32Array,
     values: &'a StringArray,
     ids: Vec<u32>,
-    seeds: Vec<u64>,
+    /// Dedupe seed per dictionary value, computed with the id (only for the ad column).
+    seeds: Option<Vec<u64>>,
 }
 
 impl<'a> DictColumn<'a> {
     fn new(array: &'a dyn Array) -> Self {
         let dict: &DictionaryArray<Int32Type> = array.as_dictionary();
         let values = dict.values().as_string::<i32>();
-        Self { keys: dict.keys(), values, ids: vec![UNRESOLVED; values.len()], seeds: Vec::new() }
+        Self { keys: dict.keys(), values, ids: vec![UNRESOLVED; values.len()], seeds: None }
     }
 
-    /// The dedupe seed of the row's value (see [`crate::core::dedupe::ad_seed`]); call only for
-    /// rows whose value is present.
+    fn with_seeds(mut self) -> Self {
+        self.seeds = Some(vec![0; self.values.len()]);
+        self
+    }
+
+    /// The dedupe seed of the row's value (see [`crate::core::dedupe::ad_seed`]); only for rows
+    /// whose [`Self::id`] was resolved to a present value.
     #[inline]
-    pub fn seed(&mut self, row: usize) -> u64 {
-        if self.seeds.is_empty() {
-            self.seeds = self.values.iter().map(|v| super::dedupe::ad_seed(v.unwrap_or(""))).collect();
-        }
-        self.seeds[self.keys.value(row) as usize]
+    pub fn seed(&self, row: usize) -> u64 {
+        self.seeds.as_ref().expect("seeds are kept for the ad column")[self.keys.value(row) as usize]
     }
 
     /// The interned id of the row's value, or [`ABSENT`].
@@ -54,6 +57,9 @@ impl<'a> DictColumn<'a> {
         let id = if self.values.is_null(k) || self.values.value(k).is_empty() {
             ABSENT
         } else {
+            if let Some(seeds) = self.seeds.as_mut() {
+                seeds[k] = super::dedupe::ad_seed(self.values.value(k));
+            }
             interner.intern(self.values.value(k))
         };
         self.ids[k] = id;
@@ -122,7 +128,7 @@ impl<'a> BatchView<'a> {
             event_id: batch.column(col::EVENT_ID).as_string::<i32>(),
             event_type,
             event_type_codes,
-            ad: DictColumn::new(batch.column(col::AD_ID).as_ref()),
+            ad: DictColumn::new(batch.column(col::AD_ID).as_ref()).with_seeds(),
             campaign: DictColumn::new(batch.column(col::CAMPAIGN_ID).as_ref()),
             advertiser: DictColumn::new(batch.column(col::ADVERTISER_ID).as_ref()),
             region: DictColumn::new(batch.column(col::REGION).as_ref()),

@@ -36,9 +36,11 @@ struct Counted {
     epoch: u32,
     /// Index into the current epoch's candidates of the arrival counted in this epoch.
     winner: u32,
-    /// Ingest time of the counted arrival this one renewed after TTL expiry, if any.
-    prev_t: Option<i64>,
+    /// Ingest time of the counted arrival this one renewed after TTL expiry, or [`NONE`].
+    prev_t: i64,
 }
+
+const NONE: i64 = i64::MIN;
 
 #[derive(Debug, Default)]
 pub struct DedupeState {
@@ -62,18 +64,18 @@ impl DedupeState {
             let i32_ = i as u32;
             match self.map.entry(key) {
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Counted { pos, epoch, winner: i32_, prev_t: None });
+                    v.insert(Counted { pos, epoch, winner: i32_, prev_t: NONE });
                     counted[i] = true;
                 }
                 std::collections::hash_map::Entry::Occupied(mut o) => {
                     let c = o.get_mut();
                     if c.epoch != epoch {
                         if pos.0 - c.pos.0 >= ttl {
-                            *c = Counted { pos, epoch, winner: i32_, prev_t: Some(c.pos.0) };
+                            *c = Counted { pos, epoch, winner: i32_, prev_t: c.pos.0 };
                             counted[i] = true;
                         }
                     } else if pos < c.pos {
-                        let within_previous = c.prev_t.is_some_and(|p| pos.0 - p < ttl);
+                        let within_previous = c.prev_t != NONE && pos.0 - c.prev_t < ttl;
                         if !within_previous {
                             counted[c.winner as usize] = false;
                             counted[i] = true;

@@ -159,9 +159,14 @@ pub fn run(
         emit(&mut operators, sink, throttle.as_mut(), &mut written)?;
         pending = next_decoded?;
     }
+    tracing::debug!("read and processed {} hours in {:?}", plan.hours.len(), started.elapsed());
+    let t = Instant::now();
     operators.par_iter_mut().for_each(|op| op.finish());
+    tracing::debug!("closed the remaining windows in {:?}", t.elapsed());
+    let t = Instant::now();
     emit(&mut operators, sink, throttle.as_mut(), &mut written)?;
     let sink_summary = sink.finish()?;
+    tracing::debug!("wrote the output in {:?}", t.elapsed());
     progress.end();
 
     let mut audit = Audit::default();
