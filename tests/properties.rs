@@ -124,9 +124,7 @@ fn run_stream(rows: &[Row], poll: usize, order: &[u8]) -> (Windows, BTreeSet<(i3
             v.into()
         })
         .collect();
-    let mut driver = StreamDriver::new(AggregationRules::defaults(), 0..3);
-    let mut metrics = Vec::new();
-    let mut dead = Vec::new();
+    let mut polls = Vec::new();
     let mut turn = 0;
     while queues.iter().any(|q| !q.is_empty()) {
         // Follow the generated order, skipping partitions already drained.
@@ -135,19 +133,9 @@ fn run_stream(rows: &[Row], poll: usize, order: &[u8]) -> (Windows, BTreeSet<(i3
             p = (p + 1) % 3;
         }
         turn += 1;
-        let msgs: Vec<_> = (0..poll).filter_map(|_| queues[p].pop_front()).map(to_message).collect();
-        if msgs.is_empty() {
-            continue;
-        }
-        driver.on_poll(&msgs);
-        let (m, d) = driver.drain();
-        metrics.extend(m);
-        dead.extend(d);
+        polls.push((0..poll).filter_map(|_| queues[p].pop_front()).map(to_message).collect::<Vec<_>>());
     }
-    driver.finish();
-    let (m, d) = driver.drain();
-    metrics.extend(m);
-    dead.extend(d);
+    let (metrics, dead) = StreamDriver::new(AggregationRules::defaults(), 0..3).replay(polls);
     let dead = dead
         .iter()
         .filter(|d| d.kafka_timestamp.is_some_and(|t| (FROM..TO).contains(&t)))

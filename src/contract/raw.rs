@@ -9,15 +9,13 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Int32Builder, Int64Builder, RecordBatch, StringBuilder, StringDictionaryBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Builder, StringArray, Int64Builder, RecordBatch, StringBuilder, StringDictionaryBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow::datatypes::Int32Type;
 use serde_json::Value;
 
 use super::columns as c;
-use super::outputs::DeadLetter;
-use super::record_uuid;
 use super::schema::canonical_input_schema;
 
 /// One consumed message: its position, its Kafka timestamp (the ingest time) and its value.
@@ -29,31 +27,28 @@ pub struct RawMessage {
     pub payload: Vec<u8>,
 }
 
-/// Decodes a poll's messages. Returns the canonical batch of every message that was a JSON
-/// object, and a dead letter for every one that was not.
-pub fn decode_messages(topic: &str, messages: &[RawMessage]) -> (RecordBatch, Vec<DeadLetter>) {
+/// `_decode_error` of a message that was not a JSON object starts with this.
+pub const NOT_JSON: &str = "not_json: ";
+
+/// Decodes a poll's messages into one canonical batch, one row per message in order. A message
+/// that is not a JSON object becomes a row with only its position and payload, and
+/// `_decode_error` = [`NOT_JSON`] + why: the validator dead-letters it like any other invalid
+/// row, so every message has exactly one row and one fate.
+pub fn decode_messages(messages: &[RawMessage]) -> RecordBatch {
     let mut b = Builders::with_capacity(messages.len());
-    let mut dead = Vec::new();
     for m in messages {
         match serde_json::from_slice::<Value>(&m.payload) {
             Ok(Value::Object(obj)) => b.append(m, &obj),
-            Ok(other) => dead.push(not_json(topic, m, &format!("a JSON {}, not an object", kind(&other)))),
-            Err(e) => dead.push(not_json(topic, m, &e.to_string())),
+            Ok(other) => b.append_not_json(m, &format!("a JSON {}, not an object", kind(&other))),
+            Err(e) => b.append_not_json(m, &e.to_string()),
         }
     }
-    (b.finish(), dead)
+    b.finish()
 }
 
-fn not_json(topic: &str, m: &RawMessage, why: &str) -> DeadLetter {
-    DeadLetter {
-        record_uuid: record_uuid::dead_letter(topic, m.partition, m.offset),
-        topic: topic.into(),
-        partition: Some(m.partition),
-        offset: Some(m.offset),
-        kafka_timestamp: Some(m.timestamp),
-        reason: format!("not_json: {why}"),
-        payload: String::from_utf8_lossy(&m.payload).into_owned(),
-    }
+/// Whether a decoded row is a message that was not a JSON object.
+pub fn is_not_json(decode_error: &StringArray, row: usize) -> bool {
+    !decode_error.is_null(row) && decode_error.value(row).starts_with(NOT_JSON)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -147,6 +142,23 @@ impl Builders {
         self.raw.append_value(String::from_utf8_lossy(&m.payload));
     }
 
+    fn append_not_json(&mut self, m: &RawMessage, why: &str) {
+        self.event_id.append_null();
+        self.event_type.append_null();
+        self.ad_id.append_null();
+        self.campaign_id.append_null();
+        self.advertiser_id.append_null();
+        self.user_id.append_null();
+        self.store_id.append_null();
+        self.region.append_null();
+        self.event_time.append_null();
+        self.partition.append_value(m.partition);
+        self.offset.append_value(m.offset);
+        self.timestamp.append_value(m.timestamp);
+        self.decode_error.append_value(format!("{NOT_JSON}{why}"));
+        self.raw.append_value(String::from_utf8_lossy(&m.payload));
+    }
+
     fn finish(mut self) -> RecordBatch {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
@@ -169,18 +181,21 @@ impl Builders {
 }
 
 /// What the contract's archiver writes for a decoded batch: the archive columns only (wrongly
-/// typed values were already nulled by the decoder, as a typed Parquet column cannot hold them).
+/// typed values were already nulled by the decoder, as a typed Parquet column cannot hold them),
+/// and no row for a message that was not a JSON object (the contract does not archive those).
 pub fn to_archive_rows(batch: &RecordBatch) -> RecordBatch {
     let schema = super::schema::archive_schema();
     let n = schema.fields().len();
-    RecordBatch::try_new(schema, batch.columns()[..n].to_vec()).expect("archive columns are a prefix")
+    let errors = batch.column(super::schema::col::DECODE_ERROR).as_string::<i32>();
+    let keep: BooleanArray = (0..batch.num_rows()).map(|r| Some(!is_not_json(errors, r))).collect();
+    let kept = arrow::compute::filter_record_batch(batch, &keep).expect("same length");
+    RecordBatch::try_new(schema, kept.columns()[..n].to_vec()).expect("archive columns are a prefix")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::contract::schema::col;
-    use arrow::array::{Array, StringArray};
 
     fn msg(offset: i64, payload: &str) -> RawMessage {
         RawMessage { partition: 1, offset, timestamp: 5, payload: payload.as_bytes().to_vec() }
@@ -193,13 +208,14 @@ mod tests {
             msg(1, "not json"),
             msg(2, "[1,2]"),
         ];
-        let (batch, dead) = decode_messages("ad-events", &msgs);
-        assert_eq!(batch.num_rows(), 1);
-        assert_eq!(dead.len(), 2);
-        assert!(dead[0].reason.starts_with("not_json:"));
-        assert_eq!(dead[1].reason, "not_json: a JSON array, not an object");
-        assert_eq!(dead[1].payload, "[1,2]");
+        let batch = decode_messages(&msgs);
+        assert_eq!(batch.num_rows(), 3);
         let err = batch.column(col::DECODE_ERROR).as_any().downcast_ref::<StringArray>().unwrap();
+        assert!(is_not_json(err, 1) && is_not_json(err, 2) && !is_not_json(err, 0));
+        assert_eq!(err.value(2), "not_json: a JSON array, not an object");
+        let raw = batch.column(col::RAW_PAYLOAD).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(raw.value(2), "[1,2]");
+        assert_eq!(to_archive_rows(&batch).num_rows(), 1);
         assert_eq!(
             err.value(0),
             "ad_id is a number, expected a string; event_time is a string, expected integer epoch milliseconds"

@@ -19,6 +19,7 @@ use super::reason::Reject;
 use super::windows::{WindowTable, WindowValue};
 use crate::contract::columns as c;
 use crate::contract::outputs::{AdMetric, DeadLetter};
+use crate::contract::raw::NOT_JSON;
 use crate::contract::record_uuid;
 use crate::contract::time::floor_to;
 
@@ -55,6 +56,21 @@ impl Scope {
     pub fn range(from: i64, to: i64) -> Self {
         Self { window_starts: from..to, reject_ingest: from..to }
     }
+}
+
+/// An operator's keyed state between epochs: what a checkpoint stores.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperatorState {
+    /// Interned strings in id order; window keys refer to them by id.
+    pub strings: Vec<String>,
+    pub dedupe: Vec<(u128, Position)>,
+    pub windows: Vec<WindowValue>,
+    pub fired_before: Option<i64>,
+    pub epoch: u32,
+    pub ingest_watermark: i64,
+    pub purged_before: i64,
+    pub last_expiry: i64,
+    pub audit: Audit,
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +218,11 @@ impl AggregationOperator {
 
     fn validate<'b>(&mut self, v: &mut BatchView<'b>, row: usize, ingest: Option<i64>) -> Result<(Candidate, &'b str), Reject> {
         if !v.decode_error.is_null(row) {
-            return Err(Reject::WrongType(v.decode_error.value(row).to_string()));
+            let e = v.decode_error.value(row);
+            return Err(match e.strip_prefix(NOT_JSON) {
+                Some(why) => Reject::NotJson(why.to_string()),
+                None => Reject::WrongType(e.to_string()),
+            });
         }
         let event_id = v.event_id;
         if event_id.is_null(row) || event_id.value(row).is_empty() {
@@ -351,6 +371,40 @@ impl AggregationOperator {
                 clicks: acc.clicks,
             });
         }
+    }
+
+    /// The keyed state between epochs, for a checkpoint. Everything emitted must have been
+    /// drained: a snapshot describes the state *after* its outputs.
+    pub fn snapshot(&self) -> OperatorState {
+        assert!(self.metrics.is_empty() && self.dead.is_empty(), "snapshot before drain");
+        let (windows, fired_before) = self.windows.entries();
+        OperatorState {
+            strings: self.strings.names().map(str::to_string).collect(),
+            dedupe: self.dedupe.entries().collect(),
+            windows,
+            fired_before,
+            epoch: self.epoch,
+            ingest_watermark: self.ingest_watermark,
+            purged_before: self.purged_before,
+            last_expiry: self.last_expiry,
+            audit: self.audit.clone(),
+        }
+    }
+
+    /// The operator a snapshot describes, under the given rules and settings.
+    pub fn restore(rules: AggregationRules, settings: Settings, state: OperatorState) -> Self {
+        let mut op = Self::new(rules, settings);
+        for s in &state.strings {
+            op.strings.intern(s);
+        }
+        op.dedupe = DedupeState::restore(state.dedupe);
+        op.windows = WindowTable::restore(state.windows, state.fired_before);
+        op.epoch = state.epoch;
+        op.ingest_watermark = state.ingest_watermark;
+        op.purged_before = state.purged_before;
+        op.last_expiry = state.last_expiry;
+        op.audit = state.audit;
+        op
     }
 
     /// Takes the records emitted so far, in emission order.

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
     /// Every row handed to the operator.
     pub read: u64,
@@ -21,7 +21,17 @@ pub struct Audit {
     /// whose window lies outside it. Nothing is emitted for them.
     pub outside_range: u64,
     /// Rejections by reason code.
+    #[serde(deserialize_with = "static_codes")]
     pub rejected_by_reason: BTreeMap<&'static str, u64>,
+}
+
+fn static_codes<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<&'static str, u64>, D::Error> {
+    let m = BTreeMap::<String, u64>::deserialize(d)?;
+    m.into_iter()
+        .map(|(k, v)| {
+            super::reason::static_code(&k).map(|c| (c, v)).ok_or_else(|| serde::de::Error::custom(format!("unknown reason code {k:?}")))
+        })
+        .collect()
 }
 
 impl Audit {

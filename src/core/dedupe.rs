@@ -94,9 +94,17 @@ impl DedupeState {
         self.map.retain(|_, c| c.pos.0.saturating_add(ttl) > ingest_watermark);
     }
 
-    /// Entries for snapshots: (key, position of the counted arrival).
+    /// Entries for snapshots: (key, position of the counted arrival). Between epochs this is
+    /// the whole state: the other fields only matter inside the epoch that set them.
     pub fn entries(&self) -> impl Iterator<Item = (u128, Position)> + '_ {
         self.map.iter().map(|(k, c)| (*k, c.pos))
+    }
+
+    /// The state a checkpoint's [`entries`](Self::entries) describe. Epoch 0 is never a live
+    /// epoch (they start at 1), so no restored entry takes part in in-epoch resolution.
+    pub fn restore(entries: impl IntoIterator<Item = (u128, Position)>) -> Self {
+        let map = entries.into_iter().map(|(k, pos)| (k, Counted { pos, epoch: 0, winner: 0, prev_t: NONE })).collect();
+        Self { map }
     }
 }
 

@@ -26,4 +26,9 @@ impl Interner {
     pub fn name(&self, id: u32) -> &Arc<str> {
         &self.names[id as usize]
     }
+
+    /// Every string, in id order: interning them in this order again gives the same ids.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
 }

@@ -6,6 +6,8 @@ use crate::contract::time::rfc3339;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
+    /// The message was not a JSON object at all (the archiver never archives these).
+    NotJson(String),
     WrongType(String),
     MissingField(&'static str),
     UnknownEventType(String),
@@ -17,9 +19,18 @@ pub enum Reject {
     AfterPurge { window_end: i64, ingest: i64 },
 }
 
+/// Every reason code, so that counts by code survive a checkpoint as `&'static str`.
+pub const CODES: [&str; 7] =
+    ["not_json", "wrong_type", "missing_field", "unknown_event_type", "event_time_in_future", "event_time_too_old", "late"];
+
+pub fn static_code(code: &str) -> Option<&'static str> {
+    CODES.iter().copied().find(|c| *c == code)
+}
+
 impl Reject {
     pub fn code(&self) -> &'static str {
         match self {
+            Reject::NotJson(_) => "not_json",
             Reject::WrongType(_) => "wrong_type",
             Reject::MissingField(_) => "missing_field",
             Reject::UnknownEventType(_) => "unknown_event_type",
@@ -39,7 +50,7 @@ impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.code())?;
         match self {
-            Reject::WrongType(e) => write!(f, "{e}"),
+            Reject::NotJson(e) | Reject::WrongType(e) => write!(f, "{e}"),
             Reject::MissingField(name) => write!(f, "{name} is missing, null or empty"),
             Reject::UnknownEventType(t) => write!(f, "event_type {t:?} is neither impression nor click"),
             Reject::InFuture { event_time, ingest } => write!(

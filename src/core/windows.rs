@@ -15,7 +15,7 @@ use super::dedupe::Position;
 /// (ad id, region id), interned.
 pub type WindowKey = (u32, u32);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Acc {
     pub impressions: i64,
     pub clicks: i64,
@@ -24,6 +24,7 @@ pub struct Acc {
     pub meta_pos: Position,
     pub campaign: u32,
     pub advertiser: u32,
+    #[serde(skip)]
     dirty: bool,
 }
 
@@ -97,6 +98,22 @@ impl WindowTable {
             }
         }
         out
+    }
+
+    /// Every open window and the firing frontier, for snapshots. Taken between epochs, when no
+    /// update is pending.
+    pub fn entries(&self) -> (Vec<WindowValue>, Option<i64>) {
+        debug_assert!(self.dirty.is_empty(), "snapshot with unemitted updates");
+        let all = self.by_start.iter().flat_map(|(s, m)| m.iter().map(move |(k, a)| (*s, *k, *a))).collect();
+        (all, self.fired_before)
+    }
+
+    pub fn restore(entries: Vec<WindowValue>, fired_before: Option<i64>) -> Self {
+        let mut t = WindowTable { fired_before, ..Default::default() };
+        for (s, k, a) in entries {
+            t.by_start.entry(s).or_default().insert(k, Acc { dirty: false, ..a });
+        }
+        t
     }
 
     /// Removes and returns every window starting before `limit`.

@@ -144,9 +144,9 @@ impl Scenario {
         let mut archive = MemoryArchive::default();
         for ((hour, p), mut msgs) in by_file {
             msgs.sort_by_key(|m| m.offset);
-            let (batch, _not_json) = decode_messages(&self.rules.input_topic, &msgs);
-            if batch.num_rows() > 0 {
-                archive.hours.entry(hour).or_default().insert(format!("p{p}.parquet"), to_archive_rows(&batch));
+            let rows = to_archive_rows(&decode_messages(&msgs));
+            if rows.num_rows() > 0 {
+                archive.hours.entry(hour).or_default().insert(format!("p{p}.parquet"), rows);
             }
         }
         archive
@@ -216,18 +216,7 @@ fn run_backfill_feed(s: &Scenario) -> anyhow::Result<Produced> {
 fn run_stream_feed(s: &Scenario, reverse: bool) -> Produced {
     let partitions: BTreeSet<i32> = s.messages.iter().map(|m| m.partition).collect();
     let mut driver = StreamDriver::new(s.rules.clone(), partitions);
-    let mut metrics = Vec::new();
-    let mut dead = Vec::new();
-    for poll in s.polls(reverse) {
-        driver.on_poll(&poll);
-        let (m, d) = driver.drain();
-        metrics.extend(m);
-        dead.extend(d);
-    }
-    driver.finish();
-    let (m, d) = driver.drain();
-    metrics.extend(m);
-    dead.extend(d);
+    let (mut metrics, mut dead) = driver.replay(s.polls(reverse));
     // The stream job emits every window and every dead letter; compare the scenario's range.
     metrics.retain(|m| (s.from..s.to).contains(&m.window_start));
     dead.retain(|d| d.kafka_timestamp.is_none_or(|t| (s.from..s.to).contains(&t)));

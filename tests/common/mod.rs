@@ -2,6 +2,9 @@
 //! written from the rules' text and sharing no code with the job core, plus helpers.
 #![allow(dead_code)]
 
+pub mod kafka;
+pub mod parquet_out;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use adsproc::contract::outputs::AdMetric;

@@ -1,152 +1,341 @@
-//! Polls → epochs, Kafka timestamps → watermarks.
+//! Polls → epochs, Kafka timestamps → watermarks, per key group.
 //!
-//! The ingest watermark is the minimum over assigned partitions of the greatest Kafka timestamp
-//! seen on each: a partition's messages arrive in offset order and its timestamps are the
-//! ingest times, so nothing earlier can still come from it.
+//! The ingest watermark is the minimum over the source partitions of the greatest Kafka
+//! timestamp seen on each: a partition's messages arrive in offset order and its timestamps are
+//! the ingest times, so nothing earlier can still come from it.
 //!
-//! Partitions are *aligned by the watermark*: polled messages wait in a buffer until the
-//! watermark passes their timestamp, and are then released together, sorted by (ingest time,
-//! partition, offset), as one epoch. The core therefore sees messages in exactly the order a
-//! backfill of the archive gives it, whatever the consumers' relative speeds, so even a
-//! conflicting duplicate resolves as it would in a backfill. This costs no window latency: a
-//! window cannot fire before the watermark passes its end anyway. Released messages are a
-//! prefix of each partition, so the offsets to commit are the first unreleased ones
-//! ([`StreamDriver::resume_offsets`]) and the buffer never needs to be checkpointed.
+//! Partitions are *aligned by the watermark*: polled rows wait until the watermark passes their
+//! partition's running maximum timestamp, and are then released together as one epoch. The
+//! core therefore resolves each epoch as a backfill would resolve the same messages, whatever
+//! the consumers' relative speeds, so even a conflicting duplicate resolves as it would in a
+//! backfill. This costs no window latency: a window cannot fire before the watermark passes
+//! its end anyway. Released rows are a prefix of each partition (the running maximum never
+//! decreases), so a key group's position is "first unreleased offset per partition"
+//! ([`StreamDriver::resume_offsets`]) and pending rows never need to be checkpointed: after a
+//! restore they are read again.
+//!
+//! State is split into key groups (a hash of `ad_id`, as in the backfill): each group has its
+//! own operator, clocks and position, so a group can move to another process with its
+//! checkpoint. Every group sees every message of the source for its clocks and keeps the rows
+//! of its own ads. A group restored from an older checkpoint than its neighbours skips nothing
+//! and repeats nothing: it ignores messages before its own position.
 //!
 //! A partition with no message yet holds the watermark back; an idle one can be released with
 //! [`StreamDriver::mark_idle`] so that it does not stall every window.
 
 use std::collections::BTreeMap;
 
+use arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::datatypes::{Int32Type, Int64Type};
+use serde::{Deserialize, Serialize};
+
 use crate::contract::outputs::{AdMetric, DeadLetter};
 use crate::contract::raw::{decode_messages, RawMessage};
-use crate::core::aggregation::{AggregationOperator, Emit, Lateness, Scope, Settings};
+use crate::contract::schema::col;
+use crate::core::aggregation::{AggregationOperator, Emit, Lateness, OperatorState, Scope, Settings};
 use crate::core::audit::Audit;
 use crate::core::config::AggregationRules;
+use crate::core::key_group::split_rows;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct PartitionClock {
-    max_timestamp: Option<i64>,
-    /// Offset after the last message polled.
-    next_offset: Option<i64>,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionClock {
+    /// Running maximum of the partition's timestamps, over the messages this group has taken.
+    pub max_timestamp: Option<i64>,
+    /// The first offset this group has not taken yet.
+    pub next_offset: Option<i64>,
+    #[serde(skip)]
     idle: bool,
 }
 
-pub struct StreamDriver {
+/// Rows of one poll that belong to a group, each with its partition's running maximum
+/// timestamp: the row is released once the watermark passes that.
+struct Pending {
+    rows: RecordBatch,
+    release_at: Vec<i64>,
+}
+
+struct GroupTask {
     op: AggregationOperator,
-    topic: String,
-    partitions: BTreeMap<i32, PartitionClock>,
-    buffered: Vec<RawMessage>,
-    not_json: u64,
-    out_dead: Vec<DeadLetter>,
+    clocks: BTreeMap<i32, PartitionClock>,
+    pending: Vec<Pending>,
+}
+
+/// One key group's checkpoint: its operator state and where to resume each partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupSnapshot {
+    pub key_group: u32,
+    pub key_groups: u32,
+    pub topic: String,
+    /// Per partition: resume offset, and the running maximum timestamp before it.
+    pub clocks: BTreeMap<i32, PartitionClock>,
+    pub operator: OperatorState,
+}
+
+pub struct StreamDriver {
+    rules: AggregationRules,
+    settings: Settings,
+    partitions: Vec<i32>,
+    key_groups: u32,
+    groups: BTreeMap<u32, GroupTask>,
 }
 
 impl StreamDriver {
+    /// A driver owning all state in one key group: for a single process and for tests.
     pub fn new(rules: AggregationRules, partitions: impl IntoIterator<Item = i32>) -> Self {
-        let topic = rules.input_topic.clone();
-        let settings = Settings { emit: Emit::Updates, lateness: Lateness::Bounded, scope: Scope::everything() };
-        Self {
-            op: AggregationOperator::new(rules, settings),
-            topic,
-            partitions: partitions.into_iter().map(|p| (p, PartitionClock::default())).collect(),
-            buffered: Vec::new(),
-            not_json: 0,
-            out_dead: Vec::new(),
-        }
+        let mut d = Self::with_key_groups(rules, partitions, 1);
+        d.start_group(0);
+        d
     }
 
-    /// Takes one poll's messages; processes every buffered message the watermark has passed.
-    pub fn on_poll(&mut self, messages: &[RawMessage]) {
-        for m in messages {
-            let clock = self.partitions.entry(m.partition).or_default();
-            clock.max_timestamp = Some(clock.max_timestamp.map_or(m.timestamp, |t| t.max(m.timestamp)));
-            clock.next_offset = Some(m.offset + 1);
-            clock.idle = false;
+    /// A driver for `key_groups` groups that owns none yet: add them with
+    /// [`start_group`](Self::start_group) or [`restore_group`](Self::restore_group).
+    pub fn with_key_groups(rules: AggregationRules, partitions: impl IntoIterator<Item = i32>, key_groups: u32) -> Self {
+        assert!(key_groups > 0);
+        let settings = Settings { emit: Emit::Updates, lateness: Lateness::Bounded, scope: Scope::everything() };
+        Self { rules, settings, partitions: partitions.into_iter().collect(), key_groups, groups: BTreeMap::new() }
+    }
+
+    pub fn key_groups(&self) -> u32 {
+        self.key_groups
+    }
+
+    pub fn owned_groups(&self) -> impl Iterator<Item = u32> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// Takes ownership of a group with empty state, reading every partition from the start.
+    pub fn start_group(&mut self, g: u32) {
+        let op = AggregationOperator::new(self.rules.clone(), self.settings.clone());
+        let clocks = self.partitions.iter().map(|p| (*p, PartitionClock::default())).collect();
+        self.groups.insert(g, GroupTask { op, clocks, pending: Vec::new() });
+    }
+
+    /// Takes ownership of a group from its checkpoint.
+    pub fn restore_group(&mut self, snap: GroupSnapshot) -> Result<(), String> {
+        if snap.key_groups != self.key_groups {
+            return Err(format!(
+                "the checkpoint was taken with {} key groups, this job runs {}: key groups are fixed for the life of a checkpoint",
+                snap.key_groups, self.key_groups
+            ));
         }
-        self.buffered.extend_from_slice(messages);
+        if snap.topic != self.rules.input_topic {
+            return Err(format!("the checkpoint is of topic {:?}, this job reads {:?}", snap.topic, self.rules.input_topic));
+        }
+        let op = AggregationOperator::restore(self.rules.clone(), self.settings.clone(), snap.operator);
+        let mut clocks: BTreeMap<i32, PartitionClock> = self.partitions.iter().map(|p| (*p, PartitionClock::default())).collect();
+        clocks.extend(snap.clocks);
+        self.groups.insert(snap.key_group, GroupTask { op, clocks, pending: Vec::new() });
+        Ok(())
+    }
+
+    /// Gives up a group (it moved to another process); its state is dropped.
+    pub fn release_group(&mut self, g: u32) {
+        self.groups.remove(&g);
+    }
+
+    /// The checkpoint of group `g` as of now. Call between polls, after [`drain`](Self::drain).
+    pub fn snapshot_group(&self, g: u32) -> Option<GroupSnapshot> {
+        let t = self.groups.get(&g)?;
+        let clocks = self.resume_clocks(g);
+        Some(GroupSnapshot {
+            key_group: g,
+            key_groups: self.key_groups,
+            topic: self.rules.input_topic.clone(),
+            clocks,
+            operator: t.op.snapshot(),
+        })
+    }
+
+    /// Takes one poll's messages (in offset order per partition); processes every row the
+    /// watermark has passed.
+    pub fn on_poll(&mut self, messages: &[RawMessage]) {
+        if messages.is_empty() || self.groups.is_empty() {
+            return;
+        }
+        let batch = decode_messages(messages);
+        let by_group = split_rows(&batch, self.key_groups as usize);
+        let mut row_group = vec![0u32; messages.len()];
+        for (g, rows) in by_group.iter().enumerate() {
+            for &r in rows {
+                row_group[r as usize] = g as u32;
+            }
+        }
+        for (&g, task) in self.groups.iter_mut() {
+            let mut take: Vec<u32> = Vec::with_capacity(by_group[g as usize].len());
+            let mut release_at = Vec::with_capacity(take.capacity());
+            for (i, m) in messages.iter().enumerate() {
+                let c = task.clocks.entry(m.partition).or_default();
+                if c.next_offset.is_some_and(|o| m.offset < o) {
+                    continue; // before this group's position: already in its state
+                }
+                let t = c.max_timestamp.map_or(m.timestamp, |t| t.max(m.timestamp));
+                c.max_timestamp = Some(t);
+                c.next_offset = Some(m.offset + 1);
+                c.idle = false;
+                if row_group[i] == g {
+                    take.push(i as u32);
+                    release_at.push(t);
+                }
+            }
+            if !take.is_empty() {
+                let rows = take_record_batch(&batch, &UInt32Array::from(take)).expect("indices in range");
+                task.pending.push(Pending { rows, release_at });
+            }
+        }
         self.advance();
     }
 
     /// Excludes a partition from the watermark until it delivers again.
     pub fn mark_idle(&mut self, partition: i32) {
-        if let Some(c) = self.partitions.get_mut(&partition) {
-            c.idle = true;
+        for t in self.groups.values_mut() {
+            if let Some(c) = t.clocks.get_mut(&partition) {
+                c.idle = true;
+            }
         }
         self.advance();
     }
 
-    fn watermark(&self) -> Option<i64> {
-        let mut wm: Option<i64> = None;
-        for c in self.partitions.values().filter(|c| !c.idle) {
-            let t = c.max_timestamp?;
-            wm = Some(wm.map_or(t, |w| w.min(t)));
-        }
-        wm
-    }
-
     fn advance(&mut self) {
-        let Some(wm) = self.watermark() else { return };
-        // Messages at the watermark itself stay: their partition may deliver more at that time.
-        self.release(|m| m.timestamp < wm);
-        self.op.advance_ingest_watermark(wm);
-    }
-
-    fn release(&mut self, ready: impl Fn(&RawMessage) -> bool) {
-        let (mut epoch, keep): (Vec<RawMessage>, Vec<RawMessage>) = std::mem::take(&mut self.buffered).into_iter().partition(ready);
-        self.buffered = keep;
-        if epoch.is_empty() {
-            return;
-        }
-        epoch.sort_by_key(|m| (m.timestamp, m.partition, m.offset));
-        let (batch, not_json) = decode_messages(&self.topic, &epoch);
-        self.not_json += not_json.len() as u64;
-        self.out_dead.extend(not_json);
-        if batch.num_rows() > 0 {
-            self.op.process_epoch(std::slice::from_ref(&batch), None);
+        for t in self.groups.values_mut() {
+            let Some(wm) = watermark(&t.clocks) else { continue };
+            // Rows at the watermark itself stay: their partition may deliver more at that time.
+            t.release(|at| at < wm);
+            t.op.advance_ingest_watermark(wm);
         }
     }
 
-    /// Where each partition's consumption must resume after a restart from the current state:
-    /// the first message not yet processed.
+    /// Where each partition's consumption must resume so that every owned group gets every
+    /// message it has not processed: the least position over the groups. Partitions that no
+    /// group has read yet are absent (start them from the beginning).
     pub fn resume_offsets(&self) -> BTreeMap<i32, i64> {
-        let mut out: BTreeMap<i32, i64> =
-            self.partitions.iter().filter_map(|(p, c)| c.next_offset.map(|o| (*p, o))).collect();
-        for m in &self.buffered {
-            let e = out.entry(m.partition).or_insert(m.offset);
-            *e = (*e).min(m.offset);
+        let mut out = BTreeMap::new();
+        let mut unknown = std::collections::BTreeSet::new();
+        for g in self.groups.keys() {
+            let snap_clocks = self.resume_clocks(*g);
+            for p in &self.partitions {
+                match snap_clocks.get(p).and_then(|c| c.next_offset) {
+                    Some(o) => {
+                        let e = out.entry(*p).or_insert(o);
+                        *e = (*e).min(o);
+                    }
+                    None => {
+                        unknown.insert(*p);
+                    }
+                }
+            }
         }
+        out.retain(|p, _| !unknown.contains(p));
         out
     }
 
-    /// Messages polled but not yet processed (waiting for the watermark).
+    /// A group's clocks as of its first unreleased row per partition. A pending row is read
+    /// again after a restore; its partition's running maximum must then be what it was before
+    /// that row, which is what the row's release time records.
+    fn resume_clocks(&self, g: u32) -> BTreeMap<i32, PartitionClock> {
+        let t = &self.groups[&g];
+        let mut clocks = t.clocks.clone();
+        for p in &t.pending {
+            let parts = p.rows.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>();
+            let offs = p.rows.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>();
+            for r in 0..p.rows.num_rows() {
+                let c = clocks.entry(parts.value(r)).or_default();
+                if c.next_offset.is_none_or(|o| offs.value(r) < o) {
+                    c.next_offset = Some(offs.value(r));
+                    c.max_timestamp = Some(p.release_at[r]);
+                }
+            }
+        }
+        clocks
+    }
+
+    /// Rows polled but not yet processed (waiting for the watermark).
     pub fn buffered(&self) -> usize {
-        self.buffered.len()
+        self.groups.values().flat_map(|t| &t.pending).map(|p| p.rows.num_rows()).sum()
+    }
+
+    /// The least ingest watermark over the owned groups.
+    pub fn ingest_watermark(&self) -> Option<i64> {
+        self.groups.values().map(|t| t.op.ingest_watermark()).min()
     }
 
     /// End of a bounded replay: everything buffered is processed and every open window fires.
     pub fn finish(&mut self) {
-        self.release(|_| true);
-        self.op.finish();
+        for t in self.groups.values_mut() {
+            t.release(|_| true);
+            t.op.finish();
+        }
     }
 
-    /// Records emitted since the last call, in emission order.
+    /// Runs a bounded sequence of polls to the end; returns everything emitted, in order.
+    pub fn replay<P: AsRef<[RawMessage]>>(&mut self, polls: impl IntoIterator<Item = P>) -> (Vec<AdMetric>, Vec<DeadLetter>) {
+        let (mut metrics, mut dead) = (Vec::new(), Vec::new());
+        for poll in polls {
+            self.on_poll(poll.as_ref());
+            let (m, d) = self.drain();
+            metrics.extend(m);
+            dead.extend(d);
+        }
+        self.finish();
+        let (m, d) = self.drain();
+        metrics.extend(m);
+        dead.extend(d);
+        (metrics, dead)
+    }
+
+    /// Records emitted since the last call, in emission order (group by group).
     pub fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
-        let (m, mut d) = self.op.drain();
-        let mut dead = std::mem::take(&mut self.out_dead);
-        dead.append(&mut d);
-        (m, dead)
+        let (mut metrics, mut dead) = (Vec::new(), Vec::new());
+        for t in self.groups.values_mut() {
+            let (m, d) = t.op.drain();
+            metrics.extend(m);
+            dead.extend(d);
+        }
+        (metrics, dead)
     }
 
-    /// The operator's audit plus messages that were not JSON (counted as invalid).
+    /// The owned groups' audits, summed.
     pub fn audit(&self) -> Audit {
-        let mut a = self.op.audit().clone();
-        a.read += self.not_json;
-        a.invalid += self.not_json;
-        if self.not_json > 0 {
-            *a.rejected_by_reason.entry("not_json").or_default() += self.not_json;
+        let mut a = Audit::default();
+        for t in self.groups.values() {
+            a.merge(t.op.audit());
         }
         a
     }
+}
+
+impl GroupTask {
+    fn release(&mut self, ready: impl Fn(i64) -> bool) {
+        let mut epoch = Vec::new();
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut self.pending) {
+            let mask: BooleanArray = p.release_at.iter().map(|t| Some(ready(*t))).collect();
+            let n = mask.true_count();
+            if n == p.rows.num_rows() {
+                epoch.push(p.rows);
+            } else if n == 0 {
+                keep.push(p);
+            } else {
+                epoch.push(filter_record_batch(&p.rows, &mask).expect("same length"));
+                let rest = arrow::compute::not(&mask).expect("boolean");
+                let release_at = p.release_at.iter().copied().filter(|t| !ready(*t)).collect();
+                keep.push(Pending { rows: filter_record_batch(&p.rows, &rest).expect("same length"), release_at });
+            }
+        }
+        self.pending = keep;
+        if !epoch.is_empty() {
+            self.op.process_epoch(&epoch, None);
+        }
+    }
+}
+
+fn watermark(clocks: &BTreeMap<i32, PartitionClock>) -> Option<i64> {
+    let mut wm: Option<i64> = None;
+    for c in clocks.values().filter(|c| !c.idle) {
+        let t = c.max_timestamp?;
+        wm = Some(wm.map_or(t, |w| w.min(t)));
+    }
+    wm
 }
 
 #[cfg(test)]
@@ -163,7 +352,7 @@ mod tests {
         d.on_poll(&[msg(0, 0, 100), msg(0, 1, 200)]);
         // Partition 1 has delivered nothing: no watermark, nothing processed.
         assert_eq!(d.buffered(), 2);
-        assert_eq!(d.resume_offsets()[&0], 0);
+        assert_eq!(d.resume_offsets(), BTreeMap::from([(0, 0)]));
         d.on_poll(&[msg(1, 7, 150)]);
         // Watermark 150: only the message ingested at 100 is released.
         assert_eq!(d.buffered(), 2);
@@ -173,5 +362,22 @@ mod tests {
         d.finish();
         assert_eq!(d.buffered(), 0);
         assert_eq!(d.resume_offsets(), BTreeMap::from([(0, 2), (1, 8)]));
+    }
+
+    #[test]
+    fn timestamps_going_backwards_keep_released_rows_a_prefix() {
+        let mut d = StreamDriver::new(AggregationRules::defaults(), [0, 1]);
+        // Offset 1 has an older timestamp than offset 0: it is released with it, not before.
+        d.on_poll(&[msg(0, 0, 200), msg(0, 1, 100), msg(1, 0, 150)]);
+        assert_eq!(d.buffered(), 3);
+        assert_eq!(d.resume_offsets(), BTreeMap::from([(0, 0), (1, 0)]));
+        d.on_poll(&[msg(1, 1, 250)]);
+        // Watermark 200: both rows of partition 0 wait for it to pass 200.
+        assert_eq!(d.buffered(), 3);
+        assert_eq!(d.resume_offsets(), BTreeMap::from([(0, 0), (1, 1)]));
+        d.drain();
+        let snap = d.snapshot_group(0).unwrap();
+        assert_eq!(snap.clocks[&1].max_timestamp, Some(250));
+        assert_eq!(snap.clocks[&0], PartitionClock { max_timestamp: Some(200), next_offset: Some(0), idle: false });
     }
 }

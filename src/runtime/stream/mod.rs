@@ -1,5 +1,8 @@
-//! The unbounded runtime. [`driver::StreamDriver`] is its pure core: how polls become epochs
-//! and how Kafka timestamps become watermarks. The Kafka connector puts a consumer and a
-//! transactional producer around it.
+//! The unbounded runtime. [`driver::StreamDriver`] is its pure core: how polls become epochs,
+//! how Kafka timestamps become watermarks, and what a key group's checkpoint holds.
+//! [`checkpoint`] is the checkpoint file format; [`job`] is the loop that wires a broker, a
+//! checkpoint store and the driver into the exactly-once stream job.
 
+pub mod checkpoint;
 pub mod driver;
+pub mod job;

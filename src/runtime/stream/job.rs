@@ -1,0 +1,170 @@
+//! The stream job's loop: poll → driver → transactional output, with a checkpoint every
+//! interval, as a two-phase commit:
+//!
+//! 1. *pre-commit*: every owned key group's snapshot goes to the checkpoint store under the
+//!    next sequence number;
+//! 2. *commit*: one Kafka transaction commits the outputs produced since the previous
+//!    checkpoint together with those sequence numbers (as the consumer group's offsets on the
+//!    key-group topic).
+//!
+//! A crash before 2 aborts the transaction (the next producer with the same transactional id
+//! fences it) and leaves the committed numbers on the previous checkpoints, which are restored:
+//! their state and positions are exactly those the committed outputs were computed from. A
+//! crash after 2 restores the new ones. Either way nothing is lost and nothing repeats.
+//!
+//! A rebalance is handled the same way: abort, then restore every owned group from its
+//! committed checkpoint. Simple, and correct whatever moved where; it costs at most one
+//! interval of recomputation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::checkpoint::{self, CheckpointStore};
+use super::driver::StreamDriver;
+use crate::contract::outputs::{AdMetric, DeadLetter};
+use crate::contract::raw::RawMessage;
+use crate::contract::time::rfc3339;
+use crate::core::audit::Audit;
+use crate::core::config::AggregationRules;
+
+/// What the loop needs from a broker: group membership for key groups, a positioned reader of
+/// the source topic, and a transactional output whose commit carries checkpoint numbers.
+pub trait Broker {
+    /// Serves the group protocol; the owned key groups, if they changed.
+    fn poll_membership(&mut self, wait: Duration) -> anyhow::Result<Option<BTreeSet<u32>>>;
+    /// The committed checkpoint number of each group (None: none yet).
+    fn committed(&self, groups: &BTreeSet<u32>) -> anyhow::Result<Vec<(u32, Option<u64>)>>;
+    fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RawMessage>>;
+    fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32>;
+    fn caught_up(&self) -> bool;
+    fn begin(&mut self) -> anyhow::Result<()>;
+    fn send_metric(&mut self, m: &AdMetric) -> anyhow::Result<()>;
+    fn send_dead_letter(&mut self, d: &DeadLetter) -> anyhow::Result<()>;
+    fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()>;
+    fn abort(&mut self) -> anyhow::Result<()>;
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub key_groups: u32,
+    pub checkpoint_interval: Duration,
+    /// A partition at its end for this long stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// Exit (after a final checkpoint) once every partition has been read to its end.
+    pub stop_when_caught_up: bool,
+    pub max_poll: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct StreamSummary {
+    pub checkpoints: u64,
+    pub metrics_sent: u64,
+    pub dead_letters_sent: u64,
+    /// Audit of the owned groups since their creation (it is part of their checkpoints).
+    pub audit: Audit,
+}
+
+pub fn run(
+    rules: &AggregationRules,
+    partitions: &[i32],
+    broker: &mut dyn Broker,
+    store: &dyn CheckpointStore,
+    opts: &StreamOptions,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<StreamSummary> {
+    let mut driver = StreamDriver::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
+    let mut seqs: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut summary = StreamSummary::default();
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let owned = driver.owned_groups().next().is_some();
+        let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
+        if let Some(groups) = broker.poll_membership(wait)? {
+            broker.abort()?;
+            driver = StreamDriver::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
+            seqs.clear();
+            for (g, seq) in broker.committed(&groups)? {
+                match seq {
+                    None => driver.start_group(g),
+                    Some(n) => {
+                        let bytes = store.get(g, n)?;
+                        let snap = checkpoint::decode(&bytes).with_context(|| format!("checkpoint {n} of key group {g}"))?;
+                        driver.restore_group(snap).map_err(anyhow::Error::msg).with_context(|| format!("checkpoint {n} of key group {g}"))?;
+                        seqs.insert(g, n);
+                    }
+                }
+            }
+            let resume = driver.resume_offsets();
+            tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
+            broker.seek(&resume)?;
+            broker.begin()?;
+            last_checkpoint = Instant::now();
+            continue;
+        }
+        if !owned {
+            if shutdown.load(Ordering::Relaxed) {
+                break;
+            }
+            continue;
+        }
+        let messages = broker.poll(opts.max_poll, Duration::from_millis(100))?;
+        driver.on_poll(&messages);
+        for p in broker.idle_partitions(opts.idle_timeout) {
+            driver.mark_idle(p);
+        }
+        let (metrics, dead) = driver.drain();
+        for m in &metrics {
+            broker.send_metric(m)?;
+        }
+        for d in &dead {
+            broker.send_dead_letter(d)?;
+        }
+        summary.metrics_sent += metrics.len() as u64;
+        summary.dead_letters_sent += dead.len() as u64;
+        let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && messages.is_empty() && broker.caught_up());
+        if stop || last_checkpoint.elapsed() >= opts.checkpoint_interval {
+            checkpoint_now(&driver, &mut seqs, broker, store)?;
+            summary.checkpoints += 1;
+            last_checkpoint = Instant::now();
+            let a = driver.audit();
+            tracing::info!(
+                "checkpoint {:?}: read {} counted {} duplicates {} invalid {} late {}; watermark {}; {} rows waiting",
+                seqs.values().max(),
+                a.read,
+                a.counted,
+                a.duplicates,
+                a.invalid,
+                a.dropped_late,
+                driver.ingest_watermark().filter(|w| *w > i64::MIN).map(rfc3339).unwrap_or_else(|| "none yet".into()),
+                driver.buffered()
+            );
+            if stop {
+                break;
+            }
+            broker.begin()?;
+        }
+    }
+    summary.audit = driver.audit();
+    Ok(summary)
+}
+
+fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: &mut dyn Broker, store: &dyn CheckpointStore) -> anyhow::Result<()> {
+    let next: BTreeMap<u32, u64> = driver.owned_groups().map(|g| (g, seqs.get(&g).copied().unwrap_or(0) + 1)).collect();
+    for (g, n) in &next {
+        let snap = driver.snapshot_group(*g).expect("owned");
+        store.put(*g, *n, checkpoint::encode(&snap))?;
+    }
+    broker.commit(&next)?;
+    *seqs = next;
+    for (g, n) in seqs.iter() {
+        // Only the committed checkpoint can ever be restored now.
+        if let Err(e) = store.prune(*g, *n) {
+            tracing::warn!("{e:#}");
+        }
+    }
+    Ok(())
+}
