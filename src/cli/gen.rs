@@ -62,7 +62,7 @@ pub struct Knobs {
 }
 
 impl Knobs {
-    fn spec(&self) -> anyhow::Result<GenSpec> {
+    pub(crate) fn spec(&self) -> anyhow::Result<GenSpec> {
         for (name, v) in [
             ("--click-fraction", self.click_fraction),
             ("--duplicate-fraction", self.duplicate_fraction),

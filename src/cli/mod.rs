@@ -1,8 +1,11 @@
 //! Layer 5: the command line. Parses arguments, wires connectors to runtimes, prints results.
 
+mod archive;
 mod backfill;
 mod gen;
+mod produce;
 mod replay;
+mod stream;
 
 use std::process::ExitCode;
 
@@ -35,6 +38,9 @@ enum Command {
     Backfill(backfill::Args),
     Gen(gen::Args),
     Replay(replay::Args),
+    Stream(stream::Args),
+    Produce(produce::Args),
+    Archive(archive::Args),
     Demo(gen::DemoArgs),
 }
 
@@ -70,6 +76,9 @@ pub fn main() -> ExitCode {
         Command::Backfill(a) => backfill::run(a),
         Command::Gen(a) => gen::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Stream(a) => stream::run(a),
+        Command::Produce(a) => produce::run(a),
+        Command::Archive(a) => archive::run(a),
         Command::Demo(a) => gen::demo(a),
     };
     match result {

@@ -2,5 +2,7 @@
 //! Hive-partitioned Parquet sinks; the Kafka connector joins them with the stream runtime.
 
 pub mod archive;
+pub mod checkpoint_store;
+pub mod kafka;
 pub mod parquet_sink;
 pub mod store;

@@ -197,3 +197,21 @@ pub fn rows_to_batch(rows: &[&Row]) -> RecordBatch {
     ];
     RecordBatch::try_new(archive_schema(), columns).expect("columns match the archive schema")
 }
+
+impl Row {
+    /// The message as a producer sends it: the contract's JSON object (absent values as null).
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "ad_id": self.ad_id,
+            "campaign_id": self.campaign_id,
+            "advertiser_id": self.advertiser_id,
+            "user_id": self.user_id,
+            "store_id": self.store_id,
+            "event_time": self.event_time,
+            "region": self.region,
+        })
+        .to_string()
+    }
+}

@@ -1,0 +1,126 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::connector::checkpoint_store::ObjectCheckpoints;
+use crate::connector::kafka::broker::KafkaBroker;
+use crate::connector::kafka::membership::Membership;
+use crate::connector::kafka::reader::TopicReader;
+use crate::connector::kafka::txn_output::TxnOutput;
+use crate::connector::kafka::{admin, KafkaSettings};
+use crate::connector::store::{open, parse_key_value};
+use crate::runtime::stream::job::{run as run_stream, StreamOptions};
+
+/// Run a job live from Kafka, exactly once.
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Run the job live from Kafka. Reads the input topic read_committed and writes ad-metrics and \
+the dead-letter topic through a transactional producer. Every --checkpoint-interval it writes each key group's \
+state and source positions to --checkpoint, then commits one transaction holding the outputs since the last \
+checkpoint and the checkpoint numbers (as the group's offsets on the key-group topic). After a crash it restores \
+the committed checkpoints: nothing lost, nothing repeated. Several processes with one --group and distinct \
+--instance ids share the key groups; a group's state moves with it.",
+    after_help = "Examples:\n  adsproc stream --job aggregation --brokers 127.0.0.1:9092 --checkpoint ./checkpoints\n  adsproc stream --job aggregation --brokers kafka:9092 --checkpoint s3://ads-state/agg \\\n      --instance 2 -X security.protocol=ssl --checkpoint-interval 5s\n\nSIGINT or SIGTERM: finish a final checkpoint, commit, exit 0.\nExit status: 0 on a clean stop, 2 on an error."
+)]
+pub struct Args {
+    #[arg(long, value_enum)]
+    job: super::JobName,
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long)]
+    brokers: String,
+    /// Where checkpoints go: a directory, file:// or s3:// URL.
+    #[arg(long)]
+    checkpoint: String,
+    /// Time between checkpoints, i.e. between output transactions.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    checkpoint_interval: Duration,
+    /// Input topic (default: the job file's input_topic).
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long, default_value = "ad-metrics")]
+    metrics_topic: String,
+    /// Dead-letter topic (default: <topic>-dlq).
+    #[arg(long)]
+    dlq_topic: Option<String>,
+    /// Consumer group; also names the key-group topic and prefixes transactional ids.
+    #[arg(long, default_value = "adsproc-aggregation")]
+    group: String,
+    /// This process's id within the group; must be stable across restarts (it is the
+    /// transactional id, which lets a restarted process abort what its predecessor left open).
+    #[arg(long, default_value = "0")]
+    instance: String,
+    /// Number of key groups (state shards), fixed for the life of the checkpoints. Created as
+    /// the partitions of `<group>.key-groups`.
+    #[arg(long, default_value_t = 8)]
+    key_groups: u32,
+    /// A partition read to its end for this long no longer holds the watermark back.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Exit after a final checkpoint once every partition has been read to its end.
+    #[arg(long)]
+    stop_when_caught_up: bool,
+    /// librdkafka property for every client, key=value (repeatable), as in kcat.
+    #[arg(short = 'X', value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
+    #[arg(long)]
+    job_file: Option<PathBuf>,
+    /// Object store setting, key=value (repeatable), for an s3:// checkpoint location.
+    #[arg(long = "store-option", value_parser = parse_key_value)]
+    store_options: Vec<(String, String)>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut rules = super::load_rules(a.job_file.as_deref())?;
+    if let Some(t) = &a.topic {
+        rules.input_topic = t.clone();
+    }
+    anyhow::ensure!(a.key_groups > 0, "--key-groups must be at least 1");
+    anyhow::ensure!(!a.checkpoint_interval.is_zero(), "--checkpoint-interval must be positive");
+    let settings = KafkaSettings::new(&a.brokers, &a.kafka_options);
+    let topic = rules.input_topic.clone();
+    let partitions = admin::partitions(&settings, &topic)?
+        .with_context(|| format!("input topic {topic:?} does not exist on {}", a.brokers))?;
+    let dlq_topic = a.dlq_topic.clone().unwrap_or_else(|| format!("{topic}-dlq"));
+    admin::ensure_topic(&settings, &a.metrics_topic, partitions.len() as i32)?;
+    admin::ensure_topic(&settings, &dlq_topic, partitions.len() as i32)?;
+    let kg_topic = format!("{}.key-groups", a.group);
+    let kg = admin::ensure_topic(&settings, &kg_topic, a.key_groups as i32)?;
+    anyhow::ensure!(
+        kg.len() as u32 == a.key_groups,
+        "topic {kg_topic:?} has {} partitions but --key-groups is {}: key groups are fixed once checkpoints exist",
+        kg.len(),
+        a.key_groups
+    );
+
+    let rt = super::tokio_runtime()?;
+    let store = ObjectCheckpoints::new(open(&a.checkpoint, &a.store_options, true)?, rt.handle().clone());
+    let client_id = format!("{}-{}", a.group, a.instance);
+    let output = TxnOutput::new(&settings, &client_id)?;
+    let reader = TopicReader::new(&settings, &topic, partitions.clone(), &client_id)?;
+    let membership = Membership::join(&settings, &a.group, &kg_topic, &client_id)?;
+    let mut broker = KafkaBroker { membership, reader, output, metrics_topic: a.metrics_topic.clone(), dlq_topic };
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handlers")?;
+    }
+    let opts = StreamOptions {
+        key_groups: a.key_groups,
+        checkpoint_interval: a.checkpoint_interval,
+        idle_timeout: a.idle_timeout,
+        stop_when_caught_up: a.stop_when_caught_up,
+        max_poll: 20_000,
+    };
+    tracing::info!("stream: {topic} ({} partitions) → {} on {}, group {}, instance {}", partitions.len(), a.metrics_topic, a.brokers, a.group, a.instance);
+    let summary = run_stream(&rules, &partitions, &mut broker, &store, &opts, &shutdown)?;
+    eprintln!(
+        "stopped after {} checkpoints: {} ad-metrics records and {} dead letters committed by this process",
+        summary.checkpoints, summary.metrics_sent, summary.dead_letters_sent
+    );
+    eprint!("{}", summary.audit);
+    Ok(ExitCode::SUCCESS)
+}

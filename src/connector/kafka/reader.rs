@@ -1,0 +1,117 @@
+//! Reads every partition of a topic from given positions, read_committed, without a consumer
+//! group: positions are the caller's (they live in checkpoints), never committed here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::KafkaSettings;
+use crate::contract::raw::RawMessage;
+
+/// Reaching a partition's end is how the reader knows it is caught up, not an error worth a
+/// log line.
+pub struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+pub struct TopicReader {
+    consumer: BaseConsumer<QuietEof>,
+    topic: String,
+    partitions: Vec<i32>,
+    /// Partitions whose end the last poll reached, and since when.
+    at_end: BTreeMap<i32, Instant>,
+}
+
+impl TopicReader {
+    pub fn new(settings: &KafkaSettings, topic: &str, partitions: Vec<i32>, client_id: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer<QuietEof> = settings
+            .config(&[
+                ("group.id", &format!("{client_id}-reader")),
+                ("client.id", client_id),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("isolation.level", "read_committed"),
+                ("auto.offset.reset", "earliest"),
+                ("fetch.wait.max.ms", "100"),
+            ])
+            .create_with_context(QuietEof)
+            .context("cannot create the Kafka reader")?;
+        Ok(Self { consumer, topic: topic.to_string(), partitions, at_end: BTreeMap::new() })
+    }
+
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// Positions every partition: at the given offset, or at the beginning if absent.
+    pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.partitions {
+            let o = offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(&self.topic, *p, o)?;
+        }
+        self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic))?;
+        self.at_end.clear();
+        Ok(())
+    }
+
+    /// Up to `max` messages, waiting at most `wait` for the first.
+    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RawMessage>> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + wait;
+        while out.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = if out.is_empty() { left } else { Duration::ZERO };
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(m)) => {
+                    self.at_end.remove(&m.partition());
+                    out.push(RawMessage {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis().unwrap_or(0),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                    });
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    self.at_end.entry(p).or_insert_with(Instant::now);
+                }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))) => {
+                    anyhow::bail!("topic {:?} does not exist", self.topic)
+                }
+                Some(Err(e)) => {
+                    // Transient broker errors are retried by librdkafka; report and go on.
+                    tracing::warn!("reading {}: {e}", self.topic);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Partitions that have been at their end for at least `for_at_least`.
+    pub fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32> {
+        self.at_end.iter().filter(|(_, since)| since.elapsed() >= for_at_least).map(|(p, _)| *p).collect()
+    }
+
+    /// Whether every partition has reached its end since it last delivered.
+    pub fn caught_up(&self) -> bool {
+        self.partitions.iter().all(|p| self.at_end.contains_key(p))
+    }
+}

@@ -1,0 +1,89 @@
+//! The two-phase-commit sink: a transactional producer whose transaction also commits the
+//! key groups' checkpoint numbers (as the group's offsets on the key-group topic).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::KafkaSettings;
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct TxnOutput {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    open: bool,
+}
+
+impl TxnOutput {
+    /// Creates the producer and fences any earlier one with the same transactional id,
+    /// aborting its open transaction.
+    pub fn new(settings: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
+        let producer: ThreadedProducer<DefaultProducerContext> = settings
+            .config(&[
+                ("transactional.id", transactional_id),
+                ("client.id", transactional_id),
+                ("enable.idempotence", "true"),
+                ("linger.ms", "5"),
+                ("batch.num.messages", "10000"),
+                ("queue.buffering.max.messages", "1000000"),
+                ("transaction.timeout.ms", "60000"),
+            ])
+            .create()
+            .context("cannot create the transactional producer")?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .with_context(|| format!("cannot initialise transactions for {transactional_id:?}"))?;
+        Ok(Self { producer, open: false })
+    }
+
+    pub fn begin(&mut self) -> anyhow::Result<()> {
+        if !self.open {
+            self.producer.begin_transaction().context("cannot begin a transaction")?;
+            self.open = true;
+        }
+        Ok(())
+    }
+
+    /// Sends one record in the open transaction, waiting while the local queue is full.
+    pub fn send(&self, topic: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let mut record = BaseRecord::to(topic).key(key).payload(value);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("cannot produce to {topic:?}")),
+            }
+        }
+    }
+
+    /// Commits the open transaction together with the offsets `seqs` (key group → checkpoint
+    /// number) on the key-group topic.
+    pub fn commit(&mut self, group_topic: &str, seqs: &BTreeMap<u32, u64>, cgm: &ConsumerGroupMetadata) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (g, seq) in seqs {
+            tpl.add_partition_offset(group_topic, *g as i32, Offset::Offset(*seq as i64))?;
+        }
+        if tpl.count() > 0 {
+            self.producer.send_offsets_to_transaction(&tpl, cgm, TXN_TIMEOUT).context("cannot add the checkpoint offsets to the transaction")?;
+        }
+        self.producer.commit_transaction(TXN_TIMEOUT).context("cannot commit the transaction")?;
+        self.open = false;
+        Ok(())
+    }
+
+    pub fn abort(&mut self) -> anyhow::Result<()> {
+        if self.open {
+            self.producer.abort_transaction(TXN_TIMEOUT).context("cannot abort the transaction")?;
+            self.open = false;
+        }
+        Ok(())
+    }
+}

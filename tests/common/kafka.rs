@@ -1,0 +1,130 @@
+//! A real Kafka-protocol broker for tests (Nisshi, via scripts/broker.sh), the adsproc binary
+//! as a child process, and an upsert view of an output topic read read_committed.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use adsproc::contract::outputs::{AdMetric, DeadLetter};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub struct Broker {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+}
+
+fn script(args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(root.join("scripts/broker.sh")).args(args).output().expect("run scripts/broker.sh");
+    assert!(o.status.success(), "scripts/broker.sh {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+impl Broker {
+    /// `storage`: "memory" or "sqlite" (survives [`restart`](Self::restart)).
+    pub fn start(storage: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = script(&["start", dir.path().to_str().unwrap(), storage]);
+        Self { dir, addr }
+    }
+
+    pub fn restart(&self) {
+        let addr = script(&["restart", self.dir.path().to_str().unwrap()]);
+        assert_eq!(addr, self.addr);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh"))
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .output();
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_adsproc"))
+}
+
+/// Runs adsproc to completion; panics with its output on failure. Returns stdout + stderr.
+pub fn adsproc(args: &[&str]) -> String {
+    let o = Command::new(bin()).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "adsproc {args:?} failed:\n{text}");
+    text
+}
+
+/// Starts adsproc in the background, its output to `log`.
+pub fn spawn(args: &[&str], log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(bin()).args(args).stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).spawn().unwrap()
+}
+
+/// Every record of a topic, read_committed, in offset order per partition.
+pub fn read_all(addr: &str, topic: &str) -> Vec<(i32, i64, Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "adsproc-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < parts.len() {
+        assert!(Instant::now() < deadline, "reading {topic} did not reach its end within 120 s");
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                out.push((m.partition(), m.offset(), m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What an upsert store keyed by record_uuid keeps of `ad-metrics`: the last value of each key
+/// in offset order. Checks that every record is keyed by its own record_uuid.
+pub fn metrics_upsert(addr: &str, topic: &str) -> (BTreeMap<String, AdMetric>, usize) {
+    let records = read_all(addr, topic);
+    let n = records.len();
+    let mut last = BTreeMap::new();
+    for (_, _, key, value) in records {
+        let m: AdMetric = serde_json::from_slice(&value).expect("ad-metrics value is the contract's JSON");
+        assert_eq!(String::from_utf8(key).unwrap(), m.record_uuid.to_string(), "keyed by record_uuid");
+        last.insert(m.record_uuid.to_string(), m);
+    }
+    (last, n)
+}
+
+pub fn dead_letters(addr: &str, topic: &str) -> BTreeMap<String, DeadLetter> {
+    read_all(addr, topic)
+        .into_iter()
+        .map(|(_, _, k, v)| (String::from_utf8(k).unwrap(), serde_json::from_slice(&v).expect("dlq value is JSON")))
+        .collect()
+}
