@@ -69,6 +69,15 @@ pub fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(bin()).args(args).stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).spawn().unwrap()
 }
 
+/// How many partitions a topic has (0 if it does not exist).
+pub fn read_all_partitions(addr: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", addr).set("allow.auto.create.topics", "false").create().unwrap();
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map(|md| md.topics().iter().filter(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()).sum())
+        .unwrap_or(0)
+}
+
 /// Every record of a topic, read_committed, in offset order per partition.
 pub fn read_all(addr: &str, topic: &str) -> Vec<(i32, i64, Vec<u8>, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
