@@ -10,7 +10,7 @@ fn every_fixture_matches_its_expected_output_in_every_feed() {
     assert!(dirs.len() >= 8, "fixtures are missing: {dirs:?}");
     let mut failures = Vec::new();
     for dir in dirs {
-        let outcome = run_scenario(&dir).unwrap();
+        let outcome = run_scenario(&dir, None).unwrap();
         assert!(!outcome.feeds.is_empty());
         for (feed, diffs) in &outcome.feeds {
             if !diffs.is_empty() {
@@ -32,7 +32,7 @@ fn a_wrong_expectation_is_reported_as_a_difference() {
     }
     let metrics = std::fs::read_to_string(src.join("expected/ad-metrics.jsonl")).unwrap();
     std::fs::write(dst.join("expected/ad-metrics.jsonl"), metrics.replace("\"impressions\":2", "\"impressions\":3")).unwrap();
-    let outcome = run_scenario(&dst).unwrap();
+    let outcome = run_scenario(&dst, None).unwrap();
     assert!(!outcome.passed());
     for (_, diffs) in &outcome.feeds {
         assert!(diffs.iter().any(|d| d.contains("impressions=3")), "{diffs:?}");

@@ -185,11 +185,20 @@ impl Scenario {
     }
 }
 
-/// What one feed produced, reduced to what an upsert store keeps.
-struct Produced {
-    metrics: Vec<AdMetric>,
-    dead: Vec<DeadLetter>,
-    audit: Audit,
+/// What one feed produced.
+pub(crate) struct Produced {
+    pub metrics: Vec<AdMetric>,
+    pub dead: Vec<DeadLetter>,
+    pub audit: Audit,
+}
+
+impl Produced {
+    /// The stream job emits every window and every dead letter; compare the scenario's range.
+    fn in_range(mut self, s: &Scenario) -> Self {
+        self.metrics.retain(|m| (s.from..s.to).contains(&m.window_start));
+        self.dead.retain(|d| d.kafka_timestamp.is_none_or(|t| (s.from..s.to).contains(&t)));
+        self
+    }
 }
 
 pub struct Outcome {
@@ -216,11 +225,8 @@ fn run_backfill_feed(s: &Scenario) -> anyhow::Result<Produced> {
 fn run_stream_feed(s: &Scenario, reverse: bool) -> Produced {
     let partitions: BTreeSet<i32> = s.messages.iter().map(|m| m.partition).collect();
     let mut driver = StreamDriver::new(s.rules.clone(), partitions);
-    let (mut metrics, mut dead) = driver.replay(s.polls(reverse));
-    // The stream job emits every window and every dead letter; compare the scenario's range.
-    metrics.retain(|m| (s.from..s.to).contains(&m.window_start));
-    dead.retain(|d| d.kafka_timestamp.is_none_or(|t| (s.from..s.to).contains(&t)));
-    Produced { metrics, dead, audit: driver.audit() }
+    let (metrics, dead) = driver.replay(s.polls(reverse));
+    Produced { metrics, dead, audit: driver.audit() }.in_range(s)
 }
 
 fn compare(s: &Scenario, p: &Produced, archived_only: bool) -> Vec<String> {
@@ -303,8 +309,9 @@ fn metric_line(m: &ExpectedMetric) -> String {
     )
 }
 
-/// Runs a scenario through every feed and compares each with the expected output.
-pub fn run_scenario(dir: &Path) -> anyhow::Result<Outcome> {
+/// Runs a scenario through every feed and compares each with the expected output. With
+/// `brokers`, also through the stream runtime against that Kafka broker.
+pub fn run_scenario(dir: &Path, brokers: Option<&str>) -> anyhow::Result<Outcome> {
     let s = Scenario::load(dir)?;
     let mut feeds = Vec::new();
     let backfill = run_backfill_feed(&s)?;
@@ -313,6 +320,10 @@ pub fn run_scenario(dir: &Path) -> anyhow::Result<Outcome> {
         for (name, reverse) in [("stream", false), ("stream, partitions reversed", true)] {
             let p = run_stream_feed(&s, reverse);
             feeds.push((name.to_string(), compare(&s, &p, false)));
+        }
+        if let Some(b) = brokers {
+            let p = super::kafka_feed::run_kafka_feed(&s, b).with_context(|| format!("scenario {} on Kafka at {b}", s.name))?;
+            feeds.push(("stream on Kafka".to_string(), compare(&s, &p.in_range(&s), false)));
         }
     }
     Ok(Outcome { name: s.name.clone(), description: s.description.clone(), feeds })

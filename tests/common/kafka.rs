@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use adsproc::contract::outputs::{AdMetric, DeadLetter};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 pub struct Broker {
     pub dir: tempfile::TempDir,
@@ -80,41 +78,8 @@ pub fn read_all_partitions(addr: &str, topic: &str) -> usize {
 
 /// Every record of a topic, read_committed, in offset order per partition.
 pub fn read_all(addr: &str, topic: &str) -> Vec<(i32, i64, Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", "adsproc-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    if parts.is_empty() {
-        return Vec::new();
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in &parts {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut at_end = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while at_end.len() < parts.len() {
-        assert!(Instant::now() < deadline, "reading {topic} did not reach its end within 120 s");
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                at_end.remove(&m.partition());
-                out.push((m.partition(), m.offset(), m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            _ => {}
-        }
-    }
-    out
+    let settings = adsproc::connector::kafka::KafkaSettings::new(addr, &[]);
+    adsproc::connector::kafka::topic_dump::read_to_end(&settings, topic, Duration::from_secs(120)).unwrap()
 }
 
 /// What an upsert store keyed by record_uuid keeps of `ad-metrics`: the last value of each key
