@@ -9,6 +9,7 @@ use adsproc::contract::time::rfc3339;
 use common::kafka::*;
 use common::parquet_out::{backfill, read_dead, read_metrics};
 use common::{diff, Windows, HOUR, T0};
+use std::process::Command;
 
 fn produce(addr: &str, extra: &[&str]) -> String {
     let mut args = vec!["produce", "--brokers", addr, "--start", "2026-01-01T00:00:00Z", "--partitions", "4", "--regions", "2"];
@@ -92,7 +93,7 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
     let producer = spawn(
         &["produce", "--brokers", &broker.addr, "--start", "2026-01-01T00:00:00Z", "--partitions", "4", "--regions", "2",
           "--events", "60000", "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
-          "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", "23", "--watermark-tick", "--rate", "3000"],
+          "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", "23", "--watermark-tick", "--rate", "2500"],
         &work.path().join("produce.log"),
     );
     wait_for_topic(&broker.addr, "ad-events");
@@ -100,7 +101,7 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
     let args = ["stream", "--job", "aggregation", "--brokers", &broker.addr, "--checkpoint", ckpt.to_str().unwrap(), "--checkpoint-interval", "300ms"];
     let mut child = spawn(&args, &stream_log);
     for kill in 0..12 {
-        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(300..1500)));
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(700..2500)));
         if kill == 6 {
             // The broker goes down and comes back under a running job (sqlite storage).
             broker.restart();
@@ -137,4 +138,70 @@ fn wait_for_topic(addr: &str, topic: &str) {
 
 fn wait_for(mut c: std::process::Child) -> std::process::ExitStatus {
     c.wait().unwrap()
+}
+
+/// Several processes in one group, one of them killed for good and one joining late, give the
+/// same committed output as a backfill: key groups and their state move between processes.
+#[test]
+fn several_processes_share_the_key_groups_and_their_state_moves_on_rebalance() {
+    let broker = Broker::start("memory");
+    let work = tempfile::tempdir().unwrap();
+    let ckpt = work.path().join("ckpt");
+    let producer = spawn(
+        &["produce", "--brokers", &broker.addr, "--start", "2026-01-01T00:00:00Z", "--partitions", "4", "--regions", "2",
+          "--events", "40000", "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
+          "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", "31", "--watermark-tick", "--rate", "4000"],
+        &work.path().join("produce.log"),
+    );
+    wait_for_topic(&broker.addr, "ad-events");
+    let ckpt_s = ckpt.to_str().unwrap().to_string();
+    let start = |instance: &str| {
+        let log = work.path().join(format!("stream-{instance}.log"));
+        let c = spawn(
+            &["stream", "--job", "aggregation", "--brokers", &broker.addr, "--checkpoint", &ckpt_s, "--checkpoint-interval", "300ms",
+              "--instance", instance, "-X", "session.timeout.ms=6000"],
+            &log,
+        );
+        (c, log)
+    };
+    let (a, a_log) = start("a");
+    let (mut b, b_log) = start("b");
+    let (c, c_log) = start("c");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    b.kill().unwrap(); // for good: its key groups must move, with their state, after its session times out
+    b.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (d, d_log) = start("d");
+    assert!(wait_for(producer).success(), "producer failed");
+
+    // The reference: a backfill of the archived topic.
+    let archive = work.path().join("archive");
+    let out = work.path().join("out");
+    adsproc(&["archive", "--topic", "ad-events", "--brokers", &broker.addr, "--sink", archive.to_str().unwrap(), "--until-caught-up"]);
+    let (from, to) = (T0, T0 + 2 * HOUR);
+    backfill(&archive, &out, from, to, &[]);
+    let expected = read_metrics(&out);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let (live, _) = metrics_upsert(&broker.addr, "ad-metrics");
+        let got = as_windows(&live, from, to);
+        if got == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the group did not converge on the backfill within 90 s: {}", diff(&expected, &got));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // A clean stop: SIGTERM, a final checkpoint, exit 0; and the output is still exactly right.
+    for mut p in [a, c, d] {
+        let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
+        assert!(p.wait().unwrap().success(), "a stream process did not stop cleanly on SIGTERM");
+    }
+    let (live, _) = metrics_upsert(&broker.addr, "ad-metrics");
+    let got = as_windows(&live, from, to);
+    assert!(got == expected, "{}", diff(&expected, &got));
+
+    let logs: Vec<String> = [&a_log, &b_log, &c_log, &d_log].iter().map(|l| std::fs::read_to_string(l).unwrap()).collect();
+    let shared = logs.iter().filter(|l| l.lines().any(|x| x.contains("owning key groups {") && !x.contains("{0, 1, 2, 3, 4, 5, 6, 7}") && !x.contains("owning key groups {}"))).count();
+    assert!(shared >= 2, "at least two processes held a share of the key groups:\n{}", logs.join("\n----\n"));
+    assert!(logs[3].contains("restored checkpoints {") && !logs[3].contains("restored checkpoints {})"), "the late joiner restored moved state");
 }

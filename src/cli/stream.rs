@@ -7,11 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::connector::checkpoint_store::ObjectCheckpoints;
-use crate::connector::kafka::broker::KafkaBroker;
-use crate::connector::kafka::membership::Membership;
-use crate::connector::kafka::reader::TopicReader;
-use crate::connector::kafka::txn_output::TxnOutput;
-use crate::connector::kafka::{admin, KafkaSettings};
+use crate::connector::kafka::broker::{KafkaBroker, StreamTopics};
+use crate::connector::kafka::KafkaSettings;
 use crate::connector::store::{open, parse_key_value};
 use crate::runtime::stream::job::{run as run_stream, StreamOptions};
 
@@ -54,7 +51,8 @@ pub struct Args {
     #[arg(long, default_value = "0")]
     instance: String,
     /// Number of key groups (state shards), fixed for the life of the checkpoints. Created as
-    /// the partitions of `<group>.key-groups`.
+    /// the partitions of `<group>.key-groups`; output topics are created with as many
+    /// partitions, one per key group.
     #[arg(long, default_value_t = 8)]
     key_groups: u32,
     /// A partition read to its end for this long no longer holds the watermark back.
@@ -82,27 +80,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!a.checkpoint_interval.is_zero(), "--checkpoint-interval must be positive");
     let settings = KafkaSettings::new(&a.brokers, &a.kafka_options);
     let topic = rules.input_topic.clone();
-    let partitions = admin::partitions(&settings, &topic)?
-        .with_context(|| format!("input topic {topic:?} does not exist on {}", a.brokers))?;
-    let dlq_topic = a.dlq_topic.clone().unwrap_or_else(|| format!("{topic}-dlq"));
-    admin::ensure_topic(&settings, &a.metrics_topic, partitions.len() as i32)?;
-    admin::ensure_topic(&settings, &dlq_topic, partitions.len() as i32)?;
-    let kg_topic = format!("{}.key-groups", a.group);
-    let kg = admin::ensure_topic(&settings, &kg_topic, a.key_groups as i32)?;
-    anyhow::ensure!(
-        kg.len() as u32 == a.key_groups,
-        "topic {kg_topic:?} has {} partitions but --key-groups is {}: key groups are fixed once checkpoints exist",
-        kg.len(),
-        a.key_groups
-    );
-
+    let topics = StreamTopics {
+        input: topic.clone(),
+        metrics: a.metrics_topic.clone(),
+        dlq: a.dlq_topic.clone().unwrap_or_else(|| format!("{topic}-dlq")),
+        group: a.group.clone(),
+        instance: a.instance.clone(),
+        key_groups: a.key_groups,
+    };
     let rt = super::tokio_runtime()?;
     let store = ObjectCheckpoints::new(open(&a.checkpoint, &a.store_options, true)?, rt.handle().clone());
-    let client_id = format!("{}-{}", a.group, a.instance);
-    let output = TxnOutput::new(&settings, &client_id)?;
-    let reader = TopicReader::new(&settings, &topic, partitions.clone(), &client_id)?;
-    let membership = Membership::join(&settings, &a.group, &kg_topic, &client_id)?;
-    let mut broker = KafkaBroker { membership, reader, output, metrics_topic: a.metrics_topic.clone(), dlq_topic };
+    let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

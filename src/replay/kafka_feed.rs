@@ -10,11 +10,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 use super::scenario::{Produced, Scenario};
 use crate::connector::checkpoint_store::ObjectCheckpoints;
-use crate::connector::kafka::broker::KafkaBroker;
-use crate::connector::kafka::membership::Membership;
-use crate::connector::kafka::reader::TopicReader;
+use crate::connector::kafka::broker::{KafkaBroker, StreamTopics};
 use crate::connector::kafka::topic_dump::read_to_end;
-use crate::connector::kafka::txn_output::TxnOutput;
 use crate::connector::kafka::{admin, KafkaSettings};
 use crate::connector::store::open;
 use crate::contract::time::DAY_MS;
@@ -26,10 +23,7 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
     let topic = format!("replay-{}-{nonce}", s.name);
     let (metrics_topic, dlq_topic, group) = (format!("{topic}-metrics"), format!("{topic}-dlq"), format!("{topic}-group"));
     let n = s.messages.iter().map(|m| m.partition).max().unwrap_or(0) + 1;
-    let partitions = admin::ensure_topic(&settings, &topic, n)?;
-    admin::ensure_topic(&settings, &metrics_topic, n)?;
-    admin::ensure_topic(&settings, &dlq_topic, n)?;
-    admin::ensure_topic(&settings, &format!("{group}.key-groups"), 2)?;
+    let input_partitions = admin::ensure_topic(&settings, &topic, n)?;
 
     let producer: ThreadedProducer<DefaultProducerContext> =
         settings.config(&[("enable.idempotence", "true"), ("linger.ms", "0")]).create().context("cannot create a producer")?;
@@ -43,7 +37,7 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
     // One message per partition a day later, so that the watermark passes every window of the
     // scenario (it is outside the compared range).
     let tick_at = msgs.iter().map(|m| m.timestamp).max().unwrap_or(0) + DAY_MS;
-    for p in &partitions {
+    for p in &input_partitions {
         let tick = format!(r#"{{"event_id":"tick-{p}","event_type":"impression","ad_id":"tick","event_time":{tick_at},"region":"tick"}}"#);
         producer.send(BaseRecord::<(), str>::to(&topic).partition(*p).timestamp(tick_at).payload(&tick)).map_err(|(e, _)| e)?;
     }
@@ -54,14 +48,15 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
     let store = ObjectCheckpoints::new(open(ckpt_dir.path().to_str().context("utf-8 path")?, &[], true)?, rt.handle().clone());
     let mut rules = s.rules.clone();
     rules.input_topic = topic.clone();
-    let client = format!("{group}-0");
-    let mut broker = KafkaBroker {
-        output: TxnOutput::new(&settings, &client)?,
-        reader: TopicReader::new(&settings, &topic, partitions.clone(), &client)?,
-        membership: Membership::join(&settings, &group, &format!("{group}.key-groups"), &client)?,
-        metrics_topic: metrics_topic.clone(),
-        dlq_topic: dlq_topic.clone(),
+    let topics = StreamTopics {
+        input: topic.clone(),
+        metrics: metrics_topic.clone(),
+        dlq: dlq_topic.clone(),
+        group,
+        instance: "0".into(),
+        key_groups: 2,
     };
+    let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
     let opts = StreamOptions {
         key_groups: 2,
         checkpoint_interval: Duration::from_millis(200),

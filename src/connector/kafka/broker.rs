@@ -1,5 +1,10 @@
-//! [`Broker`] over Kafka: the key-group membership, the source reader and the transactional
-//! output, with the contract's JSON records keyed by `record_uuid`.
+//! [`Broker`] over Kafka: the key-group membership, the source reader and one transactional
+//! output per owned key group, with the contract's JSON records keyed by `record_uuid`.
+//!
+//! Key group `g` writes to partition `g mod n` of each output topic (a record_uuid belongs to
+//! one ad, hence to one key group, hence always to the same partition, which is what a
+//! compacted topic or an upsert store needs). With at least as many partitions as key groups,
+//! no two producers ever write the same partition.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -7,21 +12,110 @@ use std::time::Duration;
 use super::membership::Membership;
 use super::reader::TopicReader;
 use super::txn_output::TxnOutput;
+use super::{admin, KafkaSettings};
+use anyhow::Context;
 use crate::contract::outputs::{AdMetric, DeadLetter};
 use crate::contract::raw::RawMessage;
 use crate::runtime::stream::job::Broker;
 
 pub struct KafkaBroker {
+    pub settings: KafkaSettings,
+    /// Prefix of the transactional ids: `<prefix>-kg-<g>`.
+    pub transactional_prefix: String,
     pub membership: Membership,
     pub reader: TopicReader,
-    pub output: TxnOutput,
-    pub metrics_topic: String,
-    pub dlq_topic: String,
+    pub outputs: BTreeMap<u32, TxnOutput>,
+    pub metrics_topic: (String, i32),
+    pub dlq_topic: (String, i32),
+}
+
+/// Names and sizes of what a stream job uses on the broker.
+#[derive(Debug, Clone)]
+pub struct StreamTopics {
+    pub input: String,
+    pub metrics: String,
+    pub dlq: String,
+    /// Consumer group; also names the key-group topic and prefixes transactional ids.
+    pub group: String,
+    pub instance: String,
+    pub key_groups: u32,
+}
+
+impl StreamTopics {
+    pub fn key_group_topic(&self) -> String {
+        format!("{}.key-groups", self.group)
+    }
+}
+
+impl KafkaBroker {
+    /// Checks the input topic, creates the output and key-group topics if missing (one output
+    /// partition per key group), and joins the group. Returns the broker and the input's
+    /// partitions.
+    pub fn connect(settings: &KafkaSettings, t: &StreamTopics) -> anyhow::Result<(Self, Vec<i32>)> {
+        let partitions = admin::partitions(settings, &t.input)?
+            .with_context(|| format!("input topic {:?} does not exist on {}", t.input, settings.brokers))?;
+        let kg_topic = t.key_group_topic();
+        let kg = admin::ensure_topic(settings, &kg_topic, t.key_groups as i32)?;
+        anyhow::ensure!(
+            kg.len() as u32 == t.key_groups,
+            "topic {kg_topic:?} has {} partitions but there are {} key groups: key groups are fixed once checkpoints exist",
+            kg.len(),
+            t.key_groups
+        );
+        let out = |topic: &str| -> anyhow::Result<(String, i32)> {
+            let n = admin::ensure_topic(settings, topic, t.key_groups as i32)?.len() as i32;
+            if (n as u32) < t.key_groups {
+                tracing::warn!("{topic:?} has {n} partitions for {} key groups: processes will share output partitions", t.key_groups);
+            }
+            Ok((topic.to_string(), n))
+        };
+        let (metrics_topic, dlq_topic) = (out(&t.metrics)?, out(&t.dlq)?);
+        let client_id = format!("{}-{}", t.group, t.instance);
+        let broker = KafkaBroker {
+            settings: settings.clone(),
+            transactional_prefix: t.group.clone(),
+            reader: TopicReader::new(settings, &t.input, partitions.clone(), &client_id)?,
+            membership: Membership::join(settings, &t.group, &kg_topic, &client_id)?,
+            outputs: BTreeMap::new(),
+            metrics_topic,
+            dlq_topic,
+        };
+        Ok((broker, partitions))
+    }
+
+    fn output(&mut self, g: u32) -> anyhow::Result<&mut TxnOutput> {
+        self.outputs.get_mut(&g).with_context(|| format!("key group {g} is not owned here"))
+    }
 }
 
 impl Broker for KafkaBroker {
     fn poll_membership(&mut self, wait: Duration) -> anyhow::Result<Option<BTreeSet<u32>>> {
         self.membership.poll(wait)
+    }
+
+    fn take_ownership(&mut self, owned: &BTreeSet<u32>) -> anyhow::Result<()> {
+        for out in self.outputs.values_mut() {
+            out.abort()?;
+        }
+        self.outputs.retain(|g, _| owned.contains(g));
+        let new: Vec<u32> = owned.iter().copied().filter(|g| !self.outputs.contains_key(g)).collect();
+        // init_transactions is a blocking round trip (and, when it fences a predecessor, an
+        // abort): open the producers side by side.
+        let opened: Vec<(u32, anyhow::Result<TxnOutput>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = new
+                .iter()
+                .map(|g| {
+                    let id = format!("{}-kg-{g}", self.transactional_prefix);
+                    let settings = &self.settings;
+                    (*g, s.spawn(move || TxnOutput::new(settings, &id)))
+                })
+                .collect();
+            handles.into_iter().map(|(g, h)| (g, h.join().expect("producer thread panicked"))).collect()
+        });
+        for (g, out) in opened {
+            self.outputs.insert(g, out?);
+        }
+        Ok(())
     }
 
     fn committed(&self, groups: &BTreeSet<u32>) -> anyhow::Result<Vec<(u32, Option<u64>)>> {
@@ -44,27 +138,25 @@ impl Broker for KafkaBroker {
         self.reader.caught_up()
     }
 
-    fn begin(&mut self) -> anyhow::Result<()> {
-        self.output.begin()
+    fn begin(&mut self, g: u32) -> anyhow::Result<()> {
+        self.output(g)?.begin()
     }
 
-    fn send_metric(&mut self, m: &AdMetric) -> anyhow::Result<()> {
+    fn send_metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
         let value = serde_json::to_vec(m)?;
-        self.output.send(&self.metrics_topic, m.record_uuid.to_string().as_bytes(), &value)
+        let (topic, n) = self.metrics_topic.clone();
+        self.output(g)?.send(&topic, g as i32 % n, m.record_uuid.to_string().as_bytes(), &value)
     }
 
-    fn send_dead_letter(&mut self, d: &DeadLetter) -> anyhow::Result<()> {
+    fn send_dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
         let value = serde_json::to_vec(d)?;
-        self.output.send(&self.dlq_topic, d.record_uuid.to_string().as_bytes(), &value)
+        let (topic, n) = self.dlq_topic.clone();
+        self.output(g)?.send(&topic, g as i32 % n, d.record_uuid.to_string().as_bytes(), &value)
     }
 
-    fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
+    fn commit(&mut self, g: u32, seq: u64) -> anyhow::Result<()> {
         let cgm = self.membership.group_metadata()?;
         let topic = self.membership.topic().to_string();
-        self.output.commit(&topic, seqs, &cgm)
-    }
-
-    fn abort(&mut self) -> anyhow::Result<()> {
-        self.output.abort()
+        self.output(g)?.commit(&topic, &BTreeMap::from([(g, seq)]), &cgm)
     }
 }

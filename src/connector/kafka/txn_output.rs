@@ -50,8 +50,8 @@ impl TxnOutput {
     }
 
     /// Sends one record in the open transaction, waiting while the local queue is full.
-    pub fn send(&self, topic: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
-        let mut record = BaseRecord::to(topic).key(key).payload(value);
+    pub fn send(&self, topic: &str, partition: i32, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let mut record = BaseRecord::to(topic).partition(partition).key(key).payload(value);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

@@ -294,6 +294,14 @@ impl StreamDriver {
         (metrics, dead)
     }
 
+    /// Records emitted since the last call, per owned key group.
+    pub fn drain_by_group(&mut self) -> Vec<(u32, Vec<AdMetric>, Vec<DeadLetter>)> {
+        self.groups.iter_mut().map(|(g, t)| {
+            let (m, d) = t.op.drain();
+            (*g, m, d)
+        }).collect()
+    }
+
     /// The owned groups' audits, summed.
     pub fn audit(&self) -> Audit {
         let mut a = Audit::default();

@@ -3,9 +3,15 @@
 //!
 //! 1. *pre-commit*: every owned key group's snapshot goes to the checkpoint store under the
 //!    next sequence number;
-//! 2. *commit*: one Kafka transaction commits the outputs produced since the previous
-//!    checkpoint together with those sequence numbers (as the consumer group's offsets on the
-//!    key-group topic).
+//! 2. *commit*: per key group, one Kafka transaction commits the group's outputs since the
+//!    previous checkpoint together with its sequence number (as the consumer group's offset on
+//!    the key-group topic's partition of that group).
+//!
+//! Each key group has its own transactional producer (transactional id = group + key group)
+//! and its own output partitions, as Kafka Streams' first exactly-once design had one per task:
+//! whoever takes over a key group fences the previous owner's producer, aborting what it left
+//! open, and no two producers ever write the same partition. Groups are independent, so each
+//! commits on its own; a crash between two groups' commits leaves each consistent.
 //!
 //! A crash before 2 aborts the transaction (the next producer with the same transactional id
 //! fences it) and leaves the committed numbers on the previous checkpoints, which are restored:
@@ -31,21 +37,24 @@ use crate::core::audit::Audit;
 use crate::core::config::AggregationRules;
 
 /// What the loop needs from a broker: group membership for key groups, a positioned reader of
-/// the source topic, and a transactional output whose commit carries checkpoint numbers.
+/// the source topic, and per key group a transactional output whose commit carries the group's
+/// checkpoint number.
 pub trait Broker {
     /// Serves the group protocol; the owned key groups, if they changed.
     fn poll_membership(&mut self, wait: Duration) -> anyhow::Result<Option<BTreeSet<u32>>>;
+    /// Aborts every open transaction, drops the outputs of groups not in `owned` and opens
+    /// (fencing any previous owner) those of the new ones.
+    fn take_ownership(&mut self, owned: &BTreeSet<u32>) -> anyhow::Result<()>;
     /// The committed checkpoint number of each group (None: none yet).
     fn committed(&self, groups: &BTreeSet<u32>) -> anyhow::Result<Vec<(u32, Option<u64>)>>;
     fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
     fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RawMessage>>;
     fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32>;
     fn caught_up(&self) -> bool;
-    fn begin(&mut self) -> anyhow::Result<()>;
-    fn send_metric(&mut self, m: &AdMetric) -> anyhow::Result<()>;
-    fn send_dead_letter(&mut self, d: &DeadLetter) -> anyhow::Result<()>;
-    fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()>;
-    fn abort(&mut self) -> anyhow::Result<()>;
+    fn begin(&mut self, group: u32) -> anyhow::Result<()>;
+    fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()>;
+    fn send_dead_letter(&mut self, group: u32, d: &DeadLetter) -> anyhow::Result<()>;
+    fn commit(&mut self, group: u32, seq: u64) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +93,8 @@ pub fn run(
         let owned = driver.owned_groups().next().is_some();
         let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
         if let Some(groups) = broker.poll_membership(wait)? {
-            broker.abort()?;
+            // Fence first, then read what is committed: no earlier owner can commit after.
+            broker.take_ownership(&groups)?;
             driver = StreamDriver::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
             seqs.clear();
             for (g, seq) in broker.committed(&groups)? {
@@ -101,7 +111,9 @@ pub fn run(
             let resume = driver.resume_offsets();
             tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
             broker.seek(&resume)?;
-            broker.begin()?;
+            for g in &groups {
+                broker.begin(*g)?;
+            }
             last_checkpoint = Instant::now();
             continue;
         }
@@ -116,15 +128,16 @@ pub fn run(
         for p in broker.idle_partitions(opts.idle_timeout) {
             driver.mark_idle(p);
         }
-        let (metrics, dead) = driver.drain();
-        for m in &metrics {
-            broker.send_metric(m)?;
+        for (g, metrics, dead) in driver.drain_by_group() {
+            for m in &metrics {
+                broker.send_metric(g, m)?;
+            }
+            for d in &dead {
+                broker.send_dead_letter(g, d)?;
+            }
+            summary.metrics_sent += metrics.len() as u64;
+            summary.dead_letters_sent += dead.len() as u64;
         }
-        for d in &dead {
-            broker.send_dead_letter(d)?;
-        }
-        summary.metrics_sent += metrics.len() as u64;
-        summary.dead_letters_sent += dead.len() as u64;
         let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && messages.is_empty() && broker.caught_up());
         if stop || last_checkpoint.elapsed() >= opts.checkpoint_interval {
             checkpoint_now(&driver, &mut seqs, broker, store)?;
@@ -145,7 +158,9 @@ pub fn run(
             if stop {
                 break;
             }
-            broker.begin()?;
+            for g in seqs.keys() {
+                broker.begin(*g)?;
+            }
         }
     }
     summary.audit = driver.audit();
@@ -158,9 +173,9 @@ fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: 
         let snap = driver.snapshot_group(*g).expect("owned");
         store.put(*g, *n, checkpoint::encode(&snap))?;
     }
-    broker.commit(&next)?;
-    *seqs = next;
-    for (g, n) in seqs.iter() {
+    for (g, n) in &next {
+        broker.commit(*g, *n)?;
+        seqs.insert(*g, *n);
         // Only the committed checkpoint can ever be restored now.
         if let Err(e) = store.prune(*g, *n) {
             tracing::warn!("{e:#}");
