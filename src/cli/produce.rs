@@ -32,6 +32,11 @@ pub struct Args {
     /// Send at most this many messages per second.
     #[arg(long)]
     rate: Option<f64>,
+    /// Live traffic: stamp each message with the wall clock when it is sent (event times keep
+    /// their generated distance before it), instead of the generated ingest time. With
+    /// --rate, for watching the stream job and measuring its latency.
+    #[arg(long)]
+    live: bool,
     /// librdkafka property, key=value (repeatable).
     #[arg(short = 'X', value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
@@ -79,8 +84,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     for hour in 0..spec.hours {
         for (i, row) in spec.hour_rows(hour).iter().enumerate() {
             let junk = a.not_json_fraction > 0.0 && unit(spec.seed, hour, i as u64) < a.not_json_fraction;
-            let payload = if junk { format!("not json #{hour}-{i} {{") } else { row.to_json() };
-            send(row.partition, row.ingest, payload.as_bytes())?;
+            let (payload, ts) = if a.live {
+                let now = chrono::Utc::now().timestamp_millis();
+                let mut live = row.clone();
+                live.event_time = row.event_time.map(|t| now - (row.ingest - t));
+                (if junk { format!("not json #{hour}-{i} {{") } else { live.to_json() }, now)
+            } else {
+                (if junk { format!("not json #{hour}-{i} {{") } else { row.to_json() }, row.ingest)
+            };
+            send(row.partition, ts, payload.as_bytes())?;
         }
     }
     let end = spec.start + i64::from(spec.hours) * HOUR_MS;

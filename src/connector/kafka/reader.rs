@@ -76,8 +76,8 @@ impl TopicReader {
         let mut out = Vec::new();
         let deadline = Instant::now() + wait;
         while out.len() < max {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = if out.is_empty() { left } else { Duration::ZERO };
+            // Wait only for the first message; then take what is already fetched.
+            let timeout = if out.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {

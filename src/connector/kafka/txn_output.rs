@@ -7,23 +7,27 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A producer without a polling thread of its own: the job loop serves it (every send polls
+/// without waiting, and committing flushes), which matters with one producer per key group on
+/// two cores.
 pub struct TxnOutput {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: BaseProducer<DefaultProducerContext>,
     open: bool,
+    unpolled: u32,
 }
 
 impl TxnOutput {
     /// Creates the producer and fences any earlier one with the same transactional id,
     /// aborting its open transaction.
     pub fn new(settings: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
-        let producer: ThreadedProducer<DefaultProducerContext> = settings
+        let producer: BaseProducer<DefaultProducerContext> = settings
             .config(&[
                 ("transactional.id", transactional_id),
                 ("client.id", transactional_id),
@@ -38,7 +42,7 @@ impl TxnOutput {
         producer
             .init_transactions(TXN_TIMEOUT)
             .with_context(|| format!("cannot initialise transactions for {transactional_id:?}"))?;
-        Ok(Self { producer, open: false })
+        Ok(Self { producer, open: false, unpolled: 0 })
     }
 
     pub fn begin(&mut self) -> anyhow::Result<()> {
@@ -50,14 +54,19 @@ impl TxnOutput {
     }
 
     /// Sends one record in the open transaction, waiting while the local queue is full.
-    pub fn send(&self, topic: &str, partition: i32, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+    pub fn send(&mut self, topic: &str, partition: i32, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         let mut record = BaseRecord::to(topic).partition(partition).key(key).payload(value);
+        self.unpolled += 1;
+        if self.unpolled >= 1024 {
+            self.producer.poll(Duration::ZERO);
+            self.unpolled = 0;
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    std::thread::sleep(Duration::from_millis(2));
+                    self.producer.poll(Duration::from_millis(5));
                 }
                 Err((e, _)) => return Err(e).with_context(|| format!("cannot produce to {topic:?}")),
             }

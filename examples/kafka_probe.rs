@@ -1,0 +1,97 @@
+//! Measurements for scripts/bench-stream.sh, against a broker:
+//!
+//!   kafka_probe read-rate BROKERS TOPIC
+//!       reads the whole topic read_committed, as a plain consumer copying each payload, and
+//!       prints `messages seconds rate`;
+//!   kafka_probe window-latency BROKERS TOPIC SECONDS
+//!       tails an ad-metrics topic read_committed for SECONDS and prints, over the windows it
+//!       saw appear, the delay from each window's end to the moment its first record was
+//!       readable: `windows p50_ms p99_ms max_ms`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use adsproc::connector::kafka::{admin, KafkaSettings};
+use adsproc::contract::outputs::AdMetric;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+fn consumer(brokers: &str, topic: &str, from: Offset) -> (BaseConsumer, usize) {
+    let settings = KafkaSettings::new(brokers, &[]);
+    // The stream job creates its output topics when it starts: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let parts = loop {
+        match admin::partitions(&settings, topic).unwrap() {
+            Some(p) => break p,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            None => panic!("topic {topic} does not exist after 30 s"),
+        }
+    };
+    let c: BaseConsumer = settings
+        .config(&[("group.id", "kafka-probe"), ("enable.auto.commit", "false"), ("enable.partition.eof", "true"), ("isolation.level", "read_committed")])
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, from).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    (c, parts.len())
+}
+
+fn read_rate(brokers: &str, topic: &str) {
+    let (c, n) = consumer(brokers, topic, Offset::Beginning);
+    let mut at_end = HashSet::new();
+    let (mut count, mut bytes) = (0u64, 0usize);
+    let mut started: Option<Instant> = None;
+    while at_end.len() < n {
+        match c.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                started.get_or_insert_with(Instant::now);
+                let payload = m.payload().unwrap_or_default().to_vec();
+                bytes += payload.len();
+                count += 1;
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            _ => {}
+        }
+    }
+    let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    eprintln!("{bytes} payload bytes");
+    println!("{count} {secs:.3} {:.0}", count as f64 / secs);
+}
+
+fn window_latency(brokers: &str, topic: &str, seconds: u64) {
+    let (c, _) = consumer(brokers, topic, Offset::End);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut seen = HashSet::new();
+    let mut delays: Vec<i64> = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+            let Ok(r) = serde_json::from_slice::<AdMetric>(m.payload().unwrap_or_default()) else { continue };
+            if seen.insert(r.record_uuid) {
+                delays.push(now - r.window_end);
+            }
+        }
+    }
+    delays.sort_unstable();
+    let q = |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(-1);
+    println!("{} {} {} {}", delays.len(), q(0.5), q(0.99), delays.last().copied().unwrap_or(-1));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("read-rate") => read_rate(&args[2], &args[3]),
+        Some("window-latency") => window_latency(&args[2], &args[3], args[4].parse().expect("seconds")),
+        _ => {
+            eprintln!("usage: kafka_probe read-rate BROKERS TOPIC | window-latency BROKERS TOPIC SECONDS");
+            std::process::exit(2);
+        }
+    }
+}
