@@ -51,6 +51,9 @@ fn read_rate(brokers: &str, topic: &str) {
             Some(Ok(m)) => {
                 started.get_or_insert_with(Instant::now);
                 let payload = m.payload().unwrap_or_default().to_vec();
+                if std::env::var("PROBE_DEBUG").is_ok() && count < 5 {
+                    eprintln!("p{} o{} len {} {:?}", m.partition(), m.offset(), payload.len(), String::from_utf8_lossy(&payload[..payload.len().min(120)]));
+                }
                 bytes += payload.len();
                 count += 1;
             }
