@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::TimestampMillisecondType;
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use futures::TryStreamExt;
 use tokio::runtime::Handle;
 
 use super::reader::TopicReader;
 use crate::connector::archive::write_archive_file;
 use crate::connector::store::Location;
-use crate::contract::raw::{decode_messages, to_archive_rows, RawMessage};
+use crate::contract::raw::to_archive_rows;
+use crate::contract::schema::canonical_input_schema;
 use crate::contract::schema::col;
 use crate::contract::time::{floor_to, HOUR_MS};
 
@@ -59,14 +60,17 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
     let start = archived_positions(location, topic, rt)?;
     reader.seek(&start)?;
     let mut summary = ArchiveSummary::default();
-    let mut buffered: Vec<RawMessage> = Vec::new();
+    let mut buffered: Vec<RecordBatch> = Vec::new();
+    let mut buffered_rows = 0;
     let mut last_flush = Instant::now();
     loop {
         let got = reader.poll(50_000, Duration::from_millis(200))?;
-        summary.messages += got.len() as u64;
-        buffered.extend(got);
+        summary.messages += got.num_rows() as u64;
+        buffered_rows += got.num_rows();
+        buffered.push(got);
         let done = until_caught_up && reader.caught_up();
-        if done || last_flush.elapsed() >= flush_every || buffered.len() >= 1_000_000 {
+        if done || last_flush.elapsed() >= flush_every || buffered_rows >= 1_000_000 {
+            buffered_rows = 0;
             flush(&mut buffered, location, topic, rt, &mut summary)?;
             last_flush = Instant::now();
         }
@@ -76,17 +80,24 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
     }
 }
 
-fn flush(buffered: &mut Vec<RawMessage>, location: &Location, topic: &str, rt: &Handle, summary: &mut ArchiveSummary) -> anyhow::Result<()> {
-    if buffered.is_empty() {
+fn flush(buffered: &mut Vec<RecordBatch>, location: &Location, topic: &str, rt: &Handle, summary: &mut ArchiveSummary) -> anyhow::Result<()> {
+    let polled = arrow::compute::concat_batches(&canonical_input_schema(), buffered.iter())?;
+    buffered.clear();
+    if polled.num_rows() == 0 {
         return Ok(());
     }
-    let mut by_partition: BTreeMap<i32, Vec<RawMessage>> = BTreeMap::new();
-    for m in buffered.drain(..) {
-        by_partition.entry(m.partition).or_default().push(m);
+    let parts = polled.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>();
+    let offsets = polled.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>();
+    let mut by_partition: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    for r in 0..polled.num_rows() {
+        by_partition.entry(parts.value(r)).or_default().push(r as u32);
     }
-    for (p, msgs) in by_partition {
-        let (first, last) = (msgs[0].offset, msgs[msgs.len() - 1].offset);
-        let rows = to_archive_rows(&decode_messages(&msgs));
+    for (p, ix) in by_partition {
+        // A file is named by the offsets it covers, not-JSON messages (which have no row in
+        // the archive) included: that is how a restarted archiver knows where it stopped.
+        let (first, last) = (offsets.value(ix[0] as usize), offsets.value(ix[ix.len() - 1] as usize));
+        let msgs = arrow::compute::take_record_batch(&polled, &arrow::array::UInt32Array::from(ix))?;
+        let rows = to_archive_rows(&msgs);
         for (hour, batch) in split_by_hour(&rows) {
             write_archive_file(location, rt, topic, hour, &format!("p{p}-{first}-{last}.parquet"), &batch)?;
             summary.files += 1;

@@ -15,7 +15,7 @@ use super::txn_output::TxnOutput;
 use super::{admin, KafkaSettings};
 use anyhow::Context;
 use crate::contract::outputs::{AdMetric, DeadLetter};
-use crate::contract::raw::RawMessage;
+use arrow::array::RecordBatch;
 use crate::runtime::stream::job::Broker;
 
 pub struct KafkaBroker {
@@ -126,7 +126,7 @@ impl Broker for KafkaBroker {
         self.reader.seek(offsets)
     }
 
-    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RawMessage>> {
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<RecordBatch> {
         self.reader.poll(max, wait)
     }
 

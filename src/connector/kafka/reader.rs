@@ -13,7 +13,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
-use crate::contract::raw::RawMessage;
+use arrow::array::RecordBatch;
+
+use crate::contract::raw::MessageDecoder;
 
 /// Reaching a partition's end is how the reader knows it is caught up, not an error worth a
 /// log line.
@@ -49,6 +51,11 @@ impl TopicReader {
                 ("isolation.level", "read_committed"),
                 ("auto.offset.reset", "earliest"),
                 ("fetch.wait.max.ms", "100"),
+                // librdkafka stops fetching a partition whose local queue is above
+                // queued.min.messages and, by default, waits a whole second before fetching it
+                // again: a job slower than the network then idles most of that second
+                // (measured: 11 s instead of 5.6 s for 1M messages).
+                ("fetch.queue.backoff.ms", "10"),
             ])
             .create_with_context(QuietEof)
             .context("cannot create the Kafka reader")?;
@@ -71,9 +78,10 @@ impl TopicReader {
         Ok(())
     }
 
-    /// Up to `max` messages, waiting at most `wait` for the first.
-    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RawMessage>> {
-        let mut out = Vec::new();
+    /// Up to `max` messages, waiting at most `wait` for the first, decoded into one canonical
+    /// batch straight from the client's buffers.
+    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<RecordBatch> {
+        let mut out = MessageDecoder::with_capacity(max.min(4096));
         let deadline = Instant::now() + wait;
         while out.len() < max {
             // Wait only for the first message; then take what is already fetched.
@@ -81,13 +89,10 @@ impl TopicReader {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {
-                    self.at_end.remove(&m.partition());
-                    out.push(RawMessage {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        timestamp: m.timestamp().to_millis().unwrap_or(0),
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                    });
+                    if !self.at_end.is_empty() {
+                        self.at_end.remove(&m.partition());
+                    }
+                    out.append(m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0), m.payload().unwrap_or_default());
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.at_end.entry(p).or_insert_with(Instant::now);
@@ -102,7 +107,7 @@ impl TopicReader {
                 }
             }
         }
-        Ok(out)
+        Ok(out.finish())
     }
 
     /// Partitions that have been at their end for at least `for_at_least`.

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{filter_record_batch, take_record_batch};
-use arrow::datatypes::{Int32Type, Int64Type};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::outputs::{AdMetric, DeadLetter};
@@ -150,12 +150,24 @@ impl StreamDriver {
     /// Takes one poll's messages (in offset order per partition); processes every row the
     /// watermark has passed.
     pub fn on_poll(&mut self, messages: &[RawMessage]) {
-        if messages.is_empty() || self.groups.is_empty() {
+        if messages.is_empty() {
             return;
         }
-        let batch = decode_messages(messages);
-        let by_group = split_rows(&batch, self.key_groups as usize);
-        let mut row_group = vec![0u32; messages.len()];
+        self.on_batch(&decode_messages(messages));
+    }
+
+    /// Takes one poll already decoded into the canonical input batch (the Kafka partition,
+    /// offset and timestamp columns are set; rows in offset order per partition); processes
+    /// every row the watermark has passed.
+    pub fn on_batch(&mut self, batch: &RecordBatch) {
+        if batch.num_rows() == 0 || self.groups.is_empty() {
+            return;
+        }
+        let partitions = batch.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>().values();
+        let offsets = batch.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().values();
+        let timestamps = batch.column(col::KAFKA_TIMESTAMP).as_primitive::<TimestampMillisecondType>().values();
+        let by_group = split_rows(batch, self.key_groups as usize);
+        let mut row_group = vec![0u32; batch.num_rows()];
         for (g, rows) in by_group.iter().enumerate() {
             for &r in rows {
                 row_group[r as usize] = g as u32;
@@ -164,14 +176,15 @@ impl StreamDriver {
         for (&g, task) in self.groups.iter_mut() {
             let mut take: Vec<u32> = Vec::with_capacity(by_group[g as usize].len());
             let mut release_at = Vec::with_capacity(take.capacity());
-            for (i, m) in messages.iter().enumerate() {
-                let c = task.clocks.entry(m.partition).or_default();
-                if c.next_offset.is_some_and(|o| m.offset < o) {
+            for i in 0..batch.num_rows() {
+                let (partition, offset, timestamp) = (partitions[i], offsets[i], timestamps[i]);
+                let c = task.clocks.entry(partition).or_default();
+                if c.next_offset.is_some_and(|o| offset < o) {
                     continue; // before this group's position: already in its state
                 }
-                let t = c.max_timestamp.map_or(m.timestamp, |t| t.max(m.timestamp));
+                let t = c.max_timestamp.map_or(timestamp, |t| t.max(timestamp));
                 c.max_timestamp = Some(t);
-                c.next_offset = Some(m.offset + 1);
+                c.next_offset = Some(offset + 1);
                 c.idle = false;
                 if row_group[i] == g {
                     take.push(i as u32);
@@ -179,7 +192,7 @@ impl StreamDriver {
                 }
             }
             if !take.is_empty() {
-                let rows = take_record_batch(&batch, &UInt32Array::from(take)).expect("indices in range");
+                let rows = take_record_batch(batch, &UInt32Array::from(take)).expect("indices in range");
                 task.pending.push(Pending { rows, release_at });
             }
         }

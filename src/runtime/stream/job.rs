@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arrow::array::RecordBatch;
 
 use super::checkpoint::{self, CheckpointStore};
 use super::driver::StreamDriver;
 use crate::contract::outputs::{AdMetric, DeadLetter};
-use crate::contract::raw::RawMessage;
 use crate::contract::time::rfc3339;
 use crate::core::audit::Audit;
 use crate::core::config::AggregationRules;
@@ -48,7 +48,9 @@ pub trait Broker {
     /// The committed checkpoint number of each group (None: none yet).
     fn committed(&self, groups: &BTreeSet<u32>) -> anyhow::Result<Vec<(u32, Option<u64>)>>;
     fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
-    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RawMessage>>;
+    /// Up to `max` messages in offset order per partition, decoded into one canonical batch
+    /// ([`crate::contract::raw::MessageDecoder`]).
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<RecordBatch>;
     fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32>;
     fn caught_up(&self) -> bool;
     fn begin(&mut self, group: u32) -> anyhow::Result<()>;
@@ -124,7 +126,7 @@ pub fn run(
             continue;
         }
         let messages = broker.poll(opts.max_poll, Duration::from_millis(100))?;
-        driver.on_poll(&messages);
+        driver.on_batch(&messages);
         for p in broker.idle_partitions(opts.idle_timeout) {
             driver.mark_idle(p);
         }
@@ -138,7 +140,7 @@ pub fn run(
             summary.metrics_sent += metrics.len() as u64;
             summary.dead_letters_sent += dead.len() as u64;
         }
-        let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && messages.is_empty() && broker.caught_up());
+        let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && messages.num_rows() == 0 && broker.caught_up());
         if stop || last_checkpoint.elapsed() >= opts.checkpoint_interval {
             // The cadence counts from the start of a checkpoint, so that a record waits at
             // most one interval (plus one commit) for its transaction, however long a
