@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
 use arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{filter_record_batch, take_record_batch};
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
@@ -173,7 +174,11 @@ impl StreamDriver {
                 row_group[r as usize] = g as u32;
             }
         }
-        for (&g, task) in self.groups.iter_mut() {
+        // Groups are independent (own clocks, state and pending rows): take each one's rows
+        // and run its operator on a rayon thread, as the backfill does.
+        let mut tasks: Vec<(u32, &mut GroupTask)> = self.groups.iter_mut().map(|(g, t)| (*g, t)).collect();
+        tasks.par_iter_mut().for_each(|(g, task)| {
+            let g = *g;
             let mut take: Vec<u32> = Vec::with_capacity(by_group[g as usize].len());
             let mut release_at = Vec::with_capacity(take.capacity());
             for i in 0..batch.num_rows() {
@@ -195,8 +200,8 @@ impl StreamDriver {
                 let rows = take_record_batch(batch, &UInt32Array::from(take)).expect("indices in range");
                 task.pending.push(Pending { rows, release_at });
             }
-        }
-        self.advance();
+            task.advance();
+        });
     }
 
     /// Excludes a partition from the watermark until it delivers again.
@@ -210,12 +215,7 @@ impl StreamDriver {
     }
 
     fn advance(&mut self) {
-        for t in self.groups.values_mut() {
-            let Some(wm) = watermark(&t.clocks) else { continue };
-            // Rows at the watermark itself stay: their partition may deliver more at that time.
-            t.release(|at| at < wm);
-            t.op.advance_ingest_watermark(wm);
-        }
+        self.groups.values_mut().for_each(GroupTask::advance);
     }
 
     /// Where each partition's consumption must resume so that every owned group gets every
@@ -326,6 +326,13 @@ impl StreamDriver {
 }
 
 impl GroupTask {
+    fn advance(&mut self) {
+        let Some(wm) = watermark(&self.clocks) else { return };
+        // Rows at the watermark itself stay: their partition may deliver more at that time.
+        self.release(|at| at < wm);
+        self.op.advance_ingest_watermark(wm);
+    }
+
     fn release(&mut self, ready: impl Fn(i64) -> bool) {
         let mut epoch = Vec::new();
         let mut keep = Vec::new();
