@@ -22,6 +22,7 @@
 //! committed checkpoint. Simple, and correct whatever moved where; it costs at most one
 //! interval of recomputation.
 
+use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -56,7 +57,11 @@ pub trait Broker {
     fn begin(&mut self, group: u32) -> anyhow::Result<()>;
     fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()>;
     fn send_dead_letter(&mut self, group: u32, d: &DeadLetter) -> anyhow::Result<()>;
-    fn commit(&mut self, group: u32, seq: u64) -> anyhow::Result<()>;
+    /// Commits each listed group's transaction with its checkpoint sequence number as the
+    /// group's consumer offset. Each group's commit is atomic; groups commit independently
+    /// (and may do so concurrently), so a failure can leave some committed and some not, which
+    /// a restart resolves group by group.
+    fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +80,11 @@ pub struct StreamSummary {
     pub checkpoints: u64,
     pub metrics_sent: u64,
     pub dead_letters_sent: u64,
+    /// Messages this process polled (a rebalance can make it read some twice).
+    pub messages_polled: u64,
+    /// From the first polled message to the last checkpoint's commit: the time spent on the
+    /// input, without start-up and group join, for a sustained rate.
+    pub busy: Duration,
     /// Audit of the owned groups since their creation (it is part of their checkpoints).
     pub audit: Audit,
 }
@@ -91,6 +101,7 @@ pub fn run(
     let mut seqs: BTreeMap<u32, u64> = BTreeMap::new();
     let mut summary = StreamSummary::default();
     let mut last_checkpoint = Instant::now();
+    let mut first_message: Option<Instant> = None;
     loop {
         let owned = driver.owned_groups().next().is_some();
         let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
@@ -126,6 +137,10 @@ pub fn run(
             continue;
         }
         let messages = broker.poll(opts.max_poll, Duration::from_millis(100))?;
+        if messages.num_rows() > 0 {
+            first_message.get_or_insert_with(Instant::now);
+            summary.messages_polled += messages.num_rows() as u64;
+        }
         driver.on_batch(&messages);
         for p in broker.idle_partitions(opts.idle_timeout) {
             driver.mark_idle(p);
@@ -148,6 +163,7 @@ pub fn run(
             let started = Instant::now();
             checkpoint_now(&driver, &mut seqs, broker, store)?;
             summary.checkpoints += 1;
+            summary.busy = first_message.map(|t| t.elapsed()).unwrap_or_default();
             last_checkpoint = started;
             tracing::debug!("checkpoint took {:?}", started.elapsed());
             let a = driver.audit();
@@ -176,12 +192,17 @@ pub fn run(
 
 fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: &mut dyn Broker, store: &dyn CheckpointStore) -> anyhow::Result<()> {
     let next: BTreeMap<u32, u64> = driver.owned_groups().map(|g| (g, seqs.get(&g).copied().unwrap_or(0) + 1)).collect();
-    for (g, n) in &next {
-        let snap = driver.snapshot_group(*g).expect("owned");
-        store.put(*g, *n, checkpoint::encode(&snap))?;
+    // Snapshots are encoded on rayon threads (a group's keyed state can be large); the
+    // store writes stay on this thread.
+    let encoded: Vec<_> = next
+        .par_iter()
+        .map(|(g, n)| (*g, *n, checkpoint::encode(&driver.snapshot_group(*g).expect("owned"))))
+        .collect();
+    for (g, n, bytes) in encoded {
+        store.put(g, n, bytes)?;
     }
+    broker.commit(&next)?;
     for (g, n) in &next {
-        broker.commit(*g, *n)?;
         seqs.insert(*g, *n);
         // Only the committed checkpoint should ever be restored now; two older ones stay as a
         // margin (seen once on Nisshi: a restarted process read the offset committed one
