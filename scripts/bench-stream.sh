@@ -45,6 +45,8 @@ read_n=$(grep -o 'events read [0-9]*' "$WORK/stream.out" | grep -o '[0-9]*$')
 stream_rate=$(python3 -c "print(int($read_n / ($end - $start)))")
 pct=$(python3 -c "print(round(100 * $stream_rate / $plain_rate))")
 echo "adsproc stream:  $read_n messages in $(python3 -c "print('%.3f' % ($end - $start))") s = $stream_rate messages/s ($pct% of the plain consumer; process start and final checkpoint included)"
+read -r busy_s busy_rate < <(sed -n 's/^polled [0-9]* messages in \([0-9.]*\) s .*(\([0-9]*\) messages\/s)$/\1 \2/p' "$WORK/stream.out")
+echo "adsproc stream, sustained: $busy_s s from its first message to its last commit = $busy_rate messages/s ($(python3 -c "print(round(100 * $busy_rate / $plain_rate))")% of the plain consumer, which is also timed from its first message)"
 
 # Latency: a fresh topic and group, live timestamps. The producer creates the topic.
 "$BIN" produce --brokers "$BROKER" --topic live-events --live --rate "$LIVE_RATE" --events $((LIVE_RATE * (LIVE_SECONDS + 20))) \

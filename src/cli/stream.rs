@@ -109,6 +109,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "stopped after {} checkpoints: {} ad-metrics records and {} dead letters committed by this process",
         summary.checkpoints, summary.metrics_sent, summary.dead_letters_sent
     );
+    if summary.messages_polled > 0 {
+        let secs = summary.busy.as_secs_f64();
+        eprintln!(
+            "polled {} messages in {secs:.3} s from the first message to the last commit ({:.0} messages/s)",
+            summary.messages_polled,
+            summary.messages_polled as f64 / secs.max(1e-9)
+        );
+    }
     eprint!("{}", summary.audit);
     Ok(ExitCode::SUCCESS)
 }
