@@ -90,6 +90,13 @@ impl TxnOutput {
 
     pub fn abort(&mut self) -> anyhow::Result<()> {
         if self.open {
+            // abort_transaction waits for the delivery reports of what is still in flight, and
+            // nothing else serves this producer's event queue: serve it here first (seen on a
+            // rebalance: "messages remaining: the event queue must be polled"). A flush that
+            // times out is not fatal: the abort then reports what is left.
+            if let Err(e) = self.producer.flush(TXN_TIMEOUT) {
+                tracing::warn!("flushing before an abort: {e}");
+            }
             self.producer.abort_transaction(TXN_TIMEOUT).context("cannot abort the transaction")?;
             self.open = false;
         }
