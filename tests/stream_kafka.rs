@@ -92,7 +92,7 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
     let ckpt = work.path().join("ckpt");
     let producer = spawn(
         &["produce", "--brokers", &broker.addr, "--start", "2026-01-01T00:00:00Z", "--partitions", "4", "--regions", "2",
-          "--events", "60000", "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
+          "--events", "90000", "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
           "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", "23", "--watermark-tick", "--rate", "2500"],
         &work.path().join("produce.log"),
     );
@@ -101,6 +101,14 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
     let args = ["stream", "--job", "aggregation", "--brokers", &broker.addr, "--checkpoint", ckpt.to_str().unwrap(), "--checkpoint-interval", "300ms"];
     let mut child = spawn(&args, &stream_log);
     for kill in 0..12 {
+        // Each run first gets its key groups (group join takes a variable second or two on a
+        // loaded machine); the kill then lands at a random moment of its processing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::read_to_string(&stream_log).unwrap_or_default().matches("owning key groups").count() <= kill
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         std::thread::sleep(std::time::Duration::from_millis(rng.random_range(700..2500)));
         if kill == 6 {
             // The broker goes down and comes back under a running job (sqlite storage).
