@@ -95,7 +95,7 @@ enum Message<'a> {
 /// object read into a map would.
 #[derive(Default)]
 struct Fields<'a> {
-    strings: [Option<Scalar<'a>>; 8],
+    strings: [Option<Scalar<'a>>; c::AD_EVENT_STRING_FIELDS.len()],
     event_time: Option<Scalar<'a>>,
 }
 
@@ -283,7 +283,7 @@ impl Builders {
 
     fn append(&mut self, (partition, offset, timestamp): (i32, i64, i64), fields: &Fields, payload: &[u8]) {
         let mut errors: Vec<String> = Vec::new();
-        let mut strings: [Option<&str>; 8] = [None; 8];
+        let mut strings: [Option<&str>; c::AD_EVENT_STRING_FIELDS.len()] = Default::default();
         for (i, (value, name)) in fields.strings.iter().zip(c::AD_EVENT_STRING_FIELDS).enumerate() {
             strings[i] = match value {
                 None | Some(Scalar::Null) => None,
@@ -346,10 +346,8 @@ impl Builders {
     }
 
     fn append_raw(&mut self, payload: &[u8]) {
-        match std::str::from_utf8(payload) {
-            Ok(s) => self.raw.append_value(s),
-            Err(_) => self.raw.append_value(String::from_utf8_lossy(payload)),
-        }
+        // Borrows when the payload is valid UTF-8: no copy but the builder's.
+        self.raw.append_value(String::from_utf8_lossy(payload));
     }
 
     fn finish(mut self) -> RecordBatch {

@@ -61,16 +61,14 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
     reader.seek(&start)?;
     let mut summary = ArchiveSummary::default();
     let mut buffered: Vec<RecordBatch> = Vec::new();
-    let mut buffered_rows = 0;
     let mut last_flush = Instant::now();
     loop {
         let got = reader.poll(50_000, Duration::from_millis(200))?;
         summary.messages += got.num_rows() as u64;
-        buffered_rows += got.num_rows();
         buffered.push(got);
         let done = until_caught_up && reader.caught_up();
+        let buffered_rows: usize = buffered.iter().map(RecordBatch::num_rows).sum();
         if done || last_flush.elapsed() >= flush_every || buffered_rows >= 1_000_000 {
-            buffered_rows = 0;
             flush(&mut buffered, location, topic, rt, &mut summary)?;
             last_flush = Instant::now();
         }

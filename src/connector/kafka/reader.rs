@@ -89,9 +89,7 @@ impl TopicReader {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {
-                    if !self.at_end.is_empty() {
-                        self.at_end.remove(&m.partition());
-                    }
+                    self.at_end.remove(&m.partition());
                     out.append(m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0), m.payload().unwrap_or_default());
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {

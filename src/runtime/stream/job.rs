@@ -58,9 +58,9 @@ pub trait Broker {
     fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()>;
     fn send_dead_letter(&mut self, group: u32, d: &DeadLetter) -> anyhow::Result<()>;
     /// Commits each listed group's transaction with its checkpoint sequence number as the
-    /// group's consumer offset. Each group's commit is atomic; groups commit independently
-    /// (and may do so concurrently), so a failure can leave some committed and some not, which
-    /// a restart resolves group by group.
+    /// group's consumer offset. Each group's commit is atomic; groups commit independently, so
+    /// a failure can leave some committed and some not, which a restart resolves group by
+    /// group.
     fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()>;
 }
 
