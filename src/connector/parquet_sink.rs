@@ -8,7 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context;
-use arrow::array::RecordBatch;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use arrow::array::{AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::compute::interleave_record_batch;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
@@ -20,7 +24,7 @@ use tokio::runtime::Handle;
 
 use super::store::Location;
 use crate::contract::columns::{AD_METRICS_TABLE, DLQ_TABLE};
-use crate::contract::outputs::{ad_metrics_batch, dead_letter_batch, AdMetric, DeadLetter};
+use crate::contract::outputs::{ad_metrics_col, dead_letter_batch, DeadLetter};
 use crate::contract::time::{floor_to, hive_hour_dir, HOUR_MS};
 use crate::runtime::backfill::OutputSink;
 
@@ -31,7 +35,8 @@ pub struct HiveParquetSink {
     location: Location,
     rt: Handle,
     run: String,
-    metrics: BTreeMap<i64, Vec<AdMetric>>,
+    /// Per window-start hour: slices, each ordered by (window_start, region, ad_id).
+    metrics: BTreeMap<i64, Vec<RecordBatch>>,
     dead: BTreeMap<i64, Vec<DeadLetter>>,
     /// Partitions already cleared of this run's earlier files, with the next file number.
     seq: BTreeMap<(String, i64), usize>,
@@ -76,8 +81,8 @@ impl HiveParquetSink {
     }
 
     fn flush_metrics(&mut self, hour: i64) -> anyhow::Result<()> {
-        if let Some(rows) = self.metrics.remove(&hour) {
-            self.write_file(AD_METRICS_TABLE, hour, sorted_metrics(rows))?;
+        if let Some(slices) = self.metrics.remove(&hour) {
+            self.write_file(AD_METRICS_TABLE, hour, merge_sorted(slices)?)?;
         }
         Ok(())
     }
@@ -90,10 +95,51 @@ impl HiveParquetSink {
     }
 }
 
-/// Rows in a stable order, so a file's content does not depend on parallelism.
-fn sorted_metrics(mut rows: Vec<AdMetric>) -> RecordBatch {
-    rows.par_sort_unstable_by(|a, b| (a.window_start, &a.region, &a.ad_id).cmp(&(b.window_start, &b.region, &b.ad_id)));
-    ad_metrics_batch(&rows)
+/// (window_start, region, ad_id) of each row: the order of an ad-metrics file.
+struct MetricOrder<'a> {
+    start: &'a TimestampMillisecondArray,
+    region: &'a StringArray,
+    ad: &'a StringArray,
+}
+
+impl<'a> MetricOrder<'a> {
+    fn new(b: &'a RecordBatch) -> Self {
+        Self {
+            start: b.column(ad_metrics_col::WINDOW_START).as_primitive(),
+            region: b.column(ad_metrics_col::REGION).as_string(),
+            ad: b.column(ad_metrics_col::AD_ID).as_string(),
+        }
+    }
+
+    fn key(&self, row: usize) -> (i64, &'a str, &'a str) {
+        (self.start.value(row), self.region.value(row), self.ad.value(row))
+    }
+}
+
+/// Merges slices that are each ordered by (window_start, region, ad_id) into one batch in
+/// that order, so a file's content does not depend on parallelism or on how the rows arrived.
+fn merge_sorted(slices: Vec<RecordBatch>) -> anyhow::Result<RecordBatch> {
+    if slices.len() == 1 {
+        return Ok(slices.into_iter().next().expect("one slice"));
+    }
+    let orders: Vec<MetricOrder> = slices.iter().map(MetricOrder::new).collect();
+    // (row's sort key, slice, row), smallest first.
+    type Head<'a> = Reverse<((i64, &'a str, &'a str), usize, usize)>;
+    let mut heads: BinaryHeap<Head> = orders
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| slices[*i].num_rows() > 0)
+        .map(|(i, o)| Reverse((o.key(0), i, 0)))
+        .collect();
+    let mut indices = Vec::with_capacity(slices.iter().map(|b| b.num_rows()).sum());
+    while let Some(Reverse((_, i, row))) = heads.pop() {
+        indices.push((i, row));
+        if row + 1 < slices[i].num_rows() {
+            heads.push(Reverse((orders[i].key(row + 1), i, row + 1)));
+        }
+    }
+    let refs: Vec<&RecordBatch> = slices.iter().collect();
+    Ok(interleave_record_batch(&refs, &indices)?)
 }
 
 fn sorted_dead(mut rows: Vec<DeadLetter>) -> RecordBatch {
@@ -115,15 +161,21 @@ fn encode(batch: RecordBatch) -> anyhow::Result<Vec<u8>> {
 }
 
 impl OutputSink for HiveParquetSink {
-    fn write_metrics(&mut self, records: Vec<AdMetric>) -> anyhow::Result<()> {
+    fn write_metrics(&mut self, batch: RecordBatch) -> anyhow::Result<()> {
+        // Ordered by window_start, so each hour's rows are one contiguous slice.
+        let starts: &TimestampMillisecondArray = batch.column(ad_metrics_col::WINDOW_START).as_primitive();
+        let starts = starts.values();
         let mut full = Vec::new();
-        for r in records {
-            let hour = floor_to(r.window_start, HOUR_MS);
+        let mut from = 0;
+        while from < starts.len() {
+            let hour = floor_to(starts[from], HOUR_MS);
+            let to = from + starts[from..].partition_point(|&s| s < hour + HOUR_MS);
             let buf = self.metrics.entry(hour).or_default();
-            buf.push(r);
-            if buf.len() >= FILE_ROWS {
+            buf.push(batch.slice(from, to - from));
+            if buf.iter().map(|b| b.num_rows()).sum::<usize>() >= FILE_ROWS {
                 full.push(hour);
             }
+            from = to;
         }
         for h in full {
             self.flush_metrics(h)?;
@@ -147,24 +199,42 @@ impl OutputSink for HiveParquetSink {
         Ok(())
     }
 
+    fn complete_before(&mut self, metrics_before: i64, dead_letters_before: i64) -> anyhow::Result<()> {
+        // Partition h is complete once its whole hour is before the limit: h + 1 h <= limit.
+        let done = |limit: i64| limit.saturating_sub(HOUR_MS - 1);
+        let later_metrics = self.metrics.split_off(&done(metrics_before));
+        let later_dead = self.dead.split_off(&done(dead_letters_before));
+        let metrics = std::mem::replace(&mut self.metrics, later_metrics);
+        let dead = std::mem::replace(&mut self.dead, later_dead);
+        self.write_partitions(metrics, dead)
+    }
+
     fn finish(&mut self) -> anyhow::Result<String> {
-        // Partitions are independent: sort, encode and compress them in parallel.
-        let metrics = std::mem::take(&mut self.metrics);
-        let dead = std::mem::take(&mut self.dead);
-        let encoded: Vec<(&'static str, i64, Vec<u8>)> = metrics
-            .into_par_iter()
-            .map(|(h, rows)| (AD_METRICS_TABLE, h, encode(sorted_metrics(rows))))
-            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, encode(sorted_dead(rows)))))
-            .map(|(t, h, r)| r.map(|b| (t, h, b)))
-            .collect::<anyhow::Result<_>>()?;
-        for (table, hour, bytes) in encoded {
-            self.put_file(table, hour, bytes)?;
-        }
+        self.complete_before(i64::MAX, i64::MAX)?;
         Ok(format!(
             "{} files under {} ({})",
             self.files,
             self.location.url,
             self.tables.iter().copied().collect::<Vec<_>>().join(", ")
         ))
+    }
+}
+
+impl HiveParquetSink {
+    fn write_partitions(&mut self, metrics: BTreeMap<i64, Vec<RecordBatch>>, dead: BTreeMap<i64, Vec<DeadLetter>>) -> anyhow::Result<()> {
+        if metrics.is_empty() && dead.is_empty() {
+            return Ok(());
+        }
+        // Partitions are independent: merge, encode and compress them in parallel.
+        let encoded: Vec<(&'static str, i64, Vec<u8>)> = metrics
+            .into_par_iter()
+            .map(|(h, slices)| (AD_METRICS_TABLE, h, merge_sorted(slices).and_then(encode)))
+            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, encode(sorted_dead(rows)))))
+            .map(|(t, h, r)| r.map(|b| (t, h, b)))
+            .collect::<anyhow::Result<_>>()?;
+        for (table, hour, bytes) in encoded {
+            self.put_file(table, hour, bytes)?;
+        }
+        Ok(())
     }
 }

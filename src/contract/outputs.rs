@@ -87,19 +87,140 @@ fn uuid_column<'a>(uuids: impl ExactSizeIterator<Item = &'a Uuid>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
+/// Column indices of [`ad_metrics_schema`].
+pub mod ad_metrics_col {
+    pub const RECORD_UUID: usize = 0;
+    pub const REGION: usize = 1;
+    pub const AD_ID: usize = 2;
+    pub const CAMPAIGN_ID: usize = 3;
+    pub const ADVERTISER_ID: usize = 4;
+    pub const WINDOW_START: usize = 5;
+    pub const WINDOW_END: usize = 6;
+    pub const IMPRESSIONS: usize = 7;
+    pub const CLICKS: usize = 8;
+}
+
+/// Builds an `ad-metrics` batch row by row from borrowed values: the columnar output path,
+/// with no record struct or reference count per row.
+pub struct AdMetricsBuilder {
+    uuid: StringBuilder,
+    region: StringBuilder,
+    ad_id: StringBuilder,
+    campaign_id: StringBuilder,
+    advertiser_id: StringBuilder,
+    window_start: Vec<i64>,
+    window_end: Vec<i64>,
+    impressions: Vec<i64>,
+    clicks: Vec<i64>,
+}
+
+impl AdMetricsBuilder {
+    /// `bytes`: total length of the region, ad_id, campaign_id and advertiser_id values, so no
+    /// buffer of millions of rows grows by copying.
+    pub fn with_capacity(rows: usize, bytes: [usize; 4]) -> Self {
+        let strings = |bytes: usize| StringBuilder::with_capacity(rows, bytes);
+        Self {
+            uuid: strings(rows * 36),
+            region: strings(bytes[0]),
+            ad_id: strings(bytes[1]),
+            campaign_id: strings(bytes[2]),
+            advertiser_id: strings(bytes[3]),
+            window_start: Vec::with_capacity(rows),
+            window_end: Vec::with_capacity(rows),
+            impressions: Vec::with_capacity(rows),
+            clicks: Vec::with_capacity(rows),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &mut self,
+        record_uuid: &Uuid,
+        region: &str,
+        ad_id: &str,
+        campaign_id: Option<&str>,
+        advertiser_id: Option<&str>,
+        window_start: i64,
+        window_end: i64,
+        impressions: i64,
+        clicks: i64,
+    ) {
+        let mut buf = [0u8; 36];
+        self.uuid.append_value(record_uuid.hyphenated().encode_lower(&mut buf));
+        self.region.append_value(region);
+        self.ad_id.append_value(ad_id);
+        self.campaign_id.append_option(campaign_id);
+        self.advertiser_id.append_option(advertiser_id);
+        self.window_start.push(window_start);
+        self.window_end.push(window_end);
+        self.impressions.push(impressions);
+        self.clicks.push(clicks);
+    }
+
+    pub fn finish(mut self) -> RecordBatch {
+        let utc = |v: Vec<i64>| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC")) };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.uuid.finish()),
+            Arc::new(self.region.finish()),
+            Arc::new(self.ad_id.finish()),
+            Arc::new(self.campaign_id.finish()),
+            Arc::new(self.advertiser_id.finish()),
+            utc(self.window_start),
+            utc(self.window_end),
+            Arc::new(Int64Array::from(self.impressions)),
+            Arc::new(Int64Array::from(self.clicks)),
+        ];
+        RecordBatch::try_new(ad_metrics_schema(), columns).expect("columns match the schema")
+    }
+}
+
 pub fn ad_metrics_batch(rows: &[AdMetric]) -> RecordBatch {
-    let columns: Vec<ArrayRef> = vec![
-        uuid_column(rows.iter().map(|r| &r.record_uuid)),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &*r.region))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &*r.ad_id))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.campaign_id.as_deref()))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.advertiser_id.as_deref()))),
-        ts(rows.iter().map(|r| Some(r.window_start))),
-        ts(rows.iter().map(|r| Some(r.window_end))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.impressions))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.clicks))),
-    ];
-    RecordBatch::try_new(ad_metrics_schema(), columns).expect("columns match the schema")
+    let len = |s: Option<&str>| s.map_or(0, str::len);
+    let bytes = rows.iter().fold([0; 4], |t, r| {
+        [t[0] + r.region.len(), t[1] + r.ad_id.len(), t[2] + len(r.campaign_id.as_deref()), t[3] + len(r.advertiser_id.as_deref())]
+    });
+    let mut b = AdMetricsBuilder::with_capacity(rows.len(), bytes);
+    for r in rows {
+        b.append(
+            &r.record_uuid,
+            &r.region,
+            &r.ad_id,
+            r.campaign_id.as_deref(),
+            r.advertiser_id.as_deref(),
+            r.window_start,
+            r.window_end,
+            r.impressions,
+            r.clicks,
+        );
+    }
+    b.finish()
+}
+
+/// The records of an `ad-metrics` batch (as built by [`AdMetricsBuilder`]).
+pub fn ad_metrics_rows(batch: &RecordBatch) -> anyhow::Result<Vec<AdMetric>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+    use ad_metrics_col as c;
+    anyhow::ensure!(batch.schema() == ad_metrics_schema(), "not an ad-metrics batch: {:?}", batch.schema());
+    let s = |i: usize| batch.column(i).as_string::<i32>();
+    let t = |i: usize| batch.column(i).as_primitive::<TimestampMillisecondType>();
+    let n = |i: usize| batch.column(i).as_primitive::<Int64Type>();
+    let opt = |a: &StringArray, row: usize| (!a.is_null(row)).then(|| Arc::<str>::from(a.value(row)));
+    (0..batch.num_rows())
+        .map(|row| {
+            Ok(AdMetric {
+                record_uuid: Uuid::parse_str(s(c::RECORD_UUID).value(row))?,
+                region: s(c::REGION).value(row).into(),
+                ad_id: s(c::AD_ID).value(row).into(),
+                campaign_id: opt(s(c::CAMPAIGN_ID), row),
+                advertiser_id: opt(s(c::ADVERTISER_ID), row),
+                window_start: t(c::WINDOW_START).value(row),
+                window_end: t(c::WINDOW_END).value(row),
+                impressions: n(c::IMPRESSIONS).value(row),
+                clicks: n(c::CLICKS).value(row),
+            })
+        })
+        .collect()
 }
 
 pub fn dead_letter_batch(rows: &[DeadLetter]) -> RecordBatch {

@@ -7,6 +7,7 @@
 //! value of every record_uuid is the same either way, and so is every dead letter.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
 
@@ -16,9 +17,9 @@ use super::config::{AggregationRules, OptionalField};
 use super::dedupe::{self, DedupeState, Position};
 use super::interner::Interner;
 use super::reason::Reject;
-use super::windows::{WindowTable, WindowValue};
+use super::windows::{Acc, WindowKey, WindowTable, WindowValue, WindowsByStart};
 use crate::contract::columns as c;
-use crate::contract::outputs::{AdMetric, DeadLetter};
+use crate::contract::outputs::{AdMetric, AdMetricsBuilder, DeadLetter};
 use crate::contract::raw::NOT_JSON;
 use crate::contract::record_uuid;
 use crate::contract::time::floor_to;
@@ -63,7 +64,8 @@ impl Scope {
 pub struct OperatorState {
     /// Interned strings in id order; window keys refer to them by id.
     pub strings: Vec<String>,
-    pub dedupe: Vec<(u128, Position)>,
+    /// Dedupe keys with the ingest time of their counted arrival.
+    pub dedupe: Vec<(u128, i64)>,
     pub windows: Vec<WindowValue>,
     pub fired_before: Option<i64>,
     pub epoch: u32,
@@ -78,6 +80,13 @@ pub struct Settings {
     pub emit: Emit,
     pub lateness: Lateness,
     pub scope: Scope,
+}
+
+/// Window results as the window table hands them out: updates as a list, purges as the
+/// removed part of the table itself.
+enum Emitted {
+    Values(Vec<WindowValue>),
+    Purged(WindowsByStart),
 }
 
 struct Candidate {
@@ -101,7 +110,10 @@ pub struct AggregationOperator {
     purged_before: i64,
     last_expiry: i64,
     audit: Audit,
-    metrics: Vec<AdMetric>,
+    /// Window results emitted and not yet drained, in emission order.
+    metrics: Vec<Emitted>,
+    /// `strings.ranks()` as of the last [`Self::drain_batch`]; recomputed when strings were added.
+    ranks: Vec<u32>,
     dead: Vec<DeadLetter>,
 }
 
@@ -120,6 +132,7 @@ impl AggregationOperator {
             last_expiry: i64::MIN,
             audit: Audit::default(),
             metrics: Vec::new(),
+            ranks: Vec::new(),
             dead: Vec::new(),
         }
     }
@@ -134,6 +147,12 @@ impl AggregationOperator {
 
     pub fn ingest_watermark(&self) -> i64 {
         self.ingest_watermark
+    }
+
+    /// Makes room in the dedupe state for `arrivals` more distinct events, when the runtime
+    /// can estimate them: one allocation instead of a table that doubles its way there.
+    pub fn reserve(&mut self, arrivals: usize) {
+        self.dedupe.reserve(arrivals);
     }
 
     /// Sizes of the keyed state: (dedupe entries, open windows).
@@ -186,7 +205,7 @@ impl AggregationOperator {
         }
         if self.settings.emit == Emit::Updates {
             let updates = self.windows.take_updates();
-            self.emit(updates);
+            self.metrics.push(Emitted::Values(updates));
         }
     }
 
@@ -322,17 +341,21 @@ impl AggregationOperator {
         let fire_limit = event_wm.saturating_sub(self.rules.window_ms).saturating_add(1);
         if self.settings.emit == Emit::Updates {
             let fired = self.windows.fire_before(fire_limit);
-            self.emit(fired);
+            self.metrics.push(Emitted::Values(fired));
         }
-        if self.settings.lateness == Lateness::Bounded {
-            let purge_limit = fire_limit.saturating_sub(self.rules.allowed_lateness_ms);
-            if purge_limit > self.purged_before {
-                let purged = self.windows.purge_before(purge_limit);
-                if self.settings.emit == Emit::FinalOnly {
-                    self.emit(purged);
-                }
-                self.purged_before = purge_limit;
+        let purge_limit = match self.settings.lateness {
+            Lateness::Bounded => fire_limit.saturating_sub(self.rules.allowed_lateness_ms),
+            // Every valid arrival from now on has event_time >= t - max_past, so windows that
+            // end at or before that are final: without this a long --complete backfill would
+            // hold every window of its range until the end.
+            Lateness::Unbounded => t.saturating_sub(self.rules.max_past_ms).saturating_sub(self.rules.window_ms).saturating_add(1),
+        };
+        if purge_limit > self.purged_before {
+            let purged = self.windows.purge_before(purge_limit);
+            if self.settings.emit == Emit::FinalOnly {
+                self.metrics.push(Emitted::Purged(purged));
             }
+            self.purged_before = purge_limit;
         }
         let ttl = self.rules.dedupe_ttl_ms;
         if t.saturating_sub(self.last_expiry) >= ttl / 4 {
@@ -347,30 +370,15 @@ impl AggregationOperator {
             Emit::Updates => {
                 let mut v = self.windows.fire_before(i64::MAX);
                 v.extend(self.windows.take_updates());
-                v
+                Emitted::Values(v)
             }
-            Emit::FinalOnly => self.windows.purge_before(i64::MAX),
+            Emit::FinalOnly => Emitted::Purged(self.windows.purge_before(i64::MAX)),
         };
-        self.emit(rest);
+        self.metrics.push(rest);
     }
 
-    fn emit(&mut self, values: Vec<WindowValue>) {
-        let name = |s: &Interner, id: u32| (id != ABSENT).then(|| s.name(id).clone());
-        for (start, (ad, region), acc) in values {
-            let region_name = self.strings.name(region).clone();
-            let ad_name = self.strings.name(ad).clone();
-            self.metrics.push(AdMetric {
-                record_uuid: record_uuid::ad_metric(&region_name, &ad_name, start),
-                region: region_name,
-                ad_id: ad_name,
-                campaign_id: name(&self.strings, acc.campaign),
-                advertiser_id: name(&self.strings, acc.advertiser),
-                window_start: start,
-                window_end: start + self.rules.window_ms,
-                impressions: acc.impressions,
-                clicks: acc.clicks,
-            });
-        }
+    fn name(&self, id: u32) -> Option<&Arc<str>> {
+        (id != ABSENT).then(|| self.strings.name(id))
     }
 
     /// The keyed state between epochs, for a checkpoint. Everything emitted must have been
@@ -409,6 +417,191 @@ impl AggregationOperator {
 
     /// Takes the records emitted so far, in emission order.
     pub fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
-        (std::mem::take(&mut self.metrics), std::mem::take(&mut self.dead))
+        let values = std::mem::take(&mut self.metrics).into_iter().flat_map(|e| -> Box<dyn Iterator<Item = WindowValue>> {
+            match e {
+                Emitted::Values(v) => Box::new(v.into_iter()),
+                Emitted::Purged(p) => Box::new(p.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(k, a)| (s, k, a)))),
+            }
+        });
+        let metrics = values
+            .map(|(start, (ad, region), acc)| {
+                let (region, ad) = (self.strings.name(region).clone(), self.strings.name(ad).clone());
+                AdMetric {
+                    record_uuid: record_uuid::ad_metric(&region, &ad, start),
+                    region,
+                    ad_id: ad,
+                    campaign_id: self.name(acc.campaign).cloned(),
+                    advertiser_id: self.name(acc.advertiser).cloned(),
+                    window_start: start,
+                    window_end: start + self.rules.window_ms,
+                    impressions: acc.impressions,
+                    clicks: acc.clicks,
+                }
+            })
+            .collect();
+        (metrics, std::mem::take(&mut self.dead))
+    }
+
+    /// Windows starting before this have been purged: in [`Emit::FinalOnly`] mode their final
+    /// values have been emitted and nothing will follow them.
+    pub fn final_before(&self) -> i64 {
+        self.purged_before
+    }
+
+    /// The earliest window start among the results emitted and not yet drained.
+    pub fn first_emitted_start(&self) -> Option<i64> {
+        self.metrics
+            .iter()
+            .filter_map(|e| match e {
+                Emitted::Values(v) => v.iter().map(|w| w.0).min(),
+                Emitted::Purged(p) => p.keys().next().copied(),
+            })
+            .min()
+    }
+
+    /// Takes the records emitted so far for windows starting before `before` as one
+    /// `ad-metrics` batch (None when there are none), rows ordered by (window_start, region,
+    /// ad_id), and every dead letter: the columnar path to a table. Draining a bounded range at
+    /// a time keeps a writer's buffers to that range's size.
+    pub fn drain_batch(&mut self, before: i64) -> (Option<RecordBatch>, Vec<DeadLetter>) {
+        let dead = std::mem::take(&mut self.dead);
+        // One table of everything emitted, later emissions of a window replacing earlier ones
+        // (the upsert a table of final values needs); purges move whole starts in.
+        let mut all = WindowsByStart::new();
+        for e in std::mem::take(&mut self.metrics) {
+            match e {
+                Emitted::Purged(p) => {
+                    for (start, windows) in p {
+                        match all.entry(start) {
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                v.insert(windows);
+                            }
+                            std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().extend(windows),
+                        }
+                    }
+                }
+                Emitted::Values(v) => {
+                    for (start, key, acc) in v {
+                        all.entry(start).or_default().insert(key, acc);
+                    }
+                }
+            }
+        }
+        let later = all.split_off(&before);
+        if !later.is_empty() {
+            self.metrics.push(Emitted::Purged(later));
+        }
+        let rows: usize = all.values().map(|m| m.len()).sum();
+        if rows == 0 {
+            return (None, dead);
+        }
+        if self.ranks.len() != self.strings.len() {
+            self.ranks = self.strings.ranks();
+        }
+        let (s, rank) = (&self.strings, &self.ranks);
+        let text = |id: u32| if id == ABSENT { 0 } else { s.name(id).len() };
+        let mut bytes = [0usize; 4];
+        for (&(ad, region), acc) in all.values().flatten() {
+            bytes[0] += text(region);
+            bytes[1] += text(ad);
+            bytes[2] += text(acc.campaign);
+            bytes[3] += text(acc.advertiser);
+        }
+        let mut b = AdMetricsBuilder::with_capacity(rows, bytes);
+        let mut order: Vec<(u32, u32, WindowKey, Acc)> = Vec::new();
+        for (start, windows) in all {
+            // Within a start, (region, ad_id) order by rank: no string comparison.
+            order.clear();
+            order.extend(windows.into_iter().map(|(k, a)| (rank[k.1 as usize], rank[k.0 as usize], k, a)));
+            order.sort_unstable_by_key(|w| (w.0, w.1));
+            for &(_, _, (ad, region), acc) in &order {
+                let (region, ad) = (s.name(region), s.name(ad));
+                let opt = |id: u32| (id != ABSENT).then(|| &**s.name(id));
+                b.append(
+                    &record_uuid::ad_metric(region, ad, start),
+                    region,
+                    ad,
+                    opt(acc.campaign),
+                    opt(acc.advertiser),
+                    start,
+                    start + self.rules.window_ms,
+                    acc.impressions,
+                    acc.clicks,
+                );
+            }
+        }
+        (Some(b.finish()), dead)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::schema::normalize;
+    use crate::gen::{rows_to_batch, Row};
+
+    const T0: i64 = 1_767_225_600_000;
+    const WEEK: i64 = 7 * 24 * 3_600_000;
+
+    fn event(id: &str, event_time: i64, offset: i64, ingest: i64) -> RecordBatch {
+        let row = Row {
+            event_id: Some(id.into()),
+            event_type: Some("impression".into()),
+            ad_id: Some("ad-1".into()),
+            campaign_id: None,
+            advertiser_id: None,
+            user_id: None,
+            store_id: None,
+            event_time: Some(event_time),
+            region: Some("r".into()),
+            partition: 0,
+            offset,
+            ingest,
+        };
+        normalize(&rows_to_batch(&[&row])).unwrap().0
+    }
+
+    fn impressions(batch: Option<RecordBatch>) -> Vec<(i64, i64)> {
+        let rows = batch.map(|b| crate::contract::outputs::ad_metrics_rows(&b).unwrap()).unwrap_or_default();
+        rows.iter().map(|m| (m.window_start, m.impressions)).collect()
+    }
+
+    /// With --complete a window is final once the watermark is past its end by max_past: the
+    /// last valid arrival can come exactly then, and the first invalid one right after.
+    #[test]
+    fn complete_mode_emits_a_window_once_no_valid_event_can_reach_it() {
+        let settings = Settings { emit: Emit::FinalOnly, lateness: Lateness::Unbounded, scope: Scope::everything() };
+        let mut op = AggregationOperator::new(AggregationRules::defaults(), settings);
+        let last_event_time = T0 + 59_999;
+        op.process_epoch(&[event("a", T0 + 5_000, 0, T0 + 10_000)], None);
+        // The latest valid arrival for the window [T0, T0 + 1 min) is ingested at its last
+        // millisecond + max_past; up to that instant the window must stay open.
+        op.advance_ingest_watermark(last_event_time + WEEK);
+        assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![]);
+        op.process_epoch(&[event("b", last_event_time, 1, last_event_time + WEEK)], None);
+        op.advance_ingest_watermark(last_event_time + WEEK + 1);
+        assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![(T0, 2)]);
+        // One millisecond later the same event time is too old: dead-lettered, never counted.
+        op.process_epoch(&[event("c", last_event_time, 2, last_event_time + WEEK + 1)], None);
+        let (metrics, dead) = op.drain_batch(i64::MAX);
+        assert_eq!(impressions(metrics), vec![]);
+        assert_eq!(dead.iter().map(|d| d.reason_code()).collect::<Vec<_>>(), vec!["event_time_too_old"]);
+        op.finish();
+        assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![]);
+    }
+
+    #[test]
+    fn drain_batch_takes_only_windows_before_its_limit_in_output_order() {
+        let settings = Settings { emit: Emit::FinalOnly, lateness: Lateness::Unbounded, scope: Scope::everything() };
+        let mut op = AggregationOperator::new(AggregationRules::defaults(), settings);
+        let batches: Vec<RecordBatch> =
+            (0..4).map(|i| event(&format!("e{i}"), T0 + 3_600_000 * (i % 2) + 60_000 * i, i, T0 + 2 * 3_600_000)).collect();
+        op.process_epoch(&batches, None);
+        op.finish();
+        assert_eq!(op.first_emitted_start(), Some(T0));
+        assert_eq!(impressions(op.drain_batch(T0 + 3_600_000).0), vec![(T0, 1), (T0 + 120_000, 1)]);
+        assert_eq!(op.first_emitted_start(), Some(T0 + 3_600_000 + 60_000));
+        assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![(T0 + 3_600_000 + 60_000, 1), (T0 + 3_600_000 + 180_000, 1)]);
+        assert_eq!(op.first_emitted_start(), None);
     }
 }

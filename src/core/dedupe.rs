@@ -30,21 +30,24 @@ pub fn key_of(ad_seed: u64, event_id: &str) -> u128 {
 /// Arrival position: ingest time, then partition, then offset.
 pub type Position = (i64, i32, i64);
 
+/// 16 bytes, so an entry with its key is 32: the table is the largest state a backfill holds
+/// (one entry per distinct event of the TTL), and every byte of it is a page the kernel zeroes.
 #[derive(Debug, Clone, Copy)]
 struct Counted {
-    pos: Position,
+    /// Ingest time of the counted arrival: all that later epochs need (the TTL is in ingest time).
+    t: i64,
     epoch: u32,
-    /// Index into the current epoch's candidates of the arrival counted in this epoch.
+    /// Index into the current epoch's arrivals of the one counted in this epoch; its full
+    /// position is `arrivals[winner].1`.
     winner: u32,
-    /// Ingest time of the counted arrival this one renewed after TTL expiry, or [`NONE`].
-    prev_t: i64,
 }
-
-const NONE: i64 = i64::MIN;
 
 #[derive(Debug, Default)]
 pub struct DedupeState {
     map: FxHashMap<u128, Counted>,
+    /// Keys renewed in the current epoch after TTL expiry, with the ingest time of the counted
+    /// arrival they replaced. Rare (an event_id repeated more than a TTL apart), so kept apart.
+    renewed: FxHashMap<u128, i64>,
 }
 
 impl DedupeState {
@@ -56,30 +59,39 @@ impl DedupeState {
         self.map.is_empty()
     }
 
+    /// Makes room for `additional` more keys at once: growing a table of millions by doubling
+    /// allocates (and faults in) twice its final size and rehashes every key on each step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+    }
+
     /// Resolves one epoch's arrivals. `arrivals[i] = (key, position)`; returns for each whether
     /// it is counted (true) or a duplicate (false).
     pub fn resolve(&mut self, epoch: u32, ttl: i64, arrivals: &[(u128, Position)]) -> Vec<bool> {
+        use std::collections::hash_map::Entry;
+        self.renewed.clear();
         let mut counted = vec![false; arrivals.len()];
         for (i, &(key, pos)) in arrivals.iter().enumerate() {
             let i32_ = i as u32;
             match self.map.entry(key) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Counted { pos, epoch, winner: i32_, prev_t: NONE });
+                Entry::Vacant(v) => {
+                    v.insert(Counted { t: pos.0, epoch, winner: i32_ });
                     counted[i] = true;
                 }
-                std::collections::hash_map::Entry::Occupied(mut o) => {
+                Entry::Occupied(mut o) => {
                     let c = o.get_mut();
                     if c.epoch != epoch {
-                        if pos.0 - c.pos.0 >= ttl {
-                            *c = Counted { pos, epoch, winner: i32_, prev_t: c.pos.0 };
+                        if pos.0 - c.t >= ttl {
+                            self.renewed.insert(key, c.t);
+                            *c = Counted { t: pos.0, epoch, winner: i32_ };
                             counted[i] = true;
                         }
-                    } else if pos < c.pos {
-                        let within_previous = c.prev_t != NONE && pos.0 - c.prev_t < ttl;
+                    } else if pos < arrivals[c.winner as usize].1 {
+                        let within_previous = self.renewed.get(&key).is_some_and(|&prev| pos.0 - prev < ttl);
                         if !within_previous {
                             counted[c.winner as usize] = false;
                             counted[i] = true;
-                            c.pos = pos;
+                            c.t = pos.0;
                             c.winner = i32_;
                         }
                     }
@@ -91,20 +103,20 @@ impl DedupeState {
 
     /// Forgets ids that no arrival at or after `ingest_watermark` can be a duplicate of.
     pub fn expire(&mut self, ingest_watermark: i64, ttl: i64) {
-        self.map.retain(|_, c| c.pos.0.saturating_add(ttl) > ingest_watermark);
+        self.map.retain(|_, c| c.t.saturating_add(ttl) > ingest_watermark);
     }
 
-    /// Entries for snapshots: (key, position of the counted arrival). Between epochs this is
+    /// Entries for snapshots: (key, ingest time of the counted arrival). Between epochs this is
     /// the whole state: the other fields only matter inside the epoch that set them.
-    pub fn entries(&self) -> impl Iterator<Item = (u128, Position)> + '_ {
-        self.map.iter().map(|(k, c)| (*k, c.pos))
+    pub fn entries(&self) -> impl Iterator<Item = (u128, i64)> + '_ {
+        self.map.iter().map(|(k, c)| (*k, c.t))
     }
 
     /// The state a checkpoint's [`entries`](Self::entries) describe. Epoch 0 is never a live
     /// epoch (they start at 1), so no restored entry takes part in in-epoch resolution.
-    pub fn restore(entries: impl IntoIterator<Item = (u128, Position)>) -> Self {
-        let map = entries.into_iter().map(|(k, pos)| (k, Counted { pos, epoch: 0, winner: 0, prev_t: NONE })).collect();
-        Self { map }
+    pub fn restore(entries: impl IntoIterator<Item = (u128, i64)>) -> Self {
+        let map = entries.into_iter().map(|(k, t)| (k, Counted { t, epoch: 0, winner: 0 })).collect();
+        Self { map, renewed: FxHashMap::default() }
     }
 }
 

@@ -37,6 +37,10 @@ impl Acc {
 /// A window's state as emitted.
 pub type WindowValue = (i64, WindowKey, Acc);
 
+/// Windows by start, each start's windows in no particular order: what a purge removes, moved
+/// out of the table as it is (no copy of millions of windows at the end of a backfill).
+pub type WindowsByStart = BTreeMap<i64, FxHashMap<WindowKey, Acc>>;
+
 #[derive(Debug, Default)]
 pub struct WindowTable {
     by_start: BTreeMap<i64, FxHashMap<WindowKey, Acc>>,
@@ -117,9 +121,8 @@ impl WindowTable {
     }
 
     /// Removes and returns every window starting before `limit`.
-    pub fn purge_before(&mut self, limit: i64) -> Vec<WindowValue> {
+    pub fn purge_before(&mut self, limit: i64) -> WindowsByStart {
         let keep = self.by_start.split_off(&limit);
-        let gone = std::mem::replace(&mut self.by_start, keep);
-        gone.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(k, a)| (s, k, a))).collect()
+        std::mem::replace(&mut self.by_start, keep)
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 
-use crate::contract::outputs::{AdMetric, DeadLetter};
+use crate::contract::outputs::{ad_metrics_rows, AdMetric, DeadLetter};
 use crate::contract::schema::normalize;
 use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition, OutputSink};
 
@@ -49,13 +49,17 @@ pub struct MemorySink {
 }
 
 impl OutputSink for MemorySink {
-    fn write_metrics(&mut self, records: Vec<AdMetric>) -> anyhow::Result<()> {
-        self.metrics.extend(records);
+    fn write_metrics(&mut self, batch: RecordBatch) -> anyhow::Result<()> {
+        self.metrics.extend(ad_metrics_rows(&batch)?);
         Ok(())
     }
 
     fn write_dead_letters(&mut self, records: Vec<DeadLetter>) -> anyhow::Result<()> {
         self.dead.extend(records);
+        Ok(())
+    }
+
+    fn complete_before(&mut self, _metrics_before: i64, _dead_letters_before: i64) -> anyhow::Result<()> {
         Ok(())
     }
 

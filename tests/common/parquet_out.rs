@@ -41,6 +41,10 @@ pub fn read_metrics(root: &Path) -> Windows {
             let clk = b.column_by_name("clicks").unwrap().as_primitive::<Int64Type>().clone();
             for i in 0..b.num_rows() {
                 let w = ws.value(i);
+                if i > 0 {
+                    let key = |j: usize| (ws.value(j), region.value(j), ad.value(j));
+                    assert!(key(i - 1) < key(i), "{} is not ordered by (window_start, region, ad_id) at row {i}", f.display());
+                }
                 assert!(f.to_string_lossy().contains(&hive_hour_dir(w)), "{} holds window {}", f.display(), rfc3339(w));
                 assert_eq!(uuid.value(i), adsproc::contract::record_uuid::ad_metric(region.value(i), ad.value(i), w).to_string());
                 let opt = |a: &arrow::array::StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());

@@ -17,8 +17,8 @@ use rayon::prelude::*;
 
 use super::progress::Progress;
 use super::throttle::Throttle;
-use crate::contract::outputs::{AdMetric, DeadLetter};
-use crate::contract::time::HOUR_MS;
+use crate::contract::outputs::DeadLetter;
+use crate::contract::time::{floor_to, HOUR_MS};
 use crate::core::aggregation::{AggregationOperator, Emit, Lateness, Scope, Settings};
 use crate::core::audit::Audit;
 use crate::core::config::AggregationRules;
@@ -52,8 +52,16 @@ pub trait ArchiveSource: Sync {
 
 /// Where results go.
 pub trait OutputSink: Send {
-    fn write_metrics(&mut self, records: Vec<AdMetric>) -> anyhow::Result<()>;
+    /// One key group's `ad-metrics` rows (see [`ad_metrics_schema`]), ordered by
+    /// (window_start, region, ad_id); groups hold disjoint ads.
+    ///
+    /// [`ad_metrics_schema`]: crate::contract::outputs::ad_metrics_schema
+    fn write_metrics(&mut self, batch: RecordBatch) -> anyhow::Result<()>;
     fn write_dead_letters(&mut self, records: Vec<DeadLetter>) -> anyhow::Result<()>;
+    /// The sink's watermark: no more ad-metrics of windows starting before `metrics_before`
+    /// and no more dead letters of messages ingested before `dead_letters_before` will come,
+    /// so their partitions can be written out and their buffers freed.
+    fn complete_before(&mut self, metrics_before: i64, dead_letters_before: i64) -> anyhow::Result<()>;
     /// Makes everything written durable; returns a description of what was written.
     fn finish(&mut self) -> anyhow::Result<String>;
 }
@@ -137,18 +145,30 @@ pub fn run(
         Some(h) => Some((h.hour, decode_hour(source, h, groups)?)),
         None => None,
     };
+    if let Some((_, first)) = &pending {
+        reserve_state(&mut operators, first, &plan, rules);
+    }
     let mut next_index = 1;
     let (mut files, mut bytes) = (0u64, 0u64);
+    // Wall time of the two sides of the pipeline, which overlap: for tuning (--log debug).
+    let (mut decode_time, mut process_time) = (Duration::ZERO, Duration::ZERO);
     while let Some((hour, decoded)) = pending.take() {
         let next = plan.hours.get(next_index);
         next_index += 1;
         let (next_decoded, ()) = rayon::join(
-            || next.map(|h| decode_hour(source, h, groups).map(|d| (h.hour, d))).transpose(),
             || {
+                let t = Instant::now();
+                let d = next.map(|h| decode_hour(source, h, groups).map(|d| (h.hour, d))).transpose();
+                decode_time += t.elapsed();
+                d
+            },
+            || {
+                let t = Instant::now();
                 operators.par_iter_mut().enumerate().for_each(|(g, op)| {
                     op.process_epoch(&decoded.batches, Some(&decoded.rows[g]));
                     op.advance_ingest_watermark(hour + HOUR_MS);
                 });
+                process_time += t.elapsed();
             },
         );
         let events: u64 = decoded.batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -156,15 +176,37 @@ pub fn run(
         bytes += decoded.bytes;
         progress.advance(decoded.files, decoded.bytes, events);
         drop(decoded);
-        emit(&mut operators, sink, throttle.as_mut(), &mut written)?;
+        write(drain(&mut operators, i64::MAX), sink, throttle.as_mut(), &mut written)?;
+        let final_before = operators.iter().map(|op| op.final_before()).min().unwrap_or(i64::MIN);
+        sink.complete_before(final_before, hour + HOUR_MS)?;
         pending = next_decoded?;
     }
-    tracing::debug!("read and processed {} hours in {:?}", plan.hours.len(), started.elapsed());
+    tracing::debug!(
+        "read and processed {} hours in {:?} (decoding {decode_time:?}, processing {process_time:?}, overlapping)",
+        plan.hours.len(),
+        started.elapsed()
+    );
     let t = Instant::now();
     operators.par_iter_mut().for_each(|op| op.finish());
     tracing::debug!("closed the remaining windows in {:?}", t.elapsed());
     let t = Instant::now();
-    emit(&mut operators, sink, throttle.as_mut(), &mut written)?;
+    // Out an hour of windows at a time, formatting the next hour while the sink writes the
+    // last: buffers stay an hour's size and are reused, instead of the whole range's output
+    // being formatted at once into freshly faulted memory.
+    let mut hour_end = next_hour_end(&operators);
+    let mut drained = drain(&mut operators, hour_end.unwrap_or(i64::MAX));
+    loop {
+        write(drained, sink, throttle.as_mut(), &mut written)?;
+        let done = hour_end.unwrap_or(i64::MAX);
+        let next = next_hour_end(&operators);
+        let (completed, next_drained) =
+            rayon::join(|| sink.complete_before(done, i64::MAX), || next.map(|end| drain(&mut operators, end)));
+        completed?;
+        match (next, next_drained) {
+            (Some(end), Some(d)) => (hour_end, drained) = (Some(end), d),
+            _ => break,
+        }
+    }
     let sink_summary = sink.finish()?;
     tracing::debug!("wrote the output in {:?}", t.elapsed());
     progress.end();
@@ -185,20 +227,46 @@ pub fn run(
     })
 }
 
-fn emit(
-    operators: &mut [AggregationOperator],
-    sink: &mut dyn OutputSink,
-    mut throttle: Option<&mut Throttle>,
-    written: &mut (u64, u64),
-) -> anyhow::Result<()> {
-    for op in operators.iter_mut() {
-        let (metrics, dead) = op.drain();
+/// Sizes each key group's dedupe state once, from the first hour: its rows per byte scale the
+/// plan's bytes to the rows still to come, of which the state holds at most a TTL's worth (plus
+/// the quarter-TTL between expiries). A wrong estimate costs memory or a regrowth, never results.
+fn reserve_state(operators: &mut [AggregationOperator], first: &Decoded, plan: &Plan, rules: &AggregationRules) {
+    let rows: usize = first.batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 || first.bytes == 0 {
+        return;
+    }
+    let total = rows as f64 * plan.bytes() as f64 / first.bytes as f64;
+    let ttl_hours = (rules.dedupe_ttl_ms as f64 * 1.25 / HOUR_MS as f64).ceil() + 1.0;
+    let held = total.min(rows as f64 * ttl_hours);
+    for (op, group_rows) in operators.iter_mut().zip(&first.rows) {
+        let share = group_rows.iter().map(Vec::len).sum::<usize>() as f64 / rows as f64;
+        op.reserve((held * share) as usize);
+    }
+}
+
+/// The end of the hour of the earliest window result not yet drained.
+fn next_hour_end(operators: &[AggregationOperator]) -> Option<i64> {
+    let first = operators.iter().filter_map(|op| op.first_emitted_start()).min()?;
+    Some(floor_to(first, HOUR_MS) + HOUR_MS)
+}
+
+type Drained = Vec<(Option<RecordBatch>, Vec<DeadLetter>)>;
+
+/// Every key group's results for windows starting before `before`, and its dead letters.
+/// Sorting and formatting (record_uuid, strings) is per key group: in parallel.
+fn drain(operators: &mut [AggregationOperator], before: i64) -> Drained {
+    operators.par_iter_mut().map(|op| op.drain_batch(before)).collect()
+}
+
+fn write(drained: Drained, sink: &mut dyn OutputSink, mut throttle: Option<&mut Throttle>, written: &mut (u64, u64)) -> anyhow::Result<()> {
+    for (metrics, dead) in drained {
+        let rows = metrics.as_ref().map_or(0, |b| b.num_rows());
         if let Some(t) = throttle.as_deref_mut() {
-            t.acquire((metrics.len() + dead.len()) as u64);
+            t.acquire((rows + dead.len()) as u64);
         }
-        written.0 += metrics.len() as u64;
+        written.0 += rows as u64;
         written.1 += dead.len() as u64;
-        if !metrics.is_empty() {
+        if let Some(metrics) = metrics {
             sink.write_metrics(metrics)?;
         }
         if !dead.is_empty() {

@@ -46,6 +46,8 @@ impl Plan {
     }
 }
 
+// A plan error is built once per run, on the way out: its size does not matter.
+#[allow(clippy::result_large_err)]
 fn check_aligned(flag: &'static str, t: i64, window_ms: i64) -> Result<(), PlanError> {
     if t % window_ms == 0 {
         return Ok(());

@@ -16,7 +16,8 @@ use thiserror::Error;
 use super::driver::GroupSnapshot;
 
 const MAGIC: &[u8; 8] = b"ADSPCKPT";
-const VERSION: u32 = 1;
+/// 2: dedupe entries hold the counted arrival's ingest time only.
+const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -111,9 +112,10 @@ mod tests {
         assert!(matches!(decode(&flipped), Err(CheckpointError::Checksum { .. })));
         assert!(matches!(decode(&bytes[..bytes.len() - 3]), Err(CheckpointError::Truncated { .. })));
         assert_eq!(decode(b"PAR1 not a checkpoint at all"), Err(CheckpointError::NotACheckpoint));
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
-        assert_eq!(decode(&v2), Err(CheckpointError::Version(2)));
+        // A checkpoint of the previous format (full dedupe positions) is refused, not misread.
+        let mut v1 = bytes.clone();
+        v1[8] = 1;
+        assert_eq!(decode(&v1), Err(CheckpointError::Version(1)));
     }
 
     #[test]
