@@ -30,7 +30,7 @@ cargo build --release --quiet --bin adsproc --example kafka_probe
 BIN=target/release/adsproc
 PROBE=target/release/examples/kafka_probe
 WORK=$(mktemp -d)
-trap 'scripts/broker.sh stop "$WORK/broker"; pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'scripts/broker.sh stop "$WORK/broker"; pkill -P $$ 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 BROKER=$(scripts/broker.sh start "$WORK/broker" memory)
 echo "broker $BROKER; $(nproc) cores"
 
