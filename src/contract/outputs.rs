@@ -174,28 +174,6 @@ impl AdMetricsBuilder {
     }
 }
 
-pub fn ad_metrics_batch(rows: &[AdMetric]) -> RecordBatch {
-    let len = |s: Option<&str>| s.map_or(0, str::len);
-    let bytes = rows.iter().fold([0; 4], |t, r| {
-        [t[0] + r.region.len(), t[1] + r.ad_id.len(), t[2] + len(r.campaign_id.as_deref()), t[3] + len(r.advertiser_id.as_deref())]
-    });
-    let mut b = AdMetricsBuilder::with_capacity(rows.len(), bytes);
-    for r in rows {
-        b.append(
-            &r.record_uuid,
-            &r.region,
-            &r.ad_id,
-            r.campaign_id.as_deref(),
-            r.advertiser_id.as_deref(),
-            r.window_start,
-            r.window_end,
-            r.impressions,
-            r.clicks,
-        );
-    }
-    b.finish()
-}
-
 /// The records of an `ad-metrics` batch (as built by [`AdMetricsBuilder`]).
 pub fn ad_metrics_rows(batch: &RecordBatch) -> anyhow::Result<Vec<AdMetric>> {
     use arrow::array::{Array, AsArray};

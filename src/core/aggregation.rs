@@ -499,7 +499,8 @@ impl AggregationOperator {
             self.ranks = self.strings.ranks();
         }
         let (s, rank) = (&self.strings, &self.ranks);
-        let text = |id: u32| if id == ABSENT { 0 } else { s.name(id).len() };
+        let text = |id: u32| self.name(id).map_or(0, |n| n.len());
+        let opt = |id: u32| self.name(id).map(|n| &**n);
         let mut bytes = [0usize; 4];
         for (&(ad, region), acc) in all.values().flatten() {
             bytes[0] += text(region);
@@ -516,7 +517,6 @@ impl AggregationOperator {
             order.sort_unstable_by_key(|w| (w.0, w.1));
             for &(_, _, (ad, region), acc) in &order {
                 let (region, ad) = (s.name(region), s.name(ad));
-                let opt = |id: u32| (id != ABSENT).then(|| &**s.name(id));
                 b.append(
                     &record_uuid::ad_metric(region, ad, start),
                     region,
