@@ -102,6 +102,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         idle_timeout: a.idle_timeout,
         stop_when_caught_up: a.stop_when_caught_up,
         max_poll: 20_000,
+        max_waiting_per_partition: 20_000,
     };
     tracing::info!("stream: {topic} ({} partitions) → {} on {}, group {}, instance {}", partitions.len(), a.metrics_topic, a.brokers, a.group, a.instance);
     let summary = run_stream(&rules, &partitions, &mut broker, &store, &opts, &shutdown)?;

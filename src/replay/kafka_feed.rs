@@ -63,6 +63,7 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
         idle_timeout: Duration::from_secs(3600),
         stop_when_caught_up: true,
         max_poll: s.poll_size,
+        max_waiting_per_partition: s.poll_size,
     };
     let summary = run(&rules, &partitions, &mut broker, &store, &opts, &AtomicBool::new(false))?;
     drop(broker);

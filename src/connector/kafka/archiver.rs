@@ -63,9 +63,10 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
     let mut buffered: Vec<RecordBatch> = Vec::new();
     let mut last_flush = Instant::now();
     loop {
-        let got = reader.poll(50_000, Duration::from_millis(200))?;
-        summary.messages += got.num_rows() as u64;
-        buffered.push(got);
+        for got in reader.poll(50_000, Duration::from_millis(200))? {
+            summary.messages += got.num_rows() as u64;
+            buffered.push(got);
+        }
         let done = until_caught_up && reader.caught_up();
         let buffered_rows: usize = buffered.iter().map(RecordBatch::num_rows).sum();
         if done || last_flush.elapsed() >= flush_every || buffered_rows >= 1_000_000 {

@@ -15,6 +15,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::KafkaSettings;
 use arrow::array::RecordBatch;
 
+use rayon::prelude::*;
+
 use crate::contract::raw::MessageDecoder;
 
 /// Reaching a partition's end is how the reader knows it is caught up, not an error worth a
@@ -31,12 +33,17 @@ impl ClientContext for QuietEof {
 
 impl ConsumerContext for QuietEof {}
 
+/// Polls smaller than twice this are decoded on one thread.
+const MIN_DECODE_SLICE: usize = 2048;
+
 pub struct TopicReader {
     consumer: BaseConsumer<QuietEof>,
     topic: String,
     partitions: Vec<i32>,
     /// Partitions whose end the last poll reached, and since when.
     at_end: BTreeMap<i32, Instant>,
+    /// Partitions not being fetched (see [`Self::pause_only`]).
+    paused: BTreeSet<i32>,
 }
 
 impl TopicReader {
@@ -59,7 +66,7 @@ impl TopicReader {
             ])
             .create_with_context(QuietEof)
             .context("cannot create the Kafka reader")?;
-        Ok(Self { consumer, topic: topic.to_string(), partitions, at_end: BTreeMap::new() })
+        Ok(Self { consumer, topic: topic.to_string(), partitions, at_end: BTreeMap::new(), paused: BTreeSet::new() })
     }
 
     pub fn partitions(&self) -> &[i32] {
@@ -73,24 +80,27 @@ impl TopicReader {
             let o = offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
             tpl.add_partition_offset(&self.topic, *p, o)?;
         }
+        self.pause_only(&BTreeSet::new())?;
         self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic))?;
         self.at_end.clear();
         Ok(())
     }
 
-    /// Up to `max` messages, waiting at most `wait` for the first, decoded into one canonical
-    /// batch straight from the client's buffers.
-    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<RecordBatch> {
-        let mut out = MessageDecoder::with_capacity(max.min(4096));
+    /// Up to `max` messages, waiting at most `wait` for the first, decoded straight from the
+    /// client's buffers into canonical batches: consecutive slices of the poll, in order,
+    /// decoded in parallel (decoding is most of a poll's cost, and the job's other stages
+    /// wait for it).
+    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+        let mut held = Vec::with_capacity(max.min(65_536));
         let deadline = Instant::now() + wait;
-        while out.len() < max {
+        while held.len() < max {
             // Wait only for the first message; then take what is already fetched.
-            let timeout = if out.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            let timeout = if held.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {
                     self.at_end.remove(&m.partition());
-                    out.append(m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0), m.payload().unwrap_or_default());
+                    held.push(m);
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.at_end.entry(p).or_insert_with(Instant::now);
@@ -105,7 +115,47 @@ impl TopicReader {
                 }
             }
         }
-        Ok(out.finish())
+        let messages: Vec<(i32, i64, i64, &[u8])> = held
+            .iter()
+            .map(|m| (m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0), m.payload().unwrap_or_default()))
+            .collect();
+        let slice = messages.len().div_ceil(rayon::current_num_threads()).max(MIN_DECODE_SLICE);
+        Ok(messages
+            .par_chunks(slice)
+            .map(|slice| {
+                // Sized exactly: a builder that outgrows its buffer copies it into a fresh one
+                // (see `MessageDecoder::with_capacity_for`).
+                let bytes = slice.iter().map(|m| m.3.len()).sum();
+                let mut out = MessageDecoder::with_capacity_for(slice.len(), bytes);
+                for (partition, offset, timestamp, payload) in slice {
+                    out.append(*partition, *offset, *timestamp, payload);
+                }
+                out.finish()
+            })
+            .collect())
+    }
+
+    /// Stops fetching `partitions` and fetches every other one. A paused partition resumes
+    /// from the message after the last one it delivered (librdkafka drops what it had
+    /// fetched beyond that).
+    pub fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()> {
+        let list = |ps: &mut dyn Iterator<Item = &i32>| -> anyhow::Result<TopicPartitionList> {
+            let mut tpl = TopicPartitionList::new();
+            for p in ps {
+                tpl.add_partition(&self.topic, *p);
+            }
+            Ok(tpl)
+        };
+        let resume = list(&mut self.paused.difference(partitions))?;
+        let pause = list(&mut partitions.difference(&self.paused))?;
+        if resume.count() > 0 {
+            self.consumer.resume(&resume).with_context(|| format!("cannot resume partitions of {:?}", self.topic))?;
+        }
+        if pause.count() > 0 {
+            self.consumer.pause(&pause).with_context(|| format!("cannot pause partitions of {:?}", self.topic))?;
+        }
+        self.paused = partitions.clone();
+        Ok(())
     }
 
     /// Partitions that have been at their end for at least `for_at_least`.

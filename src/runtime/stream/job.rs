@@ -49,11 +49,13 @@ pub trait Broker {
     /// The committed checkpoint number of each group (None: none yet).
     fn committed(&self, groups: &BTreeSet<u32>) -> anyhow::Result<Vec<(u32, Option<u64>)>>;
     fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
-    /// Up to `max` messages in offset order per partition, decoded into one canonical batch
-    /// ([`crate::contract::raw::MessageDecoder`]).
-    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<RecordBatch>;
+    /// Up to `max` messages in offset order per partition, decoded into canonical batches
+    /// ([`crate::contract::raw::MessageDecoder`]): consecutive slices of the poll, in order.
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>>;
     fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32>;
     fn caught_up(&self) -> bool;
+    /// Stops fetching these source partitions and fetches every other one.
+    fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()>;
     fn begin(&mut self, group: u32) -> anyhow::Result<()>;
     fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()>;
     fn send_dead_letter(&mut self, group: u32, d: &DeadLetter) -> anyhow::Result<()>;
@@ -73,6 +75,9 @@ pub struct StreamOptions {
     /// Exit (after a final checkpoint) once every partition has been read to its end.
     pub stop_when_caught_up: bool,
     pub max_poll: usize,
+    /// Watermark alignment: a source partition with more rows than this waiting for the
+    /// watermark is paused until it has half as many.
+    pub max_waiting_per_partition: usize,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +107,7 @@ pub fn run(
     let mut summary = StreamSummary::default();
     let mut last_checkpoint = Instant::now();
     let mut first_message: Option<Instant> = None;
+    let mut paused: BTreeSet<i32> = BTreeSet::new();
     loop {
         let owned = driver.owned_groups().next().is_some();
         let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
@@ -124,6 +130,7 @@ pub fn run(
             let resume = driver.resume_offsets();
             tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
             broker.seek(&resume)?;
+            paused.clear();
             for g in &groups {
                 broker.begin(*g)?;
             }
@@ -136,14 +143,23 @@ pub fn run(
             }
             continue;
         }
-        let messages = broker.poll(opts.max_poll, Duration::from_millis(100))?;
-        if messages.num_rows() > 0 {
+        let batches = broker.poll(opts.max_poll, Duration::from_millis(100))?;
+        let polled: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if polled > 0 {
             first_message.get_or_insert_with(Instant::now);
-            summary.messages_polled += messages.num_rows() as u64;
+            summary.messages_polled += polled as u64;
         }
-        driver.on_batch(&messages);
+        for batch in &batches {
+            driver.on_batch(batch);
+        }
         for p in broker.idle_partitions(opts.idle_timeout) {
             driver.mark_idle(p);
+        }
+        let align = aligned(&driver.waiting_by_partition(), &paused, partitions, &broker.idle_partitions(Duration::ZERO), opts.max_waiting_per_partition);
+        if align != paused {
+            tracing::debug!("watermark alignment: pausing {align:?}");
+            broker.pause_only(&align)?;
+            paused = align;
         }
         for (g, metrics, dead) in driver.drain_by_group() {
             for m in &metrics {
@@ -155,7 +171,7 @@ pub fn run(
             summary.metrics_sent += metrics.len() as u64;
             summary.dead_letters_sent += dead.len() as u64;
         }
-        let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && messages.num_rows() == 0 && broker.caught_up());
+        let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && polled == 0 && broker.caught_up());
         if stop || last_checkpoint.elapsed() >= opts.checkpoint_interval {
             // The cadence counts from the start of a checkpoint, so that a record waits at
             // most one interval (plus one commit) for its transaction, however long a
@@ -190,6 +206,27 @@ pub fn run(
     Ok(summary)
 }
 
+/// Watermark alignment, as Flink's: the source partitions to pause because they ran ahead.
+///
+/// librdkafka fetches partitions unevenly, and rows wait until the watermark (the slowest
+/// partition) passes them. Reading a 1M-message backlog, 600k rows once waited at the same time
+/// for one lagging partition, held in memory and then processed in one burst. A partition with
+/// more than `limit` rows waiting is paused until it has half as many, so the consumer spends
+/// its fetches on the partitions that hold the watermark back. Never all of them: when every
+/// partition that is not paused is at its end, nothing is paused (the watermark then moves
+/// only by idleness, and a paused partition could otherwise never reach its end).
+fn aligned(waiting: &BTreeMap<i32, usize>, paused: &BTreeSet<i32>, partitions: &[i32], at_end: &BTreeSet<i32>, limit: usize) -> BTreeSet<i32> {
+    let want: BTreeSet<i32> = waiting
+        .iter()
+        .filter(|(p, n)| **n > limit || (paused.contains(p) && **n > limit / 2))
+        .map(|(p, _)| *p)
+        .collect();
+    if partitions.iter().all(|p| want.contains(p) || at_end.contains(p)) {
+        return BTreeSet::new();
+    }
+    want
+}
+
 fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: &mut dyn Broker, store: &dyn CheckpointStore) -> anyhow::Result<()> {
     let next: BTreeMap<u32, u64> = driver.owned_groups().map(|g| (g, seqs.get(&g).copied().unwrap_or(0) + 1)).collect();
     // Snapshots are encoded on rayon threads (a group's keyed state can be large); the
@@ -213,4 +250,39 @@ fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ps: &[i32]) -> BTreeSet<i32> {
+        ps.iter().copied().collect()
+    }
+
+    #[test]
+    fn alignment_pauses_partitions_ahead_with_hysteresis() {
+        let parts = [0, 1, 2];
+        let none = BTreeSet::new();
+        // Partition 1 holds 101 rows waiting: paused; 0 and 2 keep fetching.
+        let waiting = BTreeMap::from([(0, 3), (1, 101), (2, 50)]);
+        assert_eq!(aligned(&waiting, &none, &parts, &none, 100), set(&[1]));
+        // Paused, it stays paused until it has half the limit or fewer...
+        let waiting = BTreeMap::from([(1, 51), (2, 60)]);
+        assert_eq!(aligned(&waiting, &set(&[1]), &parts, &none, 100), set(&[1]));
+        // ...and a partition that was not paused is not paused below the limit.
+        let waiting = BTreeMap::from([(1, 50), (2, 60)]);
+        assert_eq!(aligned(&waiting, &set(&[1]), &parts, &none, 100), none);
+    }
+
+    #[test]
+    fn alignment_never_starves_the_reader() {
+        let parts = [0, 1, 2];
+        let waiting = BTreeMap::from([(1, 500), (2, 500)]);
+        // Partition 0 still delivers: 1 and 2 wait for it.
+        assert_eq!(aligned(&waiting, &BTreeSet::new(), &parts, &BTreeSet::new(), 100), set(&[1, 2]));
+        // Partition 0 is at its end: nothing else to read, so nothing is paused (the paused
+        // ones could otherwise never reach their end, and the watermark moves by idleness).
+        assert_eq!(aligned(&waiting, &set(&[1, 2]), &parts, &set(&[0]), 100), BTreeSet::new());
+    }
 }
