@@ -42,12 +42,8 @@ start() {
   esac
   echo "$port" > "$dir/port"
   echo "$storage" > "$dir/storage"
-  # Nisshi allocates with mimalloc, which by default hands freed memory back to the kernel
-  # after 10 ms, so the next write faults in fresh pages that the kernel must zero. Keeping it
-  # cut the broker's CPU while `adsproc stream` wrote its output from 1.6 s to 1.1-1.3 s per
-  # million input messages (scripts/bench-stream.sh), on a machine the broker shares.
   # A short initial rebalance delay: tests start and stop group members often.
-  (cd "$dir" && MIMALLOC_PURGE_DELAY=-1 exec "$bin" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  (cd "$dir" && exec "$bin" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine "$engine" --group-initial-rebalance-delay 200ms >>"$dir/broker.log" 2>&1) &
   echo $! > "$dir/pid"
   for _ in $(seq 1 100); do
