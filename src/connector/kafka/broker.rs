@@ -27,6 +27,8 @@ pub struct KafkaBroker {
     pub outputs: BTreeMap<u32, TxnOutput>,
     pub metrics_topic: (String, i32),
     pub dlq_topic: (String, i32),
+    /// The record being sent, encoded (reused).
+    value: Vec<u8>,
 }
 
 /// Names and sizes of what a stream job uses on the broker.
@@ -79,6 +81,7 @@ impl KafkaBroker {
             outputs: BTreeMap::new(),
             metrics_topic,
             dlq_topic,
+            value: Vec::new(),
         };
         Ok((broker, partitions))
     }
@@ -147,15 +150,23 @@ impl Broker for KafkaBroker {
     }
 
     fn send_metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
-        let value = serde_json::to_vec(m)?;
-        let (topic, n) = self.metrics_topic.clone();
-        self.output(g)?.send(&topic, g as i32 % n, m.record_uuid.to_string().as_bytes(), &value)
+        // Straight into the producer (which copies key and value): no topic name, key string
+        // or value vector allocated per record.
+        let (topic, n) = &self.metrics_topic;
+        let out = self.outputs.get_mut(&g).with_context(|| format!("key group {g} is not owned here"))?;
+        self.value.clear();
+        serde_json::to_writer(&mut self.value, m)?;
+        let mut key = uuid::Uuid::encode_buffer();
+        out.send(topic, g as i32 % n, m.record_uuid.hyphenated().encode_lower(&mut key).as_bytes(), &self.value)
     }
 
     fn send_dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
-        let value = serde_json::to_vec(d)?;
-        let (topic, n) = self.dlq_topic.clone();
-        self.output(g)?.send(&topic, g as i32 % n, d.record_uuid.to_string().as_bytes(), &value)
+        let (topic, n) = &self.dlq_topic;
+        let out = self.outputs.get_mut(&g).with_context(|| format!("key group {g} is not owned here"))?;
+        self.value.clear();
+        serde_json::to_writer(&mut self.value, d)?;
+        let mut key = uuid::Uuid::encode_buffer();
+        out.send(topic, g as i32 % n, d.record_uuid.hyphenated().encode_lower(&mut key).as_bytes(), &self.value)
     }
 
     fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
