@@ -139,15 +139,15 @@ impl TopicReader {
     /// from the message after the last one it delivered (librdkafka drops what it had
     /// fetched beyond that).
     pub fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()> {
-        let list = |ps: &mut dyn Iterator<Item = &i32>| -> anyhow::Result<TopicPartitionList> {
+        let list = |ps: &mut dyn Iterator<Item = &i32>| {
             let mut tpl = TopicPartitionList::new();
             for p in ps {
                 tpl.add_partition(&self.topic, *p);
             }
-            Ok(tpl)
+            tpl
         };
-        let resume = list(&mut self.paused.difference(partitions))?;
-        let pause = list(&mut partitions.difference(&self.paused))?;
+        let resume = list(&mut self.paused.difference(partitions));
+        let pause = list(&mut partitions.difference(&self.paused));
         if resume.count() > 0 {
             self.consumer.resume(&resume).with_context(|| format!("cannot resume partitions of {:?}", self.topic))?;
         }

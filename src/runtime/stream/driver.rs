@@ -53,8 +53,9 @@ pub struct PartitionClock {
 ///
 /// The poll's batch is shared by every group (its columns are reference-counted) and each
 /// group keeps only the indices of its rows: copying each group's rows out (`take`, then
-/// `filter` on release) moved every payload twice and was a fifth of the job's CPU, most of it
-/// the kernel zeroing the fresh pages.
+/// `filter` on release) moved every payload twice (per-group work 0.75 s → 0.47 s per 1M
+/// messages without the copies). The price: a poll's batch stays in memory until the last of
+/// its rows is released, which watermark alignment bounds (see `job::aligned`).
 struct Pending {
     batch: RecordBatch,
     rows: Vec<u32>,
