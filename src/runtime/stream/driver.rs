@@ -325,11 +325,13 @@ impl StreamDriver {
         (metrics, dead)
     }
 
-    /// Records emitted since the last call, per owned key group.
+    /// Records emitted since the last call, per owned key group. Built on rayon threads: each
+    /// record's `record_uuid` is a SHA-1, and its strings are copied out of the interner.
     pub fn drain_by_group(&mut self) -> Vec<(u32, Vec<AdMetric>, Vec<DeadLetter>)> {
-        self.groups.iter_mut().map(|(g, t)| {
+        let mut groups: Vec<(&u32, &mut GroupTask)> = self.groups.iter_mut().collect();
+        groups.par_iter_mut().map(|(g, t)| {
             let (m, d) = t.op.drain();
-            (*g, m, d)
+            (**g, m, d)
         }).collect()
     }
 
