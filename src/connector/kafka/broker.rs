@@ -87,8 +87,29 @@ impl KafkaBroker {
     }
 
     fn output(&mut self, g: u32) -> anyhow::Result<&mut TxnOutput> {
-        self.outputs.get_mut(&g).with_context(|| format!("key group {g} is not owned here"))
+        output_of(&mut self.outputs, g)
     }
+}
+
+fn output_of(outputs: &mut BTreeMap<u32, TxnOutput>, g: u32) -> anyhow::Result<&mut TxnOutput> {
+    outputs.get_mut(&g).with_context(|| format!("key group {g} is not owned here"))
+}
+
+/// Sends one contract record of key group `g` to its partition of `topic`, keyed by its
+/// `record_uuid`: encoded into the reused `value` buffer, the key on the stack (the producer
+/// copies both), so that nothing is allocated per record.
+fn send_json(
+    outputs: &mut BTreeMap<u32, TxnOutput>,
+    value: &mut Vec<u8>,
+    (topic, n): &(String, i32),
+    g: u32,
+    record_uuid: &uuid::Uuid,
+    record: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    value.clear();
+    serde_json::to_writer(&mut *value, record)?;
+    let mut key = uuid::Uuid::encode_buffer();
+    output_of(outputs, g)?.send(topic, g as i32 % n, record_uuid.hyphenated().encode_lower(&mut key).as_bytes(), value)
 }
 
 impl Broker for KafkaBroker {
@@ -145,28 +166,20 @@ impl Broker for KafkaBroker {
         self.reader.pause_only(partitions)
     }
 
+    fn paused(&self) -> &BTreeSet<i32> {
+        self.reader.paused()
+    }
+
     fn begin(&mut self, g: u32) -> anyhow::Result<()> {
         self.output(g)?.begin()
     }
 
     fn send_metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
-        // Straight into the producer (which copies key and value): no topic name, key string
-        // or value vector allocated per record.
-        let (topic, n) = &self.metrics_topic;
-        let out = self.outputs.get_mut(&g).with_context(|| format!("key group {g} is not owned here"))?;
-        self.value.clear();
-        serde_json::to_writer(&mut self.value, m)?;
-        let mut key = uuid::Uuid::encode_buffer();
-        out.send(topic, g as i32 % n, m.record_uuid.hyphenated().encode_lower(&mut key).as_bytes(), &self.value)
+        send_json(&mut self.outputs, &mut self.value, &self.metrics_topic, g, &m.record_uuid, m)
     }
 
     fn send_dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
-        let (topic, n) = &self.dlq_topic;
-        let out = self.outputs.get_mut(&g).with_context(|| format!("key group {g} is not owned here"))?;
-        self.value.clear();
-        serde_json::to_writer(&mut self.value, d)?;
-        let mut key = uuid::Uuid::encode_buffer();
-        out.send(topic, g as i32 % n, d.record_uuid.hyphenated().encode_lower(&mut key).as_bytes(), &self.value)
+        send_json(&mut self.outputs, &mut self.value, &self.dlq_topic, g, &d.record_uuid, d)
     }
 
     fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {

@@ -115,20 +115,16 @@ impl TopicReader {
                 }
             }
         }
-        let messages: Vec<(i32, i64, i64, &[u8])> = held
-            .iter()
-            .map(|m| (m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0), m.payload().unwrap_or_default()))
-            .collect();
-        let slice = messages.len().div_ceil(rayon::current_num_threads()).max(MIN_DECODE_SLICE);
-        Ok(messages
+        let slice = held.len().div_ceil(rayon::current_num_threads()).max(MIN_DECODE_SLICE);
+        Ok(held
             .par_chunks(slice)
             .map(|slice| {
                 // Sized exactly: a builder that outgrows its buffer copies it into a fresh one
                 // (see `MessageDecoder::with_capacity_for`).
-                let bytes = slice.iter().map(|m| m.3.len()).sum();
+                let bytes = slice.iter().map(|m| m.payload_len()).sum();
                 let mut out = MessageDecoder::with_capacity_for(slice.len(), bytes);
-                for (partition, offset, timestamp, payload) in slice {
-                    out.append(*partition, *offset, *timestamp, payload);
+                for m in slice {
+                    out.append(m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0), m.payload().unwrap_or_default());
                 }
                 out.finish()
             })
@@ -156,6 +152,10 @@ impl TopicReader {
         }
         self.paused = partitions.clone();
         Ok(())
+    }
+
+    pub fn paused(&self) -> &BTreeSet<i32> {
+        &self.paused
     }
 
     /// Partitions that have been at their end for at least `for_at_least`.

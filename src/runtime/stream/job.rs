@@ -56,6 +56,8 @@ pub trait Broker {
     fn caught_up(&self) -> bool;
     /// Stops fetching these source partitions and fetches every other one.
     fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()>;
+    /// The source partitions paused now (none after a `seek`).
+    fn paused(&self) -> &BTreeSet<i32>;
     fn begin(&mut self, group: u32) -> anyhow::Result<()>;
     fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()>;
     fn send_dead_letter(&mut self, group: u32, d: &DeadLetter) -> anyhow::Result<()>;
@@ -107,7 +109,6 @@ pub fn run(
     let mut summary = StreamSummary::default();
     let mut last_checkpoint = Instant::now();
     let mut first_message: Option<Instant> = None;
-    let mut paused: BTreeSet<i32> = BTreeSet::new();
     loop {
         let owned = driver.owned_groups().next().is_some();
         let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
@@ -130,7 +131,6 @@ pub fn run(
             let resume = driver.resume_offsets();
             tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
             broker.seek(&resume)?;
-            paused.clear();
             for g in &groups {
                 broker.begin(*g)?;
             }
@@ -155,11 +155,10 @@ pub fn run(
         for p in broker.idle_partitions(opts.idle_timeout) {
             driver.mark_idle(p);
         }
-        let align = aligned(&driver.waiting_by_partition(), &paused, partitions, &broker.idle_partitions(Duration::ZERO), opts.max_waiting_per_partition);
-        if align != paused {
+        let align = aligned(&driver.waiting_by_partition(), broker.paused(), partitions, &broker.idle_partitions(Duration::ZERO), opts.max_waiting_per_partition);
+        if &align != broker.paused() {
             tracing::debug!("watermark alignment: pausing {align:?}");
             broker.pause_only(&align)?;
-            paused = align;
         }
         for (g, metrics, dead) in driver.drain_by_group() {
             for m in &metrics {
