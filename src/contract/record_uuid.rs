@@ -21,6 +21,13 @@ pub const NAMESPACE: Uuid = Uuid::from_u128(0x837d1c1b_bc06_5853_a752_229cddd62e
 /// control characters; nothing else), so the name is the documented JSON array.
 fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
+    // Identity strings (regions, ad ids, topics) almost never need escaping: one scan that
+    // the compiler vectorizes, instead of a branch per byte, decides it.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc = match b {
@@ -76,13 +83,13 @@ fn derive(parts: &[&str]) -> Uuid {
 
 /// Identity of an `ad-metrics` record: region, ad and the window's start.
 pub fn ad_metric(region: &str, ad_id: &str, window_start_ms: i64) -> Uuid {
-    derive(&["ad-metrics", region, ad_id, &window_start_ms.to_string()])
+    derive(&["ad-metrics", region, ad_id, itoa::Buffer::new().format(window_start_ms)])
 }
 
 /// Identity of a dead-letter record: the source position of the rejected message, so a
 /// message rejected by the stream job and again by a backfill is one record downstream.
 pub fn dead_letter(topic: &str, partition: i32, offset: i64) -> Uuid {
-    derive(&["dlq", topic, &partition.to_string(), &offset.to_string()])
+    derive(&["dlq", topic, itoa::Buffer::new().format(partition), itoa::Buffer::new().format(offset)])
 }
 
 /// A rejected row without a source position (possible only in a hand-made archive): its
@@ -106,14 +113,8 @@ mod tests {
 
     #[test]
     fn ad_metric_uuids_are_pinned() {
-        assert_eq!(
-            ad_metric("region-a", "ad-42", 1_767_225_600_000).to_string(),
-            "b4c49980-570d-5ea3-877e-ded1d6c0ef0a"
-        );
-        assert_eq!(
-            ad_metric("region-b", "ad|x\"y", -60_000).to_string(),
-            "cdfeabfd-7c56-5829-9b9c-5c6fbb79f355"
-        );
+        assert_eq!(ad_metric("region-a", "ad-42", 1_767_225_600_000).to_string(), "b4c49980-570d-5ea3-877e-ded1d6c0ef0a");
+        assert_eq!(ad_metric("region-b", "ad|x\"y", -60_000).to_string(), "cdfeabfd-7c56-5829-9b9c-5c6fbb79f355");
     }
 
     #[test]
