@@ -434,8 +434,8 @@ impl AggregationOperator {
                     advertiser_id: self.name(acc.advertiser).cloned(),
                     window_start: start,
                     window_end: start + self.rules.window_ms,
-                    impressions: acc.impressions,
-                    clicks: acc.clicks,
+                    impressions: acc.impressions(),
+                    clicks: acc.clicks(),
                 }
             })
             .collect();
@@ -525,8 +525,8 @@ impl AggregationOperator {
                     opt(acc.advertiser),
                     start,
                     start + self.rules.window_ms,
-                    acc.impressions,
-                    acc.clicks,
+                    acc.impressions(),
+                    acc.clicks(),
                 );
             }
         }
