@@ -36,6 +36,11 @@ impl TxnOutput {
                 ("batch.num.messages", "10000"),
                 ("queue.buffering.max.messages", "1000000"),
                 ("transaction.timeout.ms", "60000"),
+                // Output records are JSON with repeated field names and ids; LZ4 costs the
+                // job little and the broker less work per record (measured on Nisshi, 1M input
+                // messages: broker CPU 1.22 s → 1.06 s on average over 8 runs each).
+                // Overridable with `-X compression.type=…`.
+                ("compression.type", "lz4"),
             ])
             .create()
             .context("cannot create the transactional producer")?;
