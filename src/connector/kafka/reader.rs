@@ -2,14 +2,15 @@
 //! group: positions are the caller's (they live in checkpoints), never committed here.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaSettings;
@@ -36,7 +37,67 @@ impl ConsumerContext for QuietEof {}
 /// Polls smaller than twice this are decoded on one thread.
 const MIN_DECODE_SLICE: usize = 2048;
 
+/// The consumer's queue, read in batches (see [`TopicReader::poll`]). Declared before the
+/// consumer in [`TopicReader`] so that it is released first.
+struct ConsumerQueue(NonNull<rd::rd_kafka_queue_t>);
+
+// SAFETY: librdkafka's queues are thread-safe; the handle is owned by one reader.
+unsafe impl Send for ConsumerQueue {}
+
+impl Drop for ConsumerQueue {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from rd_kafka_queue_get_consumer and is released once.
+        unsafe { rd::rd_kafka_queue_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// A message (or a partition's end, or an error) taken from librdkafka, handed back on drop.
+/// Poll results are dropped inside [`TopicReader::poll`], before the consumer can be.
+struct Taken(NonNull<rd::rd_kafka_message_t>);
+
+// SAFETY: a consumed message is not touched by librdkafka until it is destroyed; the decoder
+// reads consecutive slices of a poll's messages on several threads, and only reads.
+unsafe impl Send for Taken {}
+unsafe impl Sync for Taken {}
+
+impl Taken {
+    fn msg(&self) -> &rd::rd_kafka_message_t {
+        // SAFETY: valid until dropped.
+        unsafe { self.0.as_ref() }
+    }
+
+    fn payload(&self) -> &[u8] {
+        let m = self.msg();
+        if m.payload.is_null() {
+            return &[];
+        }
+        // SAFETY: librdkafka's payload pointer and length, valid while the message lives.
+        unsafe { std::slice::from_raw_parts(m.payload as *const u8, m.len) }
+    }
+
+    /// The Kafka timestamp in ms; 0 when the message has none (as `Timestamp::to_millis`
+    /// gives for rust-rdkafka's messages).
+    fn timestamp_ms(&self) -> i64 {
+        let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: a valid message and an out-parameter.
+        let t = unsafe { rd::rd_kafka_message_timestamp(self.0.as_ptr(), &mut kind) };
+        if t == -1 || kind == rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE {
+            0
+        } else {
+            t
+        }
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        // SAFETY: taken from rd_kafka_consume_batch_queue and destroyed once.
+        unsafe { rd::rd_kafka_message_destroy(self.0.as_ptr()) }
+    }
+}
+
 pub struct TopicReader {
+    queue: ConsumerQueue,
     consumer: BaseConsumer<QuietEof>,
     topic: String,
     partitions: Vec<i32>,
@@ -44,6 +105,9 @@ pub struct TopicReader {
     at_end: BTreeMap<i32, Instant>,
     /// Partitions not being fetched (see [`Self::pause_only`]).
     paused: BTreeSet<i32>,
+    /// Per partition, the offset of the next message to deliver, where known: set by a seek,
+    /// by each delivered message and by each end of partition (see [`Self::pause_only`]).
+    next: BTreeMap<i32, i64>,
 }
 
 impl TopicReader {
@@ -66,7 +130,20 @@ impl TopicReader {
             ])
             .create_with_context(QuietEof)
             .context("cannot create the Kafka reader")?;
-        Ok(Self { consumer, topic: topic.to_string(), partitions, at_end: BTreeMap::new(), paused: BTreeSet::new() })
+        // SAFETY: a live consumer with a group.id has a consumer queue (rust-rdkafka forwards
+        // its main queue there); the handle is released before the consumer (field order).
+        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) })
+            .map(ConsumerQueue)
+            .context("the Kafka reader has no consumer queue")?;
+        Ok(Self {
+            queue,
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+            at_end: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            next: BTreeMap::new(),
+        })
     }
 
     pub fn partitions(&self) -> &[i32] {
@@ -80,6 +157,7 @@ impl TopicReader {
             let o = offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
             tpl.add_partition_offset(&self.topic, *p, o)?;
         }
+        self.next = offsets.iter().filter(|(p, _)| self.partitions.contains(p)).map(|(p, o)| (*p, *o)).collect();
         self.pause_only(&BTreeSet::new())?;
         self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic))?;
         self.at_end.clear();
@@ -90,45 +168,87 @@ impl TopicReader {
     /// client's buffers into canonical batches: consecutive slices of the poll, in order,
     /// decoded in parallel (decoding is most of a poll's cost, and the job's other stages
     /// wait for it).
+    ///
+    /// Messages are taken with librdkafka's batch consume: one call per poll instead of one
+    /// per message, which halves the reading thread's CPU (measured against this broker:
+    /// 0.56-0.62 s → 0.30-0.33 s per 1M messages).
     pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
-        let mut held = Vec::with_capacity(max.min(65_536));
-        let deadline = Instant::now() + wait;
-        while held.len() < max {
+        let mut taken = Vec::with_capacity(max.min(65_536));
+        self.take(&mut taken, max, Duration::ZERO);
+        if taken.is_empty() {
             // Wait only for the first message; then take what is already fetched.
-            let timeout = if held.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
-            match self.consumer.poll(timeout) {
-                None => break,
-                Some(Ok(m)) => {
-                    self.at_end.remove(&m.partition());
-                    held.push(m);
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    self.at_end.entry(p).or_insert_with(Instant::now);
-                }
-                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))) => {
-                    anyhow::bail!("topic {:?} does not exist", self.topic)
-                }
-                Some(Err(e)) => {
-                    // Transient broker errors are retried by librdkafka; report and go on.
-                    tracing::warn!("reading {}: {e}", self.topic);
-                    break;
-                }
+            self.take(&mut taken, 1, wait);
+            if !taken.is_empty() {
+                self.take(&mut taken, max, Duration::ZERO);
             }
         }
+        let mut held: Vec<Taken> = Vec::with_capacity(taken.len());
+        // Messages come in runs per partition: bookkeeping once per run.
+        let mut run: Option<(i32, i64)> = None;
+        for m in taken {
+            let (err, p, offset) = (m.msg().err, m.msg().partition, m.msg().offset);
+            if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                match run {
+                    Some((rp, _)) if rp == p => {}
+                    _ => {
+                        self.end_run(run);
+                        self.at_end.remove(&p);
+                    }
+                }
+                run = Some((p, offset));
+                held.push(m);
+                continue;
+            }
+            self.end_run(run.take());
+            if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                // Its offset is the partition's end: the next message to come.
+                self.next.insert(p, offset);
+                self.at_end.entry(p).or_insert_with(Instant::now);
+            } else if RDKafkaErrorCode::from(err) == RDKafkaErrorCode::UnknownTopicOrPartition {
+                anyhow::bail!("topic {:?} does not exist", self.topic)
+            } else {
+                // Transient broker errors are retried by librdkafka; report and go on.
+                tracing::warn!("reading {}: {}", self.topic, RDKafkaErrorCode::from(err));
+            }
+        }
+        self.end_run(run);
         let slice = held.len().div_ceil(rayon::current_num_threads()).max(MIN_DECODE_SLICE);
         Ok(held
             .par_chunks(slice)
             .map(|slice| {
                 // Sized exactly: a builder that outgrows its buffer copies it into a fresh one
                 // (see `MessageDecoder::with_capacity_for`).
-                let bytes = slice.iter().map(|m| m.payload_len()).sum();
+                let bytes = slice.iter().map(|m| m.msg().len).sum();
                 let mut out = MessageDecoder::with_capacity_for(slice.len(), bytes);
                 for m in slice {
-                    out.append(m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0), m.payload().unwrap_or_default());
+                    out.append(m.msg().partition, m.msg().offset, m.timestamp_ms(), m.payload());
                 }
                 out.finish()
             })
             .collect())
+    }
+
+    /// Takes up to `max` − `into.len()` more messages, waiting up to `wait` for them all.
+    fn take(&mut self, into: &mut Vec<Taken>, max: usize, wait: Duration) {
+        let room = max.saturating_sub(into.len());
+        if room == 0 {
+            return;
+        }
+        let mut ptrs: Vec<*mut rd::rd_kafka_message_t> = Vec::with_capacity(room);
+        let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: room slots of spare capacity; librdkafka fills the first n and returns n
+        // (or -1 on error, when it fills none).
+        let n = unsafe { rd::rd_kafka_consume_batch_queue(self.queue.0.as_ptr(), timeout, ptrs.as_mut_ptr(), room) };
+        // SAFETY: those n slots were written.
+        unsafe { ptrs.set_len(n.clamp(0, room as isize) as usize) };
+        into.extend(ptrs.into_iter().filter_map(NonNull::new).map(Taken));
+    }
+
+    /// Records the end of a run of delivered messages of one partition.
+    fn end_run(&mut self, run: Option<(i32, i64)>) {
+        if let Some((p, last)) = run {
+            self.next.insert(p, last + 1);
+        }
     }
 
     /// Stops fetching `partitions` and fetches every other one. A paused partition resumes
@@ -146,11 +266,39 @@ impl TopicReader {
         let pause = list(&mut partitions.difference(&self.paused));
         if resume.count() > 0 {
             self.consumer.resume(&resume).with_context(|| format!("cannot resume partitions of {:?}", self.topic))?;
+            self.reposition(&resume)?;
         }
         if pause.count() > 0 {
             self.consumer.pause(&pause).with_context(|| format!("cannot pause partitions of {:?}", self.topic))?;
         }
         self.paused = partitions.clone();
+        Ok(())
+    }
+
+    /// Points resumed partitions at the next message the reader has not delivered. librdkafka
+    /// resumes a partition after the last message it handed out, but in the version bundled
+    /// here (2.12.1) a batch that hands out a partition's end moves that position one past it
+    /// (confluentinc/librdkafka#4844, fixed upstream by #5213): without this, a partition
+    /// paused at its end would skip the next message produced to it.
+    fn reposition(&mut self, resumed: &TopicPartitionList) -> anyhow::Result<()> {
+        let mut at = TopicPartitionList::new();
+        for e in resumed.elements() {
+            if let Some(o) = self.next.get(&e.partition()) {
+                at.add_partition_offset(&self.topic, e.partition(), Offset::Offset(*o))?;
+            }
+        }
+        if at.count() == 0 {
+            return Ok(());
+        }
+        let done = self
+            .consumer
+            .seek_partitions(at, Duration::from_secs(30))
+            .with_context(|| format!("cannot reposition resumed partitions of {:?}", self.topic))?;
+        for e in done.elements() {
+            if let Err(err) = e.error() {
+                anyhow::bail!("cannot reposition partition {} of {:?}: {err}", e.partition(), self.topic);
+            }
+        }
         Ok(())
     }
 
