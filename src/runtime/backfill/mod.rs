@@ -161,22 +161,27 @@ pub fn run(
         // before submitted work. With the two in one `rayon::join`, a group waited behind the
         // other on one worker while the decoding ran on the second and then left it idle (~11 %
         // of the machine's CPU in this phase).
-        let started = Latch::new(groups.min(rayon::current_num_threads()));
+        // Each group sends on `started` as it begins; the decoder waits for as many as can run
+        // at once, or for every sender to be gone (all groups done, or one panicked).
+        let (started, begun) = std::sync::mpsc::channel::<()>();
+        let running = groups.min(rayon::current_num_threads());
         let next_decoded = std::thread::scope(|ts| {
-            let decoder = ts.spawn(|| {
-                started.wait();
+            let decoder = ts.spawn(move || {
+                for _ in 0..running {
+                    if begun.recv().is_err() {
+                        break;
+                    }
+                }
                 let t = Instant::now();
                 let d = next.map(|h| decode_hour(source, h, groups).map(|d| (h.hour, d))).transpose();
                 (d, t.elapsed())
             });
             let t = Instant::now();
-            let release = started.released_on_drop();
-            operators.par_iter_mut().enumerate().with_max_len(1).for_each(|(g, op)| {
-                started.count_down();
+            operators.par_iter_mut().enumerate().with_max_len(1).for_each_with(started, |started, (g, op)| {
+                let _ = started.send(());
                 op.process_epoch(&decoded.batches, Some(&decoded.rows[g]));
                 op.advance_ingest_watermark(hour + HOUR_MS);
             });
-            drop(release);
             process_time += t.elapsed();
             let (d, took) = decoder.join().expect("the decoding thread does not panic");
             decode_time += took;
@@ -287,44 +292,3 @@ fn write(drained: Drained, sink: &mut dyn OutputSink, mut throttle: Option<&mut 
     Ok(())
 }
 
-/// Opens once `n` count-downs have happened, or when the guard of
-/// [`Latch::released_on_drop`] goes (so that a panicking group cannot leave the decoder
-/// waiting forever).
-struct Latch {
-    left: std::sync::Mutex<usize>,
-    opened: std::sync::Condvar,
-}
-
-impl Latch {
-    fn new(n: usize) -> Self {
-        Self { left: std::sync::Mutex::new(n), opened: std::sync::Condvar::new() }
-    }
-
-    fn count_down(&self) {
-        let mut left = self.left.lock().expect("latch lock");
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            self.opened.notify_all();
-        }
-    }
-
-    fn released_on_drop(&self) -> impl Drop + '_ {
-        struct Release<'a>(&'a Latch);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                if let Ok(mut left) = self.0.left.lock() {
-                    *left = 0;
-                }
-                self.0.opened.notify_all();
-            }
-        }
-        Release(self)
-    }
-
-    fn wait(&self) {
-        let mut left = self.left.lock().expect("latch lock");
-        while *left > 0 {
-            left = self.opened.wait(left).expect("latch lock");
-        }
-    }
-}
