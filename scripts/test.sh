@@ -3,8 +3,9 @@
 # (unit, property, replay fixtures, acceptance over generated archives, bad input, S3 on a
 # local moto server, the stream job against a local Kafka-protocol broker).
 #
-# The broker (Nisshi) is built once into ~/.cache/adsproc (about 15 minutes on 2 cores); the
-# tests start and stop their own broker processes on free 127.0.0.1 ports.
+# The broker (Nisshi) is built once into ~/.cache/adsproc, beside the tests' own build. From
+# scratch on a slow 2-core VM the whole script took 59 minutes (the broker's build 56 of them);
+# the tests start and stop their own broker processes on free 127.0.0.1 ports.
 #
 # In CI (CI=true) builds go to a cache outside the fresh clone, so a later run on the same
 # machine reuses compiled dependencies.
@@ -14,5 +15,18 @@ if [ "${CI:-}" = "true" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR="$HOME/.cache/adsproc/target"
 fi
 scripts/ensure-moto.sh
-scripts/ensure-broker.sh >/dev/null
+# The broker's release build and the tests' debug build run side by side: each has long
+# stretches on one core (C builds of aws-lc and libsql, linking), which the other fills.
+broker_log="$(mktemp)"
+scripts/ensure-broker.sh >/dev/null 2>"$broker_log" &
+broker_build=$!
+trap 'kill "$broker_build" 2>/dev/null || true' EXIT
+cargo test --locked --no-run
+if ! wait "$broker_build"; then
+  echo "building the broker failed:" >&2
+  tail -40 "$broker_log" >&2
+  exit 1
+fi
+trap - EXIT
+rm -f "$broker_log"
 cargo test --locked
