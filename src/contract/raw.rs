@@ -72,17 +72,59 @@ impl MessageDecoder {
     }
 
     pub fn append(&mut self, partition: i32, offset: i64, timestamp: i64, payload: &[u8]) {
+        self.append_parsed(partition, offset, timestamp, payload, parse(payload));
+    }
+
+    fn append_parsed(&mut self, partition: i32, offset: i64, timestamp: i64, payload: &[u8], parsed: Result<Message, String>) {
         let pos = (partition, offset, timestamp);
-        match serde_json::from_slice::<Message>(payload) {
+        match parsed {
             Ok(Message::Object(fields)) => self.b.append(pos, &fields, payload),
             Ok(Message::Other(kind)) => self.b.append_not_json(pos, &format!("a JSON {kind}, not an object"), payload),
-            Err(e) => self.b.append_not_json(pos, &e.to_string(), payload),
+            Err(e) => self.b.append_not_json(pos, &e, payload),
         }
     }
 
     pub fn finish(self) -> RecordBatch {
         self.b.finish()
     }
+}
+
+/// Parses a payload with sonic-rs (SIMD: JSON parsing was a quarter of the stream job's CPU
+/// with serde_json) when it is one sonic-rs is known to read as serde_json does; everything
+/// else, and whatever sonic-rs rejects, goes to serde_json. So a dead letter's reason keeps
+/// serde_json's wording, and `tests::sonic_reads_messages_as_serde_json_does` holds the two
+/// parsers to the same reading of what sonic-rs is given.
+///
+/// Not given to sonic-rs:
+/// - a payload with a backslash: sonic-rs skips an ignored field's `\u` escape without
+///   checking its four hex digits (`"\u\0000"` passes), where serde_json rejects the message.
+///   Escapes are rare in ad events, so this costs little.
+/// - a payload with many brackets: sonic-rs nests 255 levels deep before it gives up, and its
+///   frames are large enough that 200 levels overflowed a test thread's 2 MiB stack, where
+///   serde_json stops at 128. The count bounds the nesting depth; a contract message has one
+///   level.
+fn parse(payload: &[u8]) -> Result<Message<'_>, String> {
+    if !for_sonic(payload) {
+        return parse_serde_json(payload);
+    }
+    sonic_rs::from_slice::<Message>(payload).or_else(|_| parse_serde_json(payload))
+}
+
+/// Whether [`parse`] gives the payload to sonic-rs first: one pass, which the compiler
+/// vectorizes.
+fn for_sonic(payload: &[u8]) -> bool {
+    let (mut brackets, mut backslash) = (0usize, false);
+    for &b in payload {
+        brackets += usize::from(b == b'{' || b == b'[');
+        backslash |= b == b'\\';
+    }
+    !backslash && brackets <= MAX_SONIC_BRACKETS
+}
+
+const MAX_SONIC_BRACKETS: usize = 32;
+
+fn parse_serde_json(payload: &[u8]) -> Result<Message<'_>, String> {
+    serde_json::from_slice::<Message>(payload).map_err(|e| e.to_string())
 }
 
 /// Whether a decoded row is a message that was not a JSON object.
@@ -424,5 +466,131 @@ mod tests {
             "ad_id is a number, expected a string; event_time is a string, expected integer epoch milliseconds"
         );
         assert!(batch.column(col::AD_ID).is_null(0));
+    }
+
+    /// Decodes the payloads sonic-rs is given and accepts twice, once as sonic-rs reads them and once as
+    /// serde_json does; serde_json must accept them too, and every column must be the same.
+    fn sonic_and_serde_json_agree(payloads: &[Vec<u8>]) -> Result<usize, String> {
+        let accepted: Vec<&Vec<u8>> = payloads.iter().filter(|p| for_sonic(p) && sonic_rs::from_slice::<Message>(p).is_ok()).collect();
+        let decode = |parse: fn(&[u8]) -> Result<Message<'_>, String>| {
+            let mut d = MessageDecoder::with_capacity(accepted.len());
+            for (i, p) in accepted.iter().enumerate() {
+                d.append_parsed(0, i as i64, 0, p, parse(p));
+            }
+            d.finish()
+        };
+        for p in &accepted {
+            if let Err(e) = parse_serde_json(p) {
+                return Err(format!("sonic-rs accepts what serde_json rejects ({e}): {:?}", String::from_utf8_lossy(p)));
+            }
+        }
+        let sonic = decode(|p| sonic_rs::from_slice::<Message>(p).map_err(|e| e.to_string()));
+        let serde = decode(parse_serde_json);
+        for (i, (a, b)) in sonic.columns().iter().zip(serde.columns()).enumerate() {
+            for (row, p) in accepted.iter().enumerate() {
+                if a.slice(row, 1).to_data() != b.slice(row, 1).to_data() {
+                    let field = sonic.schema().field(i).name().clone();
+                    return Err(format!("{field} differs for {:?}: {:?} vs {:?}", String::from_utf8_lossy(p), a.slice(row, 1), b.slice(row, 1)));
+                }
+            }
+        }
+        Ok(accepted.len())
+    }
+
+    #[test]
+    fn sonic_reads_edge_cases_as_serde_json_does() {
+        let numbers = [
+            "0", "-0", "1.0", "-0.0", "1e3", "1E3", "-1", "9223372036854775807", "9223372036854775808", "-9223372036854775808",
+            "-9223372036854775809", "18446744073709551615", "18446744073709551616", "1e400", "0.1", "01", "1.", ".5", "+1", "NaN",
+        ];
+        let strings = [
+            r#""""#, r#""é😀""#, r#""a\nb""#, r#""\"q\\""#, r#""\/""#, r#""\u00e9""#, r#""\ud83d\ude00""#, r#""\ud800""#,
+            r#""\udc00x""#, r#""\u0000""#, "\"\u{1}\"", r#""\x""#, r#""\uD83D\uDE00""#,
+        ];
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        for v in numbers.iter().chain(&strings).chain(&["null", "true", "[]", "{}", "[1,{\"a\":2}]"]) {
+            payloads.push(format!("{{\"event_time\":{v},\"ad_id\":{v},\"other\":{v}}}").into_bytes());
+            payloads.push(v.as_bytes().to_vec());
+        }
+        for raw in ["", " ", "{", "{}x", "{} ", " {\"event_id\":\"a\",\"event_id\":\"b\"}\n", "{\"event_id\":\"a\",}", "{\"a\" : 1 , \"b\":[ ] }"] {
+            payloads.push(raw.as_bytes().to_vec());
+        }
+        payloads.push(b"{\"event_id\":\"\xff\"}".to_vec());
+        payloads.push(b"{\"other\":\"\xc3\"}".to_vec());
+        let accepted = sonic_and_serde_json_agree(&payloads).unwrap();
+        assert!(accepted > 40, "only {accepted} payloads accepted: the test would check little");
+    }
+
+    /// Deep nesting never reaches sonic-rs (see [`parse`]). serde_json skips an ignored field
+    /// without recursing, so the message is read, and on a thread with a small stack.
+    #[test]
+    fn deep_nesting_in_an_ignored_field_is_read_as_serde_json_reads_it() {
+        let deep = format!("{{\"event_id\":\"e\",\"other\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(!for_sonic(deep.as_bytes()));
+        let batch = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || decode_messages(&[msg(0, &deep)])).unwrap().join().unwrap();
+        assert!(batch.column(col::DECODE_ERROR).is_null(0));
+        assert_eq!(batch.column(col::EVENT_ID).as_string::<i32>().value(0), "e");
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            "[0-9]{1,25}",
+            "-?[0-9]{1,3}(\\.[0-9]{0,3})?([eE][+-]?[0-9]{1,3})?",
+            proptest::collection::vec(
+                prop_oneof!["[a-z0-9 ]{0,4}", "\\PC{0,2}", Just("\\n".to_string()), Just("\\\"".to_string()), "\\\\u[0-9a-fA-F]{4}"],
+                0..4
+            )
+            .prop_map(|parts| format!("\"{}\"", parts.concat())),
+        ];
+        leaf.prop_recursive(3, 12, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec(("[a-z_]{1,10}", inner), 0..3)
+                    .prop_map(|kv| format!("{{{}}}", kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","))),
+            ]
+        })
+    }
+
+    fn message() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            proptest::sample::select(c::AD_EVENT_STRING_FIELDS.to_vec()).prop_map(str::to_string),
+            Just(c::EVENT_TIME.to_string()),
+            "[a-z_]{1,8}",
+        ];
+        let object = proptest::collection::vec((key, json_value()), 0..8).prop_map(|kv| {
+            format!("{{{}}}", kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")).into_bytes()
+        });
+        // Single-byte damage: a byte replaced or dropped, which makes most of them invalid in
+        // ways a parser might miss.
+        (object, any::<u8>(), any::<proptest::sample::Index>(), 0..3u8).prop_map(|(mut p, byte, at, damage)| {
+            if !p.is_empty() {
+                let i = at.index(p.len());
+                match damage {
+                    1 => p[i] = byte,
+                    2 => {
+                        p.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            p
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn sonic_reads_messages_as_serde_json_does(p in message()) {
+            if let Err(e) = sonic_and_serde_json_agree(std::slice::from_ref(&p)) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
     }
 }
