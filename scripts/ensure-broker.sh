@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the Kafka-protocol broker the integration tests talk to is installed: Nisshi 0.7.0
 # (formerly Tansu), built from crates.io into a cache outside the clone, because building it
-# takes 15 to 55 minutes on 2 cores (it compiles ~570 crates, aws-lc and SQLite among them) and a fresh clone must not pay that twice.
+# takes 15 to 55 minutes on 2 cores (it compiles ~570 crates, aws-lc and SQLite among them)
+# and a fresh clone must not pay that twice.
 #
 # Idempotent: prints the binary path and exits when it is already there.
 # Override the cache with ADSPROC_CACHE (default ~/.cache/adsproc).

@@ -17,10 +17,12 @@ fi
 scripts/ensure-moto.sh
 # The broker's release build and the tests' debug build run side by side: each has long
 # stretches on one core (C builds of aws-lc and libsql, linking), which the other fills.
+# In its own process group (setsid), so that a failed test build stops cargo install and its
+# compilers too, not only the script that started them.
 broker_log="$(mktemp)"
-scripts/ensure-broker.sh >/dev/null 2>"$broker_log" &
+setsid scripts/ensure-broker.sh >/dev/null 2>"$broker_log" &
 broker_build=$!
-trap 'kill "$broker_build" 2>/dev/null || true' EXIT
+trap 'kill -- -"$broker_build" 2>/dev/null || true; rm -f "$broker_log"' EXIT
 cargo test --locked --no-run
 if ! wait "$broker_build"; then
   echo "building the broker failed:" >&2

@@ -468,8 +468,9 @@ mod tests {
         assert!(batch.column(col::AD_ID).is_null(0));
     }
 
-    /// Decodes the payloads sonic-rs is given and accepts twice, once as sonic-rs reads them and once as
-    /// serde_json does; serde_json must accept them too, and every column must be the same.
+    /// Decodes the payloads sonic-rs is given and accepts twice, once as sonic-rs reads them
+    /// and once as serde_json does; serde_json must accept them too, and every column must be
+    /// the same.
     fn sonic_and_serde_json_agree(payloads: &[Vec<u8>]) -> Result<usize, String> {
         let accepted: Vec<&Vec<u8>> = payloads.iter().filter(|p| for_sonic(p) && sonic_rs::from_slice::<Message>(p).is_ok()).collect();
         let decode = |parse: fn(&[u8]) -> Result<Message<'_>, String>| {

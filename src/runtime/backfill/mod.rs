@@ -291,4 +291,3 @@ fn write(drained: Drained, sink: &mut dyn OutputSink, mut throttle: Option<&mut 
     }
     Ok(())
 }
-
