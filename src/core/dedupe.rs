@@ -18,6 +18,8 @@
 
 use rustc_hash::FxHashMap;
 
+use super::key_table::KeyTable;
+
 /// The seed for an ad's keys: computed once per distinct ad_id value of a batch.
 pub fn ad_seed(ad_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(ad_id.as_bytes())
@@ -42,17 +44,27 @@ struct Counted {
     winner: u32,
 }
 
-/// Entries per shard a reserved table aims at: 85 % of what 2¹⁸ buckets hold (7/8 of them), so
-/// that an estimate a little short does not double every shard at once.
-const SHARD_TARGET: usize = (1 << 18) / 8 * 7 * 85 / 100;
+impl Counted {
+    fn pack(self) -> [u64; 2] {
+        [self.t as u64, self.epoch as u64 | (self.winner as u64) << 32]
+    }
+
+    fn unpack(v: [u64; 2]) -> Self {
+        Self { t: v[0] as i64, epoch: v[1] as u32, winner: (v[1] >> 32) as u32 }
+    }
+}
+
+/// How many arrivals ahead [`DedupeState::resolve`] prefetches the table's slots. A probe of a
+/// table of hundreds of megabytes is a cache miss; with the next probes' lines requested
+/// meanwhile, their misses overlap instead of queueing.
+const PREFETCH_AHEAD: usize = 16;
 
 #[derive(Debug)]
 pub struct DedupeState {
-    /// The table, split by key into shards of similar size. A hash table has a power-of-two
-    /// number of buckets, so one table is between 44 % and 87 % full: 3.7 M keys take as much
-    /// memory as 7.3 M. Shards of 2¹⁸ buckets let a reserved table be sized to ~1/100 of what
-    /// it must hold (see [`Self::reserve`]); every page of it is one the kernel must zero.
-    shards: Vec<FxHashMap<u128, Counted>>,
+    table: KeyTable,
+    /// At most the smallest ingest time in the table: when even that one cannot expire yet,
+    /// [`Self::expire`] need not scan hundreds of megabytes to find nothing.
+    oldest: i64,
     /// Keys renewed in the current epoch after TTL expiry, with the ingest time of the counted
     /// arrival they replaced. Rare (an event_id repeated more than a TTL apart), so kept apart.
     renewed: FxHashMap<u128, i64>,
@@ -60,72 +72,59 @@ pub struct DedupeState {
 
 impl Default for DedupeState {
     fn default() -> Self {
-        Self { shards: vec![FxHashMap::default()], renewed: FxHashMap::default() }
+        Self { table: KeyTable::default(), oldest: i64::MAX, renewed: FxHashMap::default() }
     }
 }
 
 impl DedupeState {
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|m| m.len()).sum()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|m| m.is_empty())
-    }
-
-    /// The shard of a key: its high 64 bits (uniform: the key is a hash) scaled to the shard
-    /// count, so any count works, not only powers of two.
-    #[inline]
-    fn shard(&self, key: u128) -> usize {
-        (((key >> 64) as u64 as u128 * self.shards.len() as u128) >> 64) as usize
+        self.table.is_empty()
     }
 
     /// Makes room for `additional` more keys at once: growing a table of millions by doubling
-    /// allocates (and faults in) twice its final size and rehashes every key on each step. An
-    /// empty state is split into as many shards as `additional` needs at [`SHARD_TARGET`] keys
-    /// each; a state in use keeps its shards and reserves in each.
+    /// allocates (and faults in) twice its final size and rehashes every key on each step.
     pub fn reserve(&mut self, additional: usize) {
-        if self.is_empty() {
-            let n = additional.div_ceil(SHARD_TARGET).max(1);
-            self.shards = (0..n).map(|_| FxHashMap::default()).collect();
-        }
-        let per_shard = additional.div_ceil(self.shards.len());
-        for m in &mut self.shards {
-            m.reserve(per_shard);
-        }
+        self.table.reserve(additional);
     }
 
     /// Resolves one epoch's arrivals. `arrivals[i] = (key, position)`; returns for each whether
     /// it is counted (true) or a duplicate (false).
     pub fn resolve(&mut self, epoch: u32, ttl: i64, arrivals: &[(u128, Position)]) -> Vec<bool> {
-        use std::collections::hash_map::Entry;
         self.renewed.clear();
         let mut counted = vec![false; arrivals.len()];
+        for &(key, _) in arrivals.iter().take(PREFETCH_AHEAD) {
+            self.table.prefetch(key);
+        }
         for (i, &(key, pos)) in arrivals.iter().enumerate() {
+            if let Some(&(ahead, _)) = arrivals.get(i + PREFETCH_AHEAD) {
+                self.table.prefetch(ahead);
+            }
             let i32_ = i as u32;
-            let shard = self.shard(key);
-            match self.shards[shard].entry(key) {
-                Entry::Vacant(v) => {
-                    v.insert(Counted { t: pos.0, epoch, winner: i32_ });
+            let fresh = Counted { t: pos.0, epoch, winner: i32_ };
+            self.oldest = self.oldest.min(pos.0);
+            let Some(slot) = self.table.get_or_insert(key, fresh.pack()) else {
+                counted[i] = true;
+                continue;
+            };
+            let mut c = Counted::unpack(*slot);
+            if c.epoch != epoch {
+                if pos.0 - c.t >= ttl {
+                    self.renewed.insert(key, c.t);
+                    *slot = fresh.pack();
                     counted[i] = true;
                 }
-                Entry::Occupied(mut o) => {
-                    let c = o.get_mut();
-                    if c.epoch != epoch {
-                        if pos.0 - c.t >= ttl {
-                            self.renewed.insert(key, c.t);
-                            *c = Counted { t: pos.0, epoch, winner: i32_ };
-                            counted[i] = true;
-                        }
-                    } else if pos < arrivals[c.winner as usize].1 {
-                        let within_previous = self.renewed.get(&key).is_some_and(|&prev| pos.0 - prev < ttl);
-                        if !within_previous {
-                            counted[c.winner as usize] = false;
-                            counted[i] = true;
-                            c.t = pos.0;
-                            c.winner = i32_;
-                        }
-                    }
+            } else if pos < arrivals[c.winner as usize].1 {
+                let within_previous = self.renewed.get(&key).is_some_and(|&prev| pos.0 - prev < ttl);
+                if !within_previous {
+                    counted[c.winner as usize] = false;
+                    counted[i] = true;
+                    c.t = pos.0;
+                    c.winner = i32_;
+                    *slot = c.pack();
                 }
             }
         }
@@ -134,22 +133,39 @@ impl DedupeState {
 
     /// Forgets ids that no arrival at or after `ingest_watermark` can be a duplicate of.
     pub fn expire(&mut self, ingest_watermark: i64, ttl: i64) {
-        for m in &mut self.shards {
-            m.retain(|_, c| c.t.saturating_add(ttl) > ingest_watermark);
+        let keep = |t: i64| t.saturating_add(ttl) > ingest_watermark;
+        if keep(self.oldest) {
+            return;
         }
+        let mut oldest = i64::MAX;
+        self.table.retain(|_, v| {
+            let t = Counted::unpack(v).t;
+            let kept = keep(t);
+            if kept {
+                oldest = oldest.min(t);
+            }
+            kept
+        });
+        self.oldest = oldest;
     }
 
     /// Entries for snapshots: (key, ingest time of the counted arrival). Between epochs this is
     /// the whole state: the other fields only matter inside the epoch that set them.
     pub fn entries(&self) -> impl Iterator<Item = (u128, i64)> + '_ {
-        self.shards.iter().flatten().map(|(k, c)| (*k, c.t))
+        self.table.iter().map(|(k, v)| (k, Counted::unpack(v).t))
     }
 
     /// The state a checkpoint's [`entries`](Self::entries) describe. Epoch 0 is never a live
     /// epoch (they start at 1), so no restored entry takes part in in-epoch resolution.
     pub fn restore(entries: impl IntoIterator<Item = (u128, i64)>) -> Self {
-        let map = entries.into_iter().map(|(k, t)| (k, Counted { t, epoch: 0, winner: 0 })).collect();
-        Self { shards: vec![map], renewed: FxHashMap::default() }
+        let entries = entries.into_iter();
+        let mut state = Self::default();
+        state.table.reserve(entries.size_hint().0);
+        for (k, t) in entries {
+            state.oldest = state.oldest.min(t);
+            state.table.get_or_insert(k, Counted { t, epoch: 0, winner: 0 }.pack());
+        }
+        state
     }
 }
 
@@ -186,24 +202,22 @@ mod tests {
         assert_eq!(s.resolve(2, TTL, &[(9, (120, 0, 3)), (9, (90, 0, 2))]), vec![true, false]);
     }
 
-    /// A reserved state spreads keys over shards; resolution and expiry are those of one table.
+    /// A reserved table resolves and expires as one grown on the way.
     #[test]
-    fn a_sharded_state_resolves_as_one_table() {
+    fn a_reserved_state_resolves_as_a_grown_one() {
         let keys: Vec<u128> = (0..2_000u128).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834)).collect();
-        let mut one = DedupeState::default();
-        let mut sharded = DedupeState::default();
-        sharded.reserve(3 * SHARD_TARGET);
-        assert_eq!(sharded.shards.len(), 3);
+        let mut grown = DedupeState::default();
+        let mut reserved = DedupeState::default();
+        reserved.reserve(3 * keys.len());
         for (epoch, t) in [(1, 0), (2, 60), (3, 130)] {
             let arrivals: Vec<(u128, Position)> = keys.iter().enumerate().map(|(i, &k)| (k, (t + (i % 7) as i64, 0, i as i64))).collect();
-            assert_eq!(one.resolve(epoch, TTL, &arrivals), sharded.resolve(epoch, TTL, &arrivals));
-            one.expire(t, TTL);
-            sharded.expire(t, TTL);
-            assert_eq!(one.len(), sharded.len());
+            assert_eq!(grown.resolve(epoch, TTL, &arrivals), reserved.resolve(epoch, TTL, &arrivals));
+            grown.expire(t, TTL);
+            reserved.expire(t, TTL);
+            assert_eq!(grown.len(), reserved.len());
         }
-        assert!(sharded.shards.iter().all(|m| !m.is_empty()), "keys land in every shard");
-        let mut a: Vec<_> = one.entries().collect();
-        let mut b: Vec<_> = sharded.entries().collect();
+        let mut a: Vec<_> = grown.entries().collect();
+        let mut b: Vec<_> = reserved.entries().collect();
         a.sort_unstable();
         b.sort_unstable();
         assert_eq!(a, b);
@@ -213,6 +227,9 @@ mod tests {
     fn expire_forgets_only_what_cannot_matter() {
         let mut s = DedupeState::default();
         s.resolve(1, TTL, &[(1, (0, 0, 0)), (2, (50, 0, 1))]);
+        // Nothing is old enough yet: the scan is skipped, and must not lose track of the oldest.
+        s.expire(99, TTL);
+        assert_eq!(s.len(), 2);
         s.expire(100, TTL);
         assert_eq!(s.len(), 1);
         assert_eq!(s.resolve(2, TTL, &[(2, (149, 0, 2))]), vec![false]);

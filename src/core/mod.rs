@@ -14,6 +14,7 @@ pub mod batch_view;
 pub mod config;
 pub mod dedupe;
 pub mod interner;
+pub mod key_table;
 pub mod key_group;
 pub mod reason;
 pub mod windows;
