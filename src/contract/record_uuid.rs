@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 
+use sha1::digest::generic_array::GenericArray;
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
@@ -17,13 +18,17 @@ use uuid::Uuid;
 /// namespace is a literal other implementations can copy.
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x837d1c1b_bc06_5853_a752_229cddd62ee8);
 
+/// Whether JSON (as `serde_json` writes it) escapes any byte of `s`: `"`, `\\` and control
+/// characters. Identity strings (regions, ad ids, topics) almost never need it.
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Appends `s` as a JSON string literal, escaping exactly as `serde_json` does (`"`, `\\` and
 /// control characters; nothing else), so the name is the documented JSON array.
 fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
-    // Identity strings (regions, ad ids, topics) almost never need escaping: one scan that
-    // the compiler vectorizes, instead of a branch per byte, decides it.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(s) {
         out.push_str(s);
         out.push('"');
         return;
@@ -53,10 +58,29 @@ fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The UUIDv5 of the JSON array of `parts`. Output paths derive millions of these, so the
-/// name is built in a reused buffer and hashed with a SHA-1 that uses the CPU's SHA
-/// extensions when present; the result is `Uuid::new_v5(&NAMESPACE, json_array)`.
+/// The UUIDv5 of the JSON array of `parts`: `Uuid::new_v5(&NAMESPACE, json_array)`. Output
+/// paths derive millions of these. When no part needs escaping (nearly always) and the name
+/// is short, the JSON is written straight into the hash's stack buffer; otherwise it is built
+/// in a reused string.
 fn derive(parts: &[&str]) -> Uuid {
+    // `[`, `]`, the commas, and each part in quotes.
+    let len = 2 + parts.len().saturating_sub(1) + parts.iter().map(|p| p.len() + 2).sum::<usize>();
+    if NAME_AT + len <= STACK_NAME_END && !parts.iter().any(|p| needs_escape(p)) {
+        let mut buf = [0u8; 64 * STACK_BLOCKS];
+        let mut at = NAME_AT;
+        let mut put = |bytes: &[u8]| {
+            buf[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(b"[");
+        for (i, p) in parts.iter().enumerate() {
+            put(if i == 0 { b"\"" } else { b",\"" });
+            put(p.as_bytes());
+            put(b"\"");
+        }
+        put(b"]");
+        return v5_on_stack(&mut buf, at);
+    }
     thread_local! {
         static NAME: RefCell<String> = RefCell::new(String::with_capacity(128));
     }
@@ -71,14 +95,57 @@ fn derive(parts: &[&str]) -> Uuid {
             push_json_string(&mut name, p);
         }
         name.push(']');
-        let mut h = Sha1::new();
-        h.update(NAMESPACE.as_bytes());
-        h.update(name.as_bytes());
-        let digest = h.finalize();
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+        v5(name.as_bytes())
     })
+}
+
+/// Padded messages up to this many SHA-1 blocks are hashed from a stack buffer.
+const STACK_BLOCKS: usize = 3;
+/// Where the name starts in that buffer: after the namespace.
+const NAME_AT: usize = 16;
+/// Where the longest name that fits must end: the padding takes at least a 0x80 byte and the
+/// 8-byte length.
+const STACK_NAME_END: usize = 64 * STACK_BLOCKS - 9;
+
+/// `Uuid::new_v5(&NAMESPACE, name)`.
+fn v5(name: &[u8]) -> Uuid {
+    if NAME_AT + name.len() <= STACK_NAME_END {
+        let mut buf = [0u8; 64 * STACK_BLOCKS];
+        buf[NAME_AT..NAME_AT + name.len()].copy_from_slice(name);
+        return v5_on_stack(&mut buf, NAME_AT + name.len());
+    }
+    let mut h = Sha1::new();
+    h.update(NAMESPACE.as_bytes());
+    h.update(name);
+    uuid_of_sha1(h.finalize().into())
+}
+
+/// The UUIDv5 of the name in `buf[NAME_AT..end]`, the rest of `buf` zero. The padded message
+/// is laid out in place and handed to SHA-1's compression function (which uses the CPU's SHA
+/// extensions when present) block by block: for names this short the general hasher's
+/// buffering and finalization cost more than the compression itself.
+fn v5_on_stack(buf: &mut [u8; 64 * STACK_BLOCKS], end: usize) -> Uuid {
+    debug_assert!(end <= STACK_NAME_END && buf[end..].iter().all(|&b| b == 0));
+    buf[..NAME_AT].copy_from_slice(NAMESPACE.as_bytes());
+    // The message, a 0x80 byte, zeros, and the message's length in bits (8 bytes, big endian).
+    buf[end] = 0x80;
+    let padded = (end + 9).div_ceil(64) * 64;
+    buf[padded - 8..padded].copy_from_slice(&(end as u64 * 8).to_be_bytes());
+    let mut state = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
+    for block in buf[..padded].chunks_exact(64) {
+        sha1::compress(&mut state, std::slice::from_ref(GenericArray::from_slice(block)));
+    }
+    let mut digest = [0u8; 20];
+    for (o, w) in digest.chunks_exact_mut(4).zip(state) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    uuid_of_sha1(digest)
+}
+
+fn uuid_of_sha1(digest: [u8; 20]) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 /// Identity of an `ad-metrics` record: region, ad and the window's start.
@@ -131,6 +198,19 @@ mod tests {
                 let json = serde_json::to_string(&parts).unwrap();
                 assert_eq!(derive(&parts), Uuid::new_v5(&NAMESPACE, json.as_bytes()), "{json}");
             }
+        }
+    }
+
+    /// Names of every length up to past the stack buffer, hashed as given and built from parts, so that the padding's edge cases (the
+    /// length field spilling into another block) are all met.
+    #[test]
+    fn v5_is_uuid_new_v5_for_every_name_length() {
+        for n in 0..=64 * (STACK_BLOCKS + 1) {
+            let name: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+            assert_eq!(v5(&name), Uuid::new_v5(&NAMESPACE, &name), "length {n}");
+            let part = "x".repeat(n);
+            let json = serde_json::to_string(&["ad-metrics", &part]).unwrap();
+            assert_eq!(derive(&["ad-metrics", &part]), Uuid::new_v5(&NAMESPACE, json.as_bytes()), "{json}");
         }
     }
 
