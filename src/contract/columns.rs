@@ -25,6 +25,9 @@ pub const RAW_PAYLOAD: &str = "_raw_payload";
 pub const AD_EVENT_STRING_FIELDS: [&str; 8] =
     [EVENT_ID, EVENT_TYPE, AD_ID, CAMPAIGN_ID, ADVERTISER_ID, USER_ID, STORE_ID, REGION];
 
+/// The key of every output record (see `record_uuid`).
+pub const RECORD_UUID: &str = "record_uuid";
+
 pub const IMPRESSION: &str = "impression";
 pub const CLICK: &str = "click";
 

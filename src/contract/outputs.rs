@@ -7,6 +7,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::columns as c;
 use super::schema::utc_millis;
 
 /// One `ad-metrics` record: distinct valid impressions and clicks of one ad in one region in
@@ -49,7 +50,7 @@ impl DeadLetter {
 
 pub fn ad_metrics_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("record_uuid", DataType::Utf8, false),
+        Field::new(c::RECORD_UUID, DataType::Utf8, false),
         Field::new("region", DataType::Utf8, false),
         Field::new("ad_id", DataType::Utf8, false),
         Field::new("campaign_id", DataType::Utf8, true),
@@ -63,7 +64,7 @@ pub fn ad_metrics_schema() -> SchemaRef {
 
 pub fn dead_letter_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("record_uuid", DataType::Utf8, false),
+        Field::new(c::RECORD_UUID, DataType::Utf8, false),
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, true),
         Field::new("offset", DataType::Int64, true),
