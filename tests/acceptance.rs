@@ -31,6 +31,25 @@ fn spec(seed: u64) -> GenSpec {
     }
 }
 
+/// Every dead letter's payload holds its row's fields as they are in the archive ("the original
+/// payload" of the contract): the backfill rebuilds it from the columns.
+fn assert_payloads_are_the_rows(out: &std::path::Path, rows: &[Row]) {
+    let by_position: std::collections::HashMap<(i32, i64), &Row> = rows.iter().map(|r| ((r.partition, r.offset), r)).collect();
+    let payloads = read_dead_payloads(out);
+    let mut with_user = 0;
+    for (position, payload) in &payloads {
+        let r = by_position[position];
+        let expected = serde_json::json!({
+            "event_id": r.event_id, "event_type": r.event_type, "ad_id": r.ad_id, "campaign_id": r.campaign_id,
+            "advertiser_id": r.advertiser_id, "user_id": r.user_id, "store_id": r.store_id, "event_time": r.event_time,
+            "region": r.region,
+        });
+        assert_eq!(payload, &expected, "payload of the dead letter at {position:?}");
+        with_user += usize::from(r.user_id.is_some());
+    }
+    assert!(with_user > 100, "too few dead letters with a user_id to show their payloads are complete: {with_user}");
+}
+
 fn all_rows(spec: &GenSpec) -> Vec<Row> {
     (0..spec.hours).flat_map(|h| spec.hour_rows(h)).collect()
 }
@@ -53,6 +72,7 @@ fn backfill_of_a_generated_archive_matches_the_reference_in_both_lateness_modes(
         let actual = read_metrics(&out);
         assert!(actual == expected.windows, "{name}: {}", diff(&expected.windows, &actual));
         assert_eq!(read_dead(&out), expected.dead, "{name}: dead letters");
+        assert_payloads_are_the_rows(&out, &rows);
         // Re-running replaces the run's files rather than adding to them.
         backfill(&archive, &out, from, to, &extra);
         assert!(read_metrics(&out) == expected.windows);

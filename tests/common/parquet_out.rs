@@ -1,7 +1,7 @@
 //! Reading what a backfill wrote, and running the binary.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -71,6 +71,24 @@ pub fn read_dead(root: &Path) -> BTreeSet<(i32, i64)> {
             for i in 0..b.num_rows() {
                 assert!(!reason.value(i).is_empty() && serde_json::from_str::<serde_json::Value>(payload.value(i)).is_ok());
                 assert!(out.insert((p.value(i), o.value(i))), "dead letter written twice");
+            }
+        }
+    }
+    out
+}
+
+/// The payload of every dead letter by source position.
+#[allow(dead_code)]
+pub fn read_dead_payloads(root: &Path) -> BTreeMap<(i32, i64), serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for f in parquet_files(&root.join("dlq")) {
+        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap()).unwrap().build().unwrap() {
+            let b = b.unwrap();
+            let p = b.column_by_name("partition").unwrap().as_primitive::<Int32Type>().clone();
+            let o = b.column_by_name("offset").unwrap().as_primitive::<Int64Type>().clone();
+            let payload = b.column_by_name("payload").unwrap().as_string::<i32>().clone();
+            for i in 0..b.num_rows() {
+                out.insert((p.value(i), o.value(i)), serde_json::from_str(payload.value(i)).unwrap());
             }
         }
     }
