@@ -201,8 +201,9 @@ mod tests {
         }
     }
 
-    /// Names of every length up to past the stack buffer, hashed as given and built from parts, so that the padding's edge cases (the
-    /// length field spilling into another block) are all met.
+    /// Names of every length up to past the stack buffer, hashed as given and built from parts,
+    /// so that the padding's edge cases (the length field spilling into another block) are all
+    /// met.
     #[test]
     fn v5_is_uuid_new_v5_for_every_name_length() {
         for n in 0..=64 * (STACK_BLOCKS + 1) {

@@ -120,8 +120,7 @@ impl KeyTable {
         loop {
             let s = self.slots[i];
             if s[0] == lo && s[1] == hi {
-                let v: &mut [u64; 2] = (&mut self.slots[i][2..]).try_into().expect("two words");
-                return Some(v);
+                return self.slots[i].last_chunk_mut::<2>();
             }
             if s[0] | s[1] == 0 {
                 self.slots[i] = [lo, hi, value[0], value[1]];
@@ -203,9 +202,10 @@ impl KeyTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u128, [u64; 2])> + '_ {
-        self.zero.map(|v| (0, v)).into_iter().chain(
-            self.slots.iter().filter(|s| s[0] | s[1] != 0).map(|s| (s[0] as u128 | (s[1] as u128) << 64, [s[2], s[3]])),
-        )
+        self.zero
+            .map(|v| (0, v))
+            .into_iter()
+            .chain(self.slots.iter().filter(|s| s[0] | s[1] != 0).map(|s| (s[0] as u128 | (s[1] as u128) << 64, [s[2], s[3]])))
     }
 }
 
