@@ -17,7 +17,7 @@ use super::config::{AggregationRules, OptionalField};
 use super::dedupe::{self, DedupeState, Position};
 use super::interner::Interner;
 use super::reason::Reject;
-use super::windows::{Acc, WindowKey, WindowTable, WindowValue, WindowsByStart};
+use super::windows::{Acc, Counted, WindowKey, WindowTable, WindowValue, WindowsByStart};
 use crate::contract::columns as c;
 use crate::contract::outputs::{AdMetric, AdMetricsBuilder, DeadLetter};
 use crate::contract::raw::NOT_JSON;
@@ -190,16 +190,26 @@ impl AggregationOperator {
             }
         }
         let counted = self.dedupe.resolve(self.epoch, self.rules.dedupe_ttl_ms, &arrivals);
-        for ((cand, arrival), counted) in cands.iter().zip(&arrivals).zip(counted) {
-            if !self.settings.scope.window_starts.contains(&cand.window_start) {
-                self.audit.outside_range += 1;
+        let (scope, audit) = (&self.settings.scope.window_starts, &mut self.audit);
+        self.windows.add_all(cands.iter().zip(&arrivals).zip(counted).filter_map(|((cand, arrival), counted)| {
+            if !scope.contains(&cand.window_start) {
+                audit.outside_range += 1;
+                None
             } else if !counted {
-                self.audit.duplicates += 1;
+                audit.duplicates += 1;
+                None
             } else {
-                self.audit.counted += 1;
-                self.windows.add(cand.window_start, (cand.ad, cand.region), cand.click, cand.campaign, cand.advertiser, arrival.1);
+                audit.counted += 1;
+                Some(Counted {
+                    start: cand.window_start,
+                    key: (cand.ad, cand.region),
+                    click: cand.click,
+                    campaign: cand.campaign,
+                    advertiser: cand.advertiser,
+                    pos: arrival.1,
+                })
             }
-        }
+        }));
         cands.clear();
         arrivals.clear();
         self.scratch = (cands, arrivals);

@@ -105,6 +105,18 @@ pub type WindowValue = (i64, WindowKey, Acc);
 /// out of the table as it is (no copy of millions of windows at the end of a backfill).
 pub type WindowsByStart = BTreeMap<i64, FxHashMap<WindowKey, Acc>>;
 
+/// A counted event, as the window table takes it: its window, whether a click, and the
+/// campaign, advertiser and arrival position that may become the window's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted {
+    pub start: i64,
+    pub key: WindowKey,
+    pub click: bool,
+    pub campaign: u32,
+    pub advertiser: u32,
+    pub pos: Position,
+}
+
 #[derive(Debug, Default)]
 pub struct WindowTable {
     by_start: BTreeMap<i64, FxHashMap<WindowKey, Acc>>,
@@ -123,22 +135,36 @@ impl WindowTable {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[inline]
     pub fn add(&mut self, start: i64, key: WindowKey, click: bool, campaign: u32, advertiser: u32, pos: Position) {
-        let acc = self.by_start.entry(start).or_default().entry(key).or_insert_with(Acc::new);
-        if click {
-            acc.clicks = acc.clicks.saturating_add(1);
-        } else {
-            acc.impressions = acc.impressions.saturating_add(1);
-        }
-        if (campaign != ABSENT || advertiser != ABSENT) && pos < acc.meta_pos() {
-            (acc.meta_ingest, acc.meta_partition, acc.meta_offset) = pos;
-            acc.campaign = campaign;
-            acc.advertiser = advertiser;
-        }
-        if self.fired_before.is_some_and(|f| start < f) && !acc.dirty {
-            acc.dirty = true;
-            self.dirty.push((start, key));
+        self.add_all([Counted { start, key, click, campaign, advertiser, pos }]);
+    }
+
+    /// Adds counted events in turn, as [`Self::add`] each. A start's windows are looked up in
+    /// the BTreeMap only when the start changes: consecutive events mostly share their minute
+    /// (86 % of the bench's rows), and the search per event was ~30 % of the samples of the
+    /// loop that adds them.
+    pub fn add_all(&mut self, events: impl IntoIterator<Item = Counted>) {
+        let mut current: Option<(i64, &mut FxHashMap<WindowKey, Acc>)> = None;
+        for Counted { start, key, click, campaign, advertiser, pos } in events {
+            if current.as_ref().is_none_or(|c| c.0 != start) {
+                current = Some((start, self.by_start.entry(start).or_default()));
+            }
+            let windows = &mut current.as_mut().expect("set above").1;
+            let acc = windows.entry(key).or_insert_with(Acc::new);
+            if click {
+                acc.clicks = acc.clicks.saturating_add(1);
+            } else {
+                acc.impressions = acc.impressions.saturating_add(1);
+            }
+            if (campaign != ABSENT || advertiser != ABSENT) && pos < acc.meta_pos() {
+                (acc.meta_ingest, acc.meta_partition, acc.meta_offset) = pos;
+                acc.campaign = campaign;
+                acc.advertiser = advertiser;
+            }
+            if self.fired_before.is_some_and(|f| start < f) && !acc.dirty {
+                acc.dirty = true;
+                self.dirty.push((start, key));
+            }
         }
     }
 
@@ -198,6 +224,49 @@ mod tests {
     #[test]
     fn a_window_is_small() {
         assert_eq!(std::mem::size_of::<Acc>(), 40);
+    }
+
+    fn counted() -> impl proptest::strategy::Strategy<Value = Counted> {
+        use proptest::prelude::*;
+        let id = prop_oneof![Just(ABSENT), 0u32..3];
+        (0i64..4, 0u32..3, any::<bool>(), id.clone(), id, (0i64..5, 0i32..2, 0i64..5)).prop_map(
+            |(minute, ad, click, campaign, advertiser, pos)| Counted {
+                start: minute * 60_000,
+                key: (ad, 0),
+                click,
+                campaign,
+                advertiser,
+                pos,
+            },
+        )
+    }
+
+    fn sorted(mut v: Vec<WindowValue>) -> Vec<WindowValue> {
+        v.sort_by_key(|(s, k, _)| (*s, *k));
+        v
+    }
+
+    proptest::proptest! {
+        /// A batch keeps its current minute's windows at hand; the result, including updates
+        /// to windows that fired, is what adding the events one at a time gives.
+        #[test]
+        fn a_batch_adds_as_its_events_one_by_one(
+            before in proptest::collection::vec(counted(), 0..20),
+            batch in proptest::collection::vec(counted(), 0..60),
+            fire in 0i64..5,
+        ) {
+            let (mut one, mut all) = (WindowTable::default(), WindowTable::default());
+            for t in [&mut one, &mut all] {
+                t.add_all(before.iter().copied());
+                t.fire_before(fire * 60_000);
+            }
+            for e in &batch {
+                one.add(e.start, e.key, e.click, e.campaign, e.advertiser, e.pos);
+            }
+            all.add_all(batch.iter().copied());
+            proptest::prop_assert_eq!(sorted(one.take_updates()), sorted(all.take_updates()));
+            proptest::prop_assert_eq!(sorted(one.entries().0), sorted(all.entries().0));
+        }
     }
 
     /// Checkpoints written before the compact layout restore unchanged, and new ones are
