@@ -6,7 +6,6 @@
 
 use arrow::array::{Array, AsArray, DictionaryArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{Int32Type, TimestampMillisecondType};
-use serde_json::{Map, Value};
 
 use super::interner::Interner;
 use crate::contract::columns as c;
@@ -160,28 +159,109 @@ impl<'a> BatchView<'a> {
     }
 
     /// The message as received when the runtime kept its bytes, else the archived row
-    /// re-serialized as the contract's JSON object.
+    /// re-serialized as the contract's JSON object: its fields in byte order of their names,
+    /// absent ones as `null`, as `serde_json` writes a map. Written directly: building a
+    /// `serde_json::Map` per dead letter was 2.6 % of a backfill's CPU samples for 1 % of its
+    /// rows.
     pub fn payload(&self, row: usize) -> String {
         if !self.raw.is_null(row) {
             return self.raw.value(row).to_string();
         }
+        let s = |a: &'a StringArray| (!a.is_null(row)).then(|| a.value(row));
+        let event_time = Self::opt_i64(self.event_time, row).map(|t| t.to_string());
+        let fields: [(&str, Option<&str>, bool); 9] = [
+            (c::AD_ID, self.ad.str(row), true),
+            (c::ADVERTISER_ID, self.advertiser.str(row), true),
+            (c::CAMPAIGN_ID, self.campaign.str(row), true),
+            (c::EVENT_ID, s(self.event_id), true),
+            (c::EVENT_TIME, event_time.as_deref(), false),
+            (c::EVENT_TYPE, self.event_type.str(row), true),
+            (c::REGION, self.region.str(row), true),
+            (c::STORE_ID, s(self.store_id), true),
+            (c::USER_ID, s(self.user_id), true),
+        ];
+        let mut out = Vec::with_capacity(256);
+        for (i, (name, value, quoted)) in fields.into_iter().enumerate() {
+            out.push(if i == 0 { b'{' } else { b',' });
+            serde_json::to_writer(&mut out, name).expect("writing to a Vec cannot fail");
+            out.push(b':');
+            match value {
+                Some(v) if quoted => serde_json::to_writer(&mut out, v).expect("writing to a Vec cannot fail"),
+                Some(number) => out.extend_from_slice(number.as_bytes()),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, DictionaryArray, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Int32Type};
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    /// The payload as a `serde_json::Map` writes it: the rule [`BatchView::payload`] follows.
+    fn map_payload(fields: &[Option<String>; 8], event_time: Option<i64>) -> String {
+        let names = [c::EVENT_ID, c::EVENT_TYPE, c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID, c::USER_ID, c::STORE_ID, c::REGION];
         let mut m = Map::new();
-        let s = |a: &StringArray| (!a.is_null(row)).then(|| a.value(row).to_string());
-        let put = |m: &mut Map<String, Value>, k: &str, v: Option<String>| {
-            m.insert(k.to_string(), v.map(Value::String).unwrap_or(Value::Null));
-        };
-        put(&mut m, c::EVENT_ID, s(self.event_id));
-        put(&mut m, c::EVENT_TYPE, self.event_type.str(row).map(str::to_string));
-        put(&mut m, c::AD_ID, self.ad.str(row).map(str::to_string));
-        put(&mut m, c::CAMPAIGN_ID, self.campaign.str(row).map(str::to_string));
-        put(&mut m, c::ADVERTISER_ID, self.advertiser.str(row).map(str::to_string));
-        put(&mut m, c::USER_ID, s(self.user_id));
-        put(&mut m, c::STORE_ID, s(self.store_id));
-        m.insert(
-            c::EVENT_TIME.to_string(),
-            Self::opt_i64(self.event_time, row).map(Value::from).unwrap_or(Value::Null),
-        );
-        put(&mut m, c::REGION, self.region.str(row).map(str::to_string));
+        for (name, v) in names.iter().zip(fields) {
+            m.insert(name.to_string(), v.clone().map(Value::String).unwrap_or(Value::Null));
+        }
+        m.insert(c::EVENT_TIME.to_string(), event_time.map(Value::from).unwrap_or(Value::Null));
         Value::Object(m).to_string()
+    }
+
+    fn batch_of(fields: &[Option<String>; 8], event_time: Option<i64>) -> RecordBatch {
+        let schema = canonical_input_schema();
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| -> ArrayRef {
+                let string_field = [
+                    col::EVENT_ID,
+                    col::EVENT_TYPE,
+                    col::AD_ID,
+                    col::CAMPAIGN_ID,
+                    col::ADVERTISER_ID,
+                    col::USER_ID,
+                    col::STORE_ID,
+                    col::REGION,
+                ]
+                .iter()
+                .position(|&c| c == i);
+                match (string_field, f.data_type()) {
+                    (Some(k), DataType::Dictionary(..)) => {
+                        Arc::new([fields[k].as_deref()].into_iter().collect::<DictionaryArray<Int32Type>>())
+                    }
+                    (Some(k), _) => Arc::new(StringArray::from(vec![fields[k].clone()])),
+                    (None, t) if i == col::EVENT_TIME => {
+                        Arc::new(TimestampMillisecondArray::from(vec![event_time]).with_data_type(t.clone()))
+                    }
+                    (None, t) => arrow::array::new_null_array(t, 1),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    proptest! {
+        /// Written directly, a rebuilt payload is byte for byte what `serde_json` made of a map
+        /// of the fields: field order, escapes, nulls.
+        #[test]
+        fn payload_is_the_fields_as_a_json_map(
+            fields in proptest::array::uniform8(proptest::option::of("(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}\u{2028}]){0,12}")),
+            event_time in proptest::option::of(any::<i64>()),
+        ) {
+            let batch = batch_of(&fields, event_time);
+            prop_assert_eq!(BatchView::new(&batch).payload(0), map_payload(&fields, event_time));
+        }
     }
 }
