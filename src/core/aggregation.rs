@@ -172,6 +172,7 @@ impl AggregationOperator {
         let (mut cands, mut arrivals) = std::mem::take(&mut self.scratch);
         for (bi, batch) in batches.iter().enumerate() {
             let mut view = BatchView::new(batch);
+            view.resolve(rows.map(|sel| sel[bi].as_slice()), &mut self.strings);
             match rows {
                 Some(sel) => {
                     cands.reserve(sel[bi].len());

@@ -12,6 +12,8 @@ use crate::contract::columns as c;
 use crate::contract::schema::{canonical_input_schema, col};
 
 const UNRESOLVED: u32 = u32::MAX;
+/// How many values ahead [`DictColumn::resolve`] prefetches.
+const PREFETCH_AHEAD: usize = 8;
 /// Null or empty: the contract treats both as missing.
 pub const ABSENT: u32 = u32::MAX - 1;
 
@@ -63,6 +65,40 @@ impl<'a> DictColumn<'a> {
         };
         self.ids[k] = id;
         id
+    }
+
+    /// Resolves the values `rows` refer to, in order of first reference, with the interner's
+    /// slot of the value [`PREFETCH_AHEAD`] places ahead being fetched meanwhile; [`Self::id`]
+    /// then only reads an array. Each batch of a backfill brings its own dictionaries (~15,000
+    /// ad ids per file of the bench), and resolving them one miss at a time as rows came was
+    /// ~8 % of the CPU samples.
+    pub fn resolve(&mut self, rows: impl Iterator<Item = usize>, interner: &mut Interner) {
+        let mut pending: Vec<(usize, u128)> = Vec::new();
+        for row in rows {
+            let Some(k) = self.key(row) else { continue };
+            if self.ids[k] != UNRESOLVED {
+                continue;
+            }
+            let present = !self.values.is_null(k) && !self.values.value(k).is_empty();
+            // ABSENT also marks a present value as queued; the loop below sets its id.
+            self.ids[k] = ABSENT;
+            if present {
+                pending.push((k, Interner::key(self.values.value(k))));
+            }
+        }
+        for &(_, key) in pending.iter().take(PREFETCH_AHEAD) {
+            interner.prefetch(key);
+        }
+        for (i, &(k, key)) in pending.iter().enumerate() {
+            if let Some(&(_, ahead)) = pending.get(i + PREFETCH_AHEAD) {
+                interner.prefetch(ahead);
+            }
+            let value = self.values.value(k);
+            if let Some(seeds) = self.seeds.as_mut() {
+                seeds[k] = super::dedupe::ad_seed(value);
+            }
+            self.ids[k] = interner.intern_keyed(key, value);
+        }
     }
 
     pub fn str(&self, row: usize) -> Option<&'a str> {
@@ -139,6 +175,17 @@ impl<'a> BatchView<'a> {
             ingest: batch.column(col::KAFKA_TIMESTAMP).as_primitive::<TimestampMillisecondType>(),
             decode_error: batch.column(col::DECODE_ERROR).as_string::<i32>(),
             raw: batch.column(col::RAW_PAYLOAD).as_string::<i32>(),
+        }
+    }
+
+    /// Resolves the ad, campaign and advertiser ids of `rows` (all rows if None) ahead of
+    /// [`DictColumn::id`]; see [`DictColumn::resolve`].
+    pub fn resolve(&mut self, rows: Option<&[u32]>, interner: &mut Interner) {
+        for column in [&mut self.ad, &mut self.campaign, &mut self.advertiser] {
+            match rows {
+                Some(rows) => column.resolve(rows.iter().map(|&r| r as usize), interner),
+                None => column.resolve(0..self.batch.num_rows(), interner),
+            }
         }
     }
 
@@ -252,7 +299,39 @@ mod tests {
         RecordBatch::try_new(schema, columns).unwrap()
     }
 
+    fn dictionary() -> impl Strategy<Value = (DictionaryArray<Int32Type>, Vec<usize>)> {
+        let values = proptest::collection::vec(proptest::option::of("[ab]{0,2}"), 1..12);
+        values.prop_flat_map(|values| {
+            let n = values.len() as i32;
+            let keys = proptest::collection::vec(proptest::option::of(0..n), 0..40);
+            (Just(values), keys).prop_flat_map(|(values, keys)| {
+                let rows = proptest::sample::subsequence((0..keys.len()).collect::<Vec<_>>(), 0..=keys.len());
+                let dict = DictionaryArray::try_new(keys.into(), Arc::new(StringArray::from(values))).unwrap();
+                (Just(dict), rows)
+            })
+        })
+    }
+
     proptest! {
+        /// Resolved ahead, a column gives every row the id and seed that resolving it as it
+        /// comes gives: the same string, ABSENT for null and empty values, the ad seed.
+        #[test]
+        fn resolving_ahead_is_resolving_as_rows_come((dict, rows) in dictionary()) {
+            let (mut ahead, mut lazy) = (Interner::default(), Interner::default());
+            let mut a = DictColumn::new(&dict).with_seeds();
+            let mut l = DictColumn::new(&dict).with_seeds();
+            a.resolve(rows.iter().copied(), &mut ahead);
+            for &row in &rows {
+                let (ia, il) = (a.id(row, &mut ahead), l.id(row, &mut lazy));
+                prop_assert_eq!(ia == ABSENT, il == ABSENT);
+                if ia != ABSENT {
+                    prop_assert_eq!(ahead.name(ia), lazy.name(il));
+                    prop_assert_eq!(a.seed(row), l.seed(row));
+                }
+            }
+            prop_assert_eq!(ahead.len(), lazy.len(), "resolving ahead interned more than the rows name");
+        }
+
         /// Written directly, a rebuilt payload is byte for byte what `serde_json` made of a map
         /// of the fields: field order, escapes, nulls.
         #[test]
