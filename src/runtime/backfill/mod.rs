@@ -94,6 +94,9 @@ impl BackfillReport {
     }
 }
 
+/// Decoded hours that may wait for processing while the next is decoded.
+const DECODED_AHEAD: usize = 1;
+
 struct Decoded {
     batches: Vec<RecordBatch>,
     /// rows[group][batch]
@@ -141,62 +144,51 @@ pub fn run(
     let mut written = (0u64, 0u64);
     progress.begin(plan.files(), plan.bytes());
 
-    let mut pending: Option<(i64, Decoded)> = match plan.hours.first() {
-        Some(h) => Some((h.hour, decode_hour(source, h, groups)?)),
-        None => None,
-    };
-    if let Some((_, first)) = &pending {
-        reserve_state(&mut operators, first, &plan, rules);
-    }
-    let mut next_index = 1;
     let (mut files, mut bytes) = (0u64, 0u64);
     // Wall time of the two sides of the pipeline, which overlap: for tuning (--log debug).
     let (mut decode_time, mut process_time) = (Duration::ZERO, Duration::ZERO);
-    while let Some((hour, decoded)) = pending.take() {
-        let next = plan.hours.get(next_index);
-        next_index += 1;
-        // The key groups start first, each on its own worker, and the next hour's decoding
-        // fills whatever cores they leave: decoding is submitted from another thread once the
-        // groups have started, and rayon workers take queued work of their own and of each other
-        // before submitted work. With the two in one `rayon::join`, a group waited behind the
-        // other on one worker while the decoding ran on the second and then left it idle (~11 %
-        // of the machine's CPU in this phase).
-        // Each group sends on `started` as it begins; the decoder waits for as many as can run
-        // at once, or for every sender to be gone (all groups done, or one panicked).
-        let (started, begun) = std::sync::mpsc::channel::<()>();
-        let running = groups.min(rayon::current_num_threads());
-        let next_decoded = std::thread::scope(|ts| {
-            let decoder = ts.spawn(move || {
-                for _ in 0..running {
-                    if begun.recv().is_err() {
-                        break;
-                    }
-                }
+    // A thread decodes hours ahead while this one processes, writes and completes them: the
+    // two sides share rayon's workers with no barrier between them, so neither waits for the
+    // other's slowest task, and decoding fills the cores while this thread writes an hour's
+    // dead letters. At most DECODED_AHEAD decoded hours wait besides the one being decoded.
+    std::thread::scope(|ts| -> anyhow::Result<()> {
+        let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<(i64, Decoded, Duration)>>(DECODED_AHEAD);
+        let hours = &plan.hours;
+        ts.spawn(move || {
+            for h in hours {
                 let t = Instant::now();
-                let d = next.map(|h| decode_hour(source, h, groups).map(|d| (h.hour, d))).transpose();
-                (d, t.elapsed())
-            });
+                let d = decode_hour(source, h, groups).map(|d| (h.hour, d, t.elapsed()));
+                let failed = d.is_err();
+                // The receiver is gone when the run failed; nothing more is wanted then.
+                if decoded_tx.send(d).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut first = true;
+        for received in decoded_rx {
+            let (hour, decoded, took) = received?;
+            decode_time += took;
+            if std::mem::take(&mut first) {
+                reserve_state(&mut operators, &decoded, &plan, rules);
+            }
             let t = Instant::now();
-            operators.par_iter_mut().enumerate().with_max_len(1).for_each_with(started, |started, (g, op)| {
-                let _ = started.send(());
+            operators.par_iter_mut().enumerate().with_max_len(1).for_each(|(g, op)| {
                 op.process_epoch(&decoded.batches, Some(&decoded.rows[g]));
                 op.advance_ingest_watermark(hour + HOUR_MS);
             });
             process_time += t.elapsed();
-            let (d, took) = decoder.join().expect("the decoding thread does not panic");
-            decode_time += took;
-            d
-        });
-        let events: u64 = decoded.batches.iter().map(|b| b.num_rows() as u64).sum();
-        files += decoded.files;
-        bytes += decoded.bytes;
-        progress.advance(decoded.files, decoded.bytes, events);
-        drop(decoded);
-        write(drain(&mut operators, i64::MAX), sink, throttle.as_mut(), &mut written)?;
-        let final_before = operators.iter().map(|op| op.final_before()).min().unwrap_or(i64::MIN);
-        sink.complete_before(final_before, hour + HOUR_MS)?;
-        pending = next_decoded?;
-    }
+            let events: u64 = decoded.batches.iter().map(|b| b.num_rows() as u64).sum();
+            files += decoded.files;
+            bytes += decoded.bytes;
+            progress.advance(decoded.files, decoded.bytes, events);
+            drop(decoded);
+            write(drain(&mut operators, i64::MAX), sink, throttle.as_mut(), &mut written)?;
+            let final_before = operators.iter().map(|op| op.final_before()).min().unwrap_or(i64::MIN);
+            sink.complete_before(final_before, hour + HOUR_MS)?;
+        }
+        Ok(())
+    })?;
     tracing::debug!(
         "read and processed {} hours in {:?} (decoding {decode_time:?}, processing {process_time:?}, overlapping)",
         plan.hours.len(),
@@ -215,8 +207,7 @@ pub fn run(
         write(drained, sink, throttle.as_mut(), &mut written)?;
         let done = hour_end.unwrap_or(i64::MAX);
         let next = next_hour_end(&operators);
-        let (completed, next_drained) =
-            rayon::join(|| sink.complete_before(done, i64::MAX), || next.map(|end| drain(&mut operators, end)));
+        let (completed, next_drained) = rayon::join(|| sink.complete_before(done, i64::MAX), || next.map(|end| drain(&mut operators, end)));
         completed?;
         match (next, next_drained) {
             (Some(end), Some(d)) => (hour_end, drained) = (Some(end), d),
