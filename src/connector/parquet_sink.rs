@@ -125,24 +125,50 @@ fn merge_sorted(slices: Vec<RecordBatch>) -> anyhow::Result<RecordBatch> {
         return Ok(slices.into_iter().next().expect("one slice"));
     }
     let orders: Vec<MetricOrder> = slices.iter().map(MetricOrder::new).collect();
-    // (row's sort key, slice, row), smallest first.
-    type Head<'a> = Reverse<((i64, &'a str, &'a str), usize, usize)>;
-    let mut heads: BinaryHeap<Head> = orders
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| slices[*i].num_rows() > 0)
-        .map(|(i, o)| Reverse((o.key(0), i, 0)))
-        .collect();
-    let mut indices = Vec::with_capacity(slices.iter().map(|b| b.num_rows()).sum());
-    while let Some(Reverse((_, i, row))) = heads.pop() {
-        indices.push((i, row));
-        if row + 1 < slices[i].num_rows() {
-            heads.push(Reverse((orders[i].key(row + 1), i, row + 1)));
-        }
-    }
+    let lens: Vec<usize> = slices.iter().map(|b| b.num_rows()).collect();
+    let indices = merge_order(&lens, |i, row| orders[i].key(row));
     let refs: Vec<&RecordBatch> = slices.iter().collect();
     Ok(interleave_record_batch(&refs, &indices)?)
 }
+
+/// The (slice, row) order that merges slices of `lens[i]` rows, each ordered by `key`; ties go
+/// to the lower slice. With a few slices (one per key group of a small machine) the smallest
+/// head is found by scanning them: a heap's pop and push cost three times the comparisons of
+/// two slices' one, and were 2 % of a backfill's CPU samples.
+fn merge_order<K: Ord>(lens: &[usize], key: impl Fn(usize, usize) -> K) -> Vec<(usize, usize)> {
+    let mut indices = Vec::with_capacity(lens.iter().sum());
+    if lens.len() <= SCANNED_SLICES {
+        let mut heads: Vec<Option<(K, usize)>> = lens.iter().enumerate().map(|(i, &n)| (n > 0).then(|| (key(i, 0), 0))).collect();
+        loop {
+            let mut best: Option<usize> = None;
+            for (i, head) in heads.iter().enumerate() {
+                if let Some((k, _)) = head {
+                    if best.is_none_or(|b| heads[b].as_ref().is_some_and(|(bk, _)| k < bk)) {
+                        best = Some(i);
+                    }
+                }
+            }
+            let Some(i) = best else { break };
+            let row = heads[i].as_ref().expect("chosen from the present heads").1;
+            indices.push((i, row));
+            heads[i] = (row + 1 < lens[i]).then(|| (key(i, row + 1), row + 1));
+        }
+        return indices;
+    }
+    // (row's key, slice, row), smallest first.
+    let mut heads: BinaryHeap<Reverse<(K, usize, usize)>> =
+        lens.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, _)| Reverse((key(i, 0), i, 0))).collect();
+    while let Some(Reverse((_, i, row))) = heads.pop() {
+        indices.push((i, row));
+        if row + 1 < lens[i] {
+            heads.push(Reverse((key(i, row + 1), i, row + 1)));
+        }
+    }
+    indices
+}
+
+/// Up to this many slices are merged by scanning their heads, more with a heap.
+const SCANNED_SLICES: usize = 4;
 
 fn sorted_dead(mut rows: Vec<DeadLetter>) -> RecordBatch {
     rows.par_sort_unstable_by_key(|d| (d.partition, d.offset));
@@ -274,5 +300,30 @@ impl HiveParquetSink {
             self.put_file(table, hour, bytes)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Merging gives every row once, in the order of a stable sort of all rows by key
+        /// (ties in slice order), whether the heads are scanned or kept in a heap.
+        #[test]
+        fn merging_is_a_stable_sort_of_the_slices(
+            mut slices in proptest::collection::vec(proptest::collection::vec(0u8..6, 0..30), 0..2 * SCANNED_SLICES + 2),
+        ) {
+            for s in &mut slices {
+                s.sort();
+            }
+            let lens: Vec<usize> = slices.iter().map(Vec::len).collect();
+            let merged = merge_order(&lens, |i, row| slices[i][row]);
+            let mut expected: Vec<(usize, usize)> = lens.iter().enumerate().flat_map(|(i, &n)| (0..n).map(move |r| (i, r))).collect();
+            expected.sort_by_key(|&(i, r)| slices[i][r]);
+            prop_assert_eq!(merged, expected);
+        }
     }
 }
