@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::columns as c;
+use super::flat_json;
 use super::schema::canonical_input_schema;
 
 /// One consumed message: its position, its Kafka timestamp (the ingest time) and its value.
@@ -72,16 +73,28 @@ impl MessageDecoder {
     }
 
     pub fn append(&mut self, partition: i32, offset: i64, timestamp: i64, payload: &[u8]) {
-        self.append_parsed(partition, offset, timestamp, payload, parse(payload));
+        // One UTF-8 check serves the fast path and the payload column.
+        let text = std::str::from_utf8(payload).ok();
+        let parsed = match text.and_then(flat_json::parse) {
+            Some(fields) => Ok(Message::Object(fields)),
+            None => parse(payload),
+        };
+        self.append_parsed_text((partition, offset, timestamp), payload, text, parsed);
     }
 
+    #[cfg(test)]
     fn append_parsed(&mut self, partition: i32, offset: i64, timestamp: i64, payload: &[u8], parsed: Result<Message, String>) {
-        let pos = (partition, offset, timestamp);
+        self.append_parsed_text((partition, offset, timestamp), payload, std::str::from_utf8(payload).ok(), parsed);
+    }
+
+    /// `pos`: partition, offset, timestamp; `text`: the payload if it is UTF-8.
+    fn append_parsed_text(&mut self, pos: (i32, i64, i64), payload: &[u8], text: Option<&str>, parsed: Result<Message, String>) {
         match parsed {
-            Ok(Message::Object(fields)) => self.b.append(pos, &fields, payload),
-            Ok(Message::Other(kind)) => self.b.append_not_json(pos, &format!("a JSON {kind}, not an object"), payload),
-            Err(e) => self.b.append_not_json(pos, &e, payload),
+            Ok(Message::Object(fields)) => self.b.append(pos, &fields),
+            Ok(Message::Other(kind)) => self.b.append_not_json(pos, &format!("a JSON {kind}, not an object")),
+            Err(e) => self.b.append_not_json(pos, &e),
         }
+        self.b.append_raw(payload, text);
     }
 
     pub fn finish(self) -> RecordBatch {
@@ -89,6 +102,8 @@ impl MessageDecoder {
     }
 }
 
+/// The general path, for what the fast path ([`flat_json`]) does not read.
+///
 /// Parses a payload with sonic-rs (SIMD: JSON parsing was a quarter of the stream job's CPU
 /// with serde_json) when it is one sonic-rs is known to read as serde_json does; everything
 /// else, and whatever sonic-rs rejects, goes to serde_json. So a dead letter's reason keeps
@@ -144,13 +159,13 @@ enum Message<'a> {
 /// The contract's fields; `None` when absent. A repeated key keeps its last value, as a JSON
 /// object read into a map would.
 #[derive(Default)]
-struct Fields<'a> {
-    strings: [Option<Scalar<'a>>; c::AD_EVENT_STRING_FIELDS.len()],
-    event_time: Option<Scalar<'a>>,
+pub(super) struct Fields<'a> {
+    pub(super) strings: [Option<Scalar<'a>>; c::AD_EVENT_STRING_FIELDS.len()],
+    pub(super) event_time: Option<Scalar<'a>>,
 }
 
 /// One field's JSON value, reduced to what validation needs.
-enum Scalar<'a> {
+pub(super) enum Scalar<'a> {
     Null,
     Str(Cow<'a, str>),
     Int(i64),
@@ -331,7 +346,7 @@ impl Builders {
         }
     }
 
-    fn append(&mut self, (partition, offset, timestamp): (i32, i64, i64), fields: &Fields, payload: &[u8]) {
+    fn append(&mut self, (partition, offset, timestamp): (i32, i64, i64), fields: &Fields) {
         let mut errors: Vec<String> = Vec::new();
         let mut strings: [Option<&str>; c::AD_EVENT_STRING_FIELDS.len()] = Default::default();
         for (i, (value, name)) in fields.strings.iter().zip(c::AD_EVENT_STRING_FIELDS).enumerate() {
@@ -371,10 +386,9 @@ impl Builders {
         } else {
             self.decode_error.append_value(errors.join("; "));
         }
-        self.append_raw(payload);
     }
 
-    fn append_not_json(&mut self, (partition, offset, timestamp): (i32, i64, i64), why: &str, payload: &[u8]) {
+    fn append_not_json(&mut self, (partition, offset, timestamp): (i32, i64, i64), why: &str) {
         self.event_id.append_null();
         self.event_type.append_null();
         self.ad_id.append_null();
@@ -386,7 +400,6 @@ impl Builders {
         self.event_time.append_null();
         self.position(partition, offset, timestamp);
         self.decode_error.append_value(format!("{NOT_JSON}{why}"));
-        self.append_raw(payload);
     }
 
     fn position(&mut self, partition: i32, offset: i64, timestamp: i64) {
@@ -395,12 +408,13 @@ impl Builders {
         self.timestamp.append_value(timestamp);
     }
 
-    fn append_raw(&mut self, payload: &[u8]) {
-        // No copy but the builder's. `from_utf8` first: `from_utf8_lossy` checks valid text
-        // byte by byte, `from_utf8` a word at a time while it is ASCII.
-        match std::str::from_utf8(payload) {
-            Ok(text) => self.raw.append_value(text),
-            Err(_) => self.raw.append_value(String::from_utf8_lossy(payload)),
+    /// The payload, given as `text` if it is UTF-8. No copy but the builder's; checked with
+    /// `from_utf8` first because `from_utf8_lossy` checks valid text byte by byte, `from_utf8`
+    /// a word at a time while it is ASCII.
+    fn append_raw(&mut self, payload: &[u8], text: Option<&str>) {
+        match text {
+            Some(text) => self.raw.append_value(text),
+            None => self.raw.append_value(String::from_utf8_lossy(payload)),
         }
     }
 
@@ -498,8 +512,8 @@ mod tests {
         Ok(accepted.len())
     }
 
-    #[test]
-    fn sonic_reads_edge_cases_as_serde_json_does() {
+    /// Payloads at the edges of JSON's grammar and of serde_json's readings.
+    fn edge_cases() -> Vec<Vec<u8>> {
         let numbers = [
             "0", "-0", "1.0", "-0.0", "1e3", "1E3", "-1", "9223372036854775807", "9223372036854775808", "-9223372036854775808",
             "-9223372036854775809", "18446744073709551615", "18446744073709551616", "1e400", "0.1", "01", "1.", ".5", "+1", "NaN",
@@ -518,8 +532,65 @@ mod tests {
         }
         payloads.push(b"{\"event_id\":\"\xff\"}".to_vec());
         payloads.push(b"{\"other\":\"\xc3\"}".to_vec());
-        let accepted = sonic_and_serde_json_agree(&payloads).unwrap();
+        payloads
+    }
+
+    #[test]
+    fn sonic_reads_edge_cases_as_serde_json_does() {
+        let accepted = sonic_and_serde_json_agree(&edge_cases()).unwrap();
         assert!(accepted > 40, "only {accepted} payloads accepted: the test would check little");
+    }
+
+    /// Decodes the payloads the fast path accepts twice, once through it and once as
+    /// serde_json reads them; serde_json must accept them too, and every column must be the
+    /// same.
+    fn flat_and_serde_json_agree(payloads: &[Vec<u8>]) -> Result<usize, String> {
+        let accepted: Vec<&Vec<u8>> =
+            payloads.iter().filter(|p| std::str::from_utf8(p).ok().and_then(flat_json::parse).is_some()).collect();
+        let decode = |parse: fn(&[u8]) -> Result<Message<'_>, String>| {
+            let mut d = MessageDecoder::with_capacity(accepted.len());
+            for (i, p) in accepted.iter().enumerate() {
+                d.append_parsed(0, i as i64, 0, p, parse(p));
+            }
+            d.finish()
+        };
+        for p in &accepted {
+            if let Err(e) = parse_serde_json(p) {
+                return Err(format!("the fast path accepts what serde_json rejects ({e}): {:?}", String::from_utf8_lossy(p)));
+            }
+        }
+        let flat = decode(|p| Ok(Message::Object(flat_json::parse(std::str::from_utf8(p).expect("accepted")).expect("accepted"))));
+        let serde = decode(parse_serde_json);
+        for (i, (a, b)) in flat.columns().iter().zip(serde.columns()).enumerate() {
+            for (row, p) in accepted.iter().enumerate() {
+                if a.slice(row, 1).to_data() != b.slice(row, 1).to_data() {
+                    let field = flat.schema().field(i).name().clone();
+                    return Err(format!("{field} differs for {:?}: {:?} vs {:?}", String::from_utf8_lossy(p), a.slice(row, 1), b.slice(row, 1)));
+                }
+            }
+        }
+        Ok(accepted.len())
+    }
+
+    #[test]
+    fn the_fast_path_reads_edge_cases_as_serde_json_does() {
+        let accepted = flat_and_serde_json_agree(&edge_cases()).unwrap();
+        assert!(accepted >= 10, "only {accepted} payloads accepted: the test would check little");
+    }
+
+    /// The shape producers send (`adsproc produce`, `Row::to_json`) takes the fast path, or
+    /// the fast path would be dead code that only tests run.
+    #[test]
+    fn a_producers_message_takes_the_fast_path() {
+        let p = concat!(
+            r#"{"ad_id":"ad-00017","advertiser_id":"adv-003","campaign_id":"cmp-0042","event_id":"8d6f1a0e-5b1c-4f7e-9a55-2c1f0b9e7d31","#,
+            r#""event_time":1767225600123,"event_type":"click","region":"us-east","store_id":null,"user_id":"u-991"}"#
+        );
+        let fields = flat_json::parse(p).expect("the fast path reads it");
+        assert!(matches!(&fields.strings[2], Some(Scalar::Str(s)) if s == "ad-00017"));
+        assert!(matches!(fields.event_time, Some(Scalar::Int(1767225600123))));
+        assert!(matches!(fields.strings[6], Some(Scalar::Null)));
+        assert_eq!(flat_and_serde_json_agree(&[p.as_bytes().to_vec()]), Ok(1));
     }
 
     /// Deep nesting never reaches sonic-rs (see [`parse`]). serde_json skips an ignored field
@@ -590,6 +661,13 @@ mod tests {
         #[test]
         fn sonic_reads_messages_as_serde_json_does(p in message()) {
             if let Err(e) = sonic_and_serde_json_agree(std::slice::from_ref(&p)) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+
+        #[test]
+        fn flat_reads_messages_as_serde_json_does(p in message()) {
+            if let Err(e) = flat_and_serde_json_agree(std::slice::from_ref(&p)) {
                 proptest::prop_assert!(false, "{}", e);
             }
         }

@@ -1,0 +1,179 @@
+//! The fast path of the ad-event decoder: a parser for the one shape producers actually send, a
+//! flat JSON object whose values are strings without escapes, integers, `null`s and booleans.
+//!
+//! Why: even with sonic-rs behind serde's visitors, JSON parsing was a fifth of the stream job's
+//! CPU samples, most of it in the generic machinery (a visitor call per key and value, a
+//! field-name search per key, number parsing into three types) rather than in reading bytes.
+//! This parser reads the common shape in one pass over bytes and gives up — `None` — on
+//! anything else: a backslash, a control character, a nested value, a number that is not an
+//! integer in the range of i64 (or is `-0`, which serde_json reads as a float), a syntax error.
+//! What it gives up on goes to the general path (`raw::parse`), so every message it accepts is
+//! read exactly as serde_json reads it, and every other message is read as before:
+//! `raw::tests::flat_reads_messages_as_serde_json_does` holds it to that.
+
+use std::borrow::Cow;
+
+use super::columns as c;
+use super::raw::{Fields, Scalar};
+
+/// The contract's fields of `text`, if it is a flat object this parser reads.
+///
+/// `text` must be the whole payload, already checked to be UTF-8: serde_json accepts invalid
+/// UTF-8 inside an ignored string, so a payload that is not UTF-8 is left to the general path.
+pub(super) fn parse(text: &str) -> Option<Fields<'_>> {
+    let mut r = Reader { text, at: 0 };
+    let mut fields = Fields::default();
+    r.whitespace();
+    r.expect(b'{')?;
+    r.whitespace();
+    if r.peek()? == b'}' {
+        r.at += 1;
+    } else {
+        loop {
+            r.whitespace();
+            let key = r.string()?;
+            r.whitespace();
+            r.expect(b':')?;
+            r.whitespace();
+            let value = r.scalar()?;
+            // The last of repeated keys wins, as in the general path.
+            if key == c::EVENT_TIME {
+                fields.event_time = Some(value);
+            } else if let Some(i) = c::AD_EVENT_STRING_FIELDS.iter().position(|f| *f == key) {
+                fields.strings[i] = Some(value);
+            }
+            r.whitespace();
+            match r.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    r.whitespace();
+    (r.at == text.len()).then_some(fields)
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, b: u8) -> Option<()> {
+        (self.next()? == b).then_some(())
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        let end = self.at.checked_add(word.len())?;
+        (self.text.as_bytes().get(self.at..end)? == word.as_bytes()).then(|| self.at = end)
+    }
+
+    /// JSON's whitespace: space, tab, line feed, carriage return.
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// A string without escapes or control characters, borrowed.
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        let end = start + string_end(&self.text.as_bytes()[start..])?;
+        self.at = end + 1;
+        Some(&self.text[start..end])
+    }
+
+    fn scalar(&mut self) -> Option<Scalar<'a>> {
+        match self.peek()? {
+            b'"' => self.string().map(|s| Scalar::Str(Cow::Borrowed(s))),
+            b'n' => self.literal("null").map(|()| Scalar::Null),
+            b't' => self.literal("true").map(|()| Scalar::Other("boolean")),
+            b'f' => self.literal("false").map(|()| Scalar::Other("boolean")),
+            b'-' | b'0'..=b'9' => self.integer().map(Scalar::Int),
+            _ => None,
+        }
+    }
+
+    /// An integer in JSON's grammar that fits in i64, accumulated negatively so that i64::MIN
+    /// fits; a fraction, an exponent, `-0` or an overflow is left to the general path.
+    fn integer(&mut self) -> Option<i64> {
+        let negative = self.peek()? == b'-';
+        if negative {
+            self.at += 1;
+        }
+        let first = self.next()?;
+        if !first.is_ascii_digit() || (first == b'0' && (negative || self.peek().is_some_and(|b| b.is_ascii_digit()))) {
+            return None;
+        }
+        let mut v = -i64::from(first - b'0');
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            v = v.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+            self.at += 1;
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        if negative {
+            Some(v)
+        } else {
+            v.checked_neg()
+        }
+    }
+}
+
+/// The length of the string that starts `bytes`, if a closing quote ends it before any
+/// backslash or control character. Eight bytes at a time (the strings are mostly ids of 10 to
+/// 40 bytes): a byte-at-a-time loop was most of this parser's time.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // A byte's high bit is set in `stop` where it is a quote, a backslash or below 0x20 (the
+        // classic "has zero byte" test applied to word ^ quote, word ^ backslash, and the
+        // "has byte less than n" test); bytes above 0x7f never set it.
+        let zero = |w: u64| w.wrapping_sub(ONES) & !w;
+        let (quote, backslash) = (zero(word ^ (ONES * u64::from(b'"'))), zero(word ^ (ONES * u64::from(b'\\'))));
+        let stop = (quote | backslash | word.wrapping_sub(ONES * 0x20)) & !word & HIGHS;
+        if stop != 0 {
+            let i = at + (stop.trailing_zeros() / 8) as usize;
+            return (bytes[i] == b'"').then_some(i);
+        }
+        at += 8;
+    }
+    let i = at + bytes[at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    (bytes[i] == b'"').then_some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::string_end;
+
+    proptest! {
+        /// Eight bytes at a time finds what a byte-at-a-time scan finds, whichever byte of a
+        /// word stops it and whatever comes after (the bit trick's false positives sit above
+        /// its first true one).
+        #[test]
+        fn string_end_is_the_first_quote_before_any_backslash_or_control(
+            bytes in proptest::collection::vec(prop_oneof![1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0u8..0x20, 20 => 0x20u8..0x80, 5 => 0x80u8..=0xff], 0..60),
+        ) {
+            let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).filter(|&i| bytes[i] == b'"');
+            prop_assert_eq!(string_end(&bytes), naive);
+        }
+    }
+}
