@@ -26,6 +26,57 @@ pub struct AdMetric {
     pub clicks: i64,
 }
 
+impl AdMetric {
+    /// Appends the record's JSON form to `out`: byte for byte what `serde_json::to_writer`
+    /// writes (fields in declaration order, serde_json's escapes), without serde's machinery.
+    /// The stream job encodes every record on its loop's thread, and serde_json's string
+    /// formatting alone was an eighth of that thread's CPU samples; the values are mostly
+    /// short ids that need no escaping, which this copies as they are.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut uuid = Uuid::encode_buffer();
+        out.extend_from_slice(b"{\"record_uuid\":\"");
+        out.extend_from_slice(self.record_uuid.hyphenated().encode_lower(&mut uuid).as_bytes());
+        out.extend_from_slice(b"\",\"region\":");
+        json_str(out, &self.region);
+        out.extend_from_slice(b",\"ad_id\":");
+        json_str(out, &self.ad_id);
+        out.extend_from_slice(b",\"campaign_id\":");
+        json_opt_str(out, self.campaign_id.as_deref());
+        out.extend_from_slice(b",\"advertiser_id\":");
+        json_opt_str(out, self.advertiser_id.as_deref());
+        let mut n = itoa::Buffer::new();
+        for (name, v) in [
+            (&b",\"window_start\":"[..], self.window_start),
+            (b",\"window_end\":", self.window_end),
+            (b",\"impressions\":", self.impressions),
+            (b",\"clicks\":", self.clicks),
+        ] {
+            out.extend_from_slice(name);
+            out.extend_from_slice(n.format(v).as_bytes());
+        }
+        out.push(b'}');
+    }
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string as serde_json writes it: copied between quotes when nothing in it needs an
+/// escape, else serde_json's own escaping.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
 /// A rejected input message: where it came from, why, and what it said.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -213,4 +264,45 @@ pub fn dead_letter_batch(rows: &[DeadLetter]) -> RecordBatch {
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.payload.as_str()))),
     ];
     RecordBatch::try_new(dead_letter_schema(), columns).expect("columns match the schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = Arc<str>> {
+        prop_oneof![3 => "[a-z0-9-]{0,12}", 1 => any::<String>(), 1 => "[\"\\\\\\x00-\\x1f\\x7f/é]{0,4}"].prop_map(Arc::from)
+    }
+
+    proptest! {
+        /// The hand-written JSON is serde_json's, byte for byte, for values that need no
+        /// escaping and for quotes, backslashes, control characters and any Unicode.
+        #[test]
+        fn ad_metric_json_is_serde_jsons(
+            uuid in any::<u128>(),
+            region in text(),
+            ad_id in text(),
+            campaign_id in proptest::option::of(text()),
+            advertiser_id in proptest::option::of(text()),
+            ints in any::<[i64; 4]>(),
+        ) {
+            let m = AdMetric {
+                record_uuid: Uuid::from_u128(uuid),
+                region,
+                ad_id,
+                campaign_id,
+                advertiser_id,
+                window_start: ints[0],
+                window_end: ints[1],
+                impressions: ints[2],
+                clicks: ints[3],
+            };
+            let mut ours = b"prefix".to_vec();
+            m.write_json(&mut ours);
+            let theirs = serde_json::to_vec(&m).unwrap();
+            prop_assert_eq!(String::from_utf8_lossy(&ours[6..]), String::from_utf8_lossy(&theirs));
+        }
+    }
 }

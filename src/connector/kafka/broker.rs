@@ -97,17 +97,28 @@ fn output_of(outputs: &mut BTreeMap<u32, TxnOutput>, g: u32) -> anyhow::Result<&
 
 /// Sends one contract record of key group `g` to its partition of `topic`, keyed by its
 /// `record_uuid`: encoded into the reused `value` buffer, the key on the stack (the producer
-/// copies both), so that nothing is allocated per record.
+/// copies both), so that nothing is allocated per record. (Ad-metrics, nearly all of the
+/// output, are encoded by [`AdMetric::write_json`] instead.)
 fn send_json(
     outputs: &mut BTreeMap<u32, TxnOutput>,
     value: &mut Vec<u8>,
-    (topic, n): &(String, i32),
+    topic: &(String, i32),
     g: u32,
     record_uuid: &uuid::Uuid,
     record: &impl serde::Serialize,
 ) -> anyhow::Result<()> {
     value.clear();
     serde_json::to_writer(&mut *value, record)?;
+    send_encoded(outputs, value, topic, g, record_uuid)
+}
+
+fn send_encoded(
+    outputs: &mut BTreeMap<u32, TxnOutput>,
+    value: &[u8],
+    (topic, n): &(String, i32),
+    g: u32,
+    record_uuid: &uuid::Uuid,
+) -> anyhow::Result<()> {
     let mut key = uuid::Uuid::encode_buffer();
     output_of(outputs, g)?.send(topic, g as i32 % n, record_uuid.hyphenated().encode_lower(&mut key).as_bytes(), value)
 }
@@ -175,7 +186,9 @@ impl Broker for KafkaBroker {
     }
 
     fn send_metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
-        send_json(&mut self.outputs, &mut self.value, &self.metrics_topic, g, &m.record_uuid, m)
+        self.value.clear();
+        m.write_json(&mut self.value);
+        send_encoded(&mut self.outputs, &self.value, &self.metrics_topic, g, &m.record_uuid)
     }
 
     fn send_dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
