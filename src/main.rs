@@ -5,12 +5,12 @@
 // either way: the stream runtime holds steady state, a backfill ends. The system allocator also
 // returned each epoch's Arrow buffers to the kernel and faulted them back in.
 //
-// Large OS pages (2 MiB, `mi_option_large_os_pages`) are left off. They once halved the cost
-// of the backfill dedupe's random probes (TLB misses), but since those probes are prefetched
-// the backfill runs the same without them (4 pairs on 10 M events: wall 4.23 vs 4.22 s), and
-// the stream job runs 8 % faster without (5 pairs on 1 M messages: 386k -> 419k messages/s,
-// faster in all 5): the kernel zeroes a huge page whole on first touch, however little of it
-// the allocator goes on to use, and that was a tenth of the stream job's CPU samples.
+// Large OS pages (2 MiB, `mi_option_large_os_pages`) are left off: mimalloc commits such
+// memory eagerly, and the backfill ran the same without them (4 pairs on 10 M events: wall
+// 4.23 vs 4.22 s) while the stream job ran 8 % faster. mimalloc still advises the kernel to
+// back its arenas with transparent huge pages (its `allow_thp` option); the backfill keeps them
+// (its dedupe table is probed at random) and `adsproc stream` turns them off for its process
+// (`src/cli/stream.rs`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
