@@ -32,7 +32,12 @@ impl TxnOutput {
                 ("transactional.id", transactional_id),
                 ("client.id", transactional_id),
                 ("enable.idempotence", "true"),
-                ("linger.ms", "5"),
+                // Records are readable only once their transaction commits, and committing
+                // sends what lingers at once (`deliver_all`), so lingering costs no latency;
+                // larger batches cost the producers' threads and the broker less per record.
+                // 100 ms instead of 5, 9 alternating pairs on the 1M bench: sustained median
+                // 358k -> 378k messages/s (faster in 8), job CPU ~3.8 -> ~3.55 s.
+                ("linger.ms", "100"),
                 ("batch.num.messages", "10000"),
                 ("queue.buffering.max.messages", "1000000"),
                 ("transaction.timeout.ms", "60000"),
@@ -101,16 +106,22 @@ impl TxnOutput {
         Ok(())
     }
 
-    /// Waits until every record sent is delivered, serving the delivery reports. Not
-    /// `Producer::flush`: rust-rdkafka's `BaseProducer::poll(t)` always waits out all of `t`, so
-    /// its flush (which polls 100 ms at a time) cost a tenth of a second per commit.
+    /// Sends what is lingering and waits until every record sent is delivered, serving the
+    /// delivery reports. Not `Producer::flush`: rust-rdkafka's `BaseProducer::poll(t)` always
+    /// waits out all of `t`, so its flush (which polls 100 ms at a time) cost a tenth of a
+    /// second per commit.
     fn deliver_all(&mut self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + TXN_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
             if std::time::Instant::now() >= deadline {
                 anyhow::bail!("{} records still undelivered after {TXN_TIMEOUT:?}", self.producer.in_flight_count());
             }
-            self.producer.poll(Duration::from_millis(1));
+            // librdkafka's flush, unlike a poll, has the producer's threads send what is
+            // lingering at once. With the event API it serves nothing itself, so a failed
+            // delivery's report is served by the poll after each slice.
+            // SAFETY: a live producer handle; rd_kafka_flush takes no ownership.
+            unsafe { rdkafka::bindings::rd_kafka_flush(self.producer.client().native_ptr(), 10) };
+            self.producer.poll(Duration::ZERO);
         }
         self.unpolled = 0;
         Ok(())
