@@ -87,6 +87,18 @@ pub struct StreamDriver {
     groups: BTreeMap<u32, GroupTask>,
 }
 
+/// The runs of equal partitions in a poll's rows: (partition, rows).
+fn partition_runs(partitions: &[i32]) -> Vec<(i32, std::ops::Range<usize>)> {
+    let mut runs: Vec<(i32, std::ops::Range<usize>)> = Vec::new();
+    for (i, &p) in partitions.iter().enumerate() {
+        match runs.last_mut() {
+            Some((rp, rows)) if *rp == p => rows.end = i + 1,
+            _ => runs.push((p, i..i + 1)),
+        }
+    }
+    runs
+}
+
 impl StreamDriver {
     /// A driver owning all state in one key group: for a single process and for tests.
     pub fn new(rules: AggregationRules, partitions: impl IntoIterator<Item = i32>) -> Self {
@@ -180,6 +192,10 @@ impl StreamDriver {
                 row_group[r as usize] = g as u32;
             }
         }
+        // A poll holds runs of one partition's messages: each group looks its clock up once
+        // per run, not once per row (a map lookup per row and group was the hottest part of
+        // this function).
+        let runs = partition_runs(partitions);
         // Groups are independent (own clocks, state and pending rows): take each one's rows
         // and run its operator on a rayon thread, as the backfill does.
         let mut tasks: Vec<(u32, &mut GroupTask)> = self.groups.iter_mut().map(|(g, t)| (*g, t)).collect();
@@ -187,20 +203,24 @@ impl StreamDriver {
             let g = *g;
             let mut take: Vec<u32> = Vec::with_capacity(by_group[g as usize].len());
             let mut release_at = Vec::with_capacity(take.capacity());
-            for i in 0..batch.num_rows() {
-                let (partition, offset, timestamp) = (partitions[i], offsets[i], timestamps[i]);
+            for &(partition, ref rows) in &runs {
                 let c = task.clocks.entry(partition).or_default();
-                if c.next_offset.is_some_and(|o| offset < o) {
-                    continue; // before this group's position: already in its state
+                let (mut next_offset, mut max_timestamp) = (c.next_offset, c.max_timestamp);
+                for i in rows.clone() {
+                    let (offset, timestamp) = (offsets[i], timestamps[i]);
+                    if next_offset.is_some_and(|o| offset < o) {
+                        continue; // before this group's position: already in its state
+                    }
+                    let t = max_timestamp.map_or(timestamp, |t| t.max(timestamp));
+                    max_timestamp = Some(t);
+                    next_offset = Some(offset + 1);
+                    c.idle = false;
+                    if row_group[i] == g {
+                        take.push(i as u32);
+                        release_at.push(t);
+                    }
                 }
-                let t = c.max_timestamp.map_or(timestamp, |t| t.max(timestamp));
-                c.max_timestamp = Some(t);
-                c.next_offset = Some(offset + 1);
-                c.idle = false;
-                if row_group[i] == g {
-                    take.push(i as u32);
-                    release_at.push(t);
-                }
+                (c.next_offset, c.max_timestamp) = (next_offset, max_timestamp);
             }
             if !take.is_empty() {
                 task.pending.push(Pending { batch: batch.clone(), rows: take, release_at });
