@@ -16,6 +16,7 @@ use super::{admin, KafkaSettings};
 use anyhow::Context;
 use crate::contract::outputs::{AdMetric, DeadLetter};
 use arrow::array::RecordBatch;
+use crate::runtime::stream::driver::GroupRecords;
 use crate::runtime::stream::job::Broker;
 
 pub struct KafkaBroker {
@@ -88,6 +89,42 @@ impl KafkaBroker {
 
     fn output(&mut self, g: u32) -> anyhow::Result<&mut TxnOutput> {
         output_of(&mut self.outputs, g)
+    }
+
+    fn sender(&mut self) -> Sender<'_> {
+        Sender { outputs: &mut self.outputs, metrics_topic: &self.metrics_topic, dlq_topic: &self.dlq_topic, value: &mut self.value }
+    }
+}
+
+/// The output half of the broker, borrowed apart from the reader.
+struct Sender<'a> {
+    outputs: &'a mut BTreeMap<u32, TxnOutput>,
+    metrics_topic: &'a (String, i32),
+    dlq_topic: &'a (String, i32),
+    value: &'a mut Vec<u8>,
+}
+
+impl Sender<'_> {
+    fn metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
+        self.value.clear();
+        m.write_json(self.value);
+        send_encoded(self.outputs, self.value, self.metrics_topic, g, &m.record_uuid)
+    }
+
+    fn dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
+        send_json(self.outputs, self.value, self.dlq_topic, g, &d.record_uuid, d)
+    }
+
+    fn all(&mut self, records: &[GroupRecords]) -> anyhow::Result<()> {
+        for (g, metrics, dead) in records {
+            for m in metrics {
+                self.metric(*g, m)?;
+            }
+            for d in dead {
+                self.dead_letter(*g, d)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -186,13 +223,28 @@ impl Broker for KafkaBroker {
     }
 
     fn send_metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
-        self.value.clear();
-        m.write_json(&mut self.value);
-        send_encoded(&mut self.outputs, &self.value, &self.metrics_topic, g, &m.record_uuid)
+        self.sender().metric(g, m)
     }
 
     fn send_dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
-        send_json(&mut self.outputs, &mut self.value, &self.dlq_topic, g, &d.record_uuid, d)
+        self.sender().dead_letter(g, d)
+    }
+
+    /// Sends on this thread while another reads and decodes the poll: the producers and the
+    /// consumer are separate librdkafka clients.
+    fn send_and_poll(&mut self, records: &[GroupRecords], max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+        if records.iter().all(|(_, m, d)| m.is_empty() && d.is_empty()) {
+            return self.reader.poll(max, wait);
+        }
+        let Self { reader, outputs, metrics_topic, dlq_topic, value, .. } = self;
+        let mut sender = Sender { outputs, metrics_topic, dlq_topic, value };
+        std::thread::scope(|s| {
+            let polling = s.spawn(|| reader.poll(max, wait));
+            let sent = sender.all(records);
+            let polled = polling.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            sent?;
+            polled
+        })
     }
 
     fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {

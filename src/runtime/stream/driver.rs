@@ -87,6 +87,9 @@ pub struct StreamDriver {
     groups: BTreeMap<u32, GroupTask>,
 }
 
+/// A key group's records drained from the driver: (key group, ad-metrics, dead letters).
+pub type GroupRecords = (u32, Vec<AdMetric>, Vec<DeadLetter>);
+
 /// The runs of equal partitions in a poll's rows: (partition, rows).
 fn partition_runs(partitions: &[i32]) -> Vec<(i32, std::ops::Range<usize>)> {
     let mut runs: Vec<(i32, std::ops::Range<usize>)> = Vec::new();
@@ -363,7 +366,7 @@ impl StreamDriver {
 
     /// Records emitted since the last call, per owned key group. Built on rayon threads: each
     /// record's `record_uuid` is a SHA-1, and its strings are copied out of the interner.
-    pub fn drain_by_group(&mut self) -> Vec<(u32, Vec<AdMetric>, Vec<DeadLetter>)> {
+    pub fn drain_by_group(&mut self) -> Vec<GroupRecords> {
         let mut groups: Vec<(&u32, &mut GroupTask)> = self.groups.iter_mut().collect();
         groups.par_iter_mut().map(|(g, t)| {
             let (m, d) = t.op.drain();

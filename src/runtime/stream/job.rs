@@ -31,7 +31,7 @@ use anyhow::Context;
 use arrow::array::RecordBatch;
 
 use super::checkpoint::{self, CheckpointStore};
-use super::driver::StreamDriver;
+use super::driver::{GroupRecords, StreamDriver};
 use crate::contract::outputs::{AdMetric, DeadLetter};
 use crate::contract::time::rfc3339;
 use crate::core::audit::Audit;
@@ -61,6 +61,24 @@ pub trait Broker {
     fn begin(&mut self, group: u32) -> anyhow::Result<()>;
     fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()>;
     fn send_dead_letter(&mut self, group: u32, d: &DeadLetter) -> anyhow::Result<()>;
+    /// Sends key groups' records into their open transactions.
+    fn send_records(&mut self, records: &[GroupRecords]) -> anyhow::Result<()> {
+        for (g, metrics, dead) in records {
+            for m in metrics {
+                self.send_metric(*g, m)?;
+            }
+            for d in dead {
+                self.send_dead_letter(*g, d)?;
+            }
+        }
+        Ok(())
+    }
+    /// [`send_records`](Self::send_records), then [`poll`](Self::poll). An implementation may
+    /// do the two at once: the records are in their transactions when it returns.
+    fn send_and_poll(&mut self, records: &[GroupRecords], max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+        self.send_records(records)?;
+        self.poll(max, wait)
+    }
     /// Commits each listed group's transaction with its checkpoint sequence number as the
     /// group's consumer offset. Each group's commit is atomic; groups commit independently, so
     /// a failure can leave some committed and some not, which a restart resolves group by
@@ -109,12 +127,17 @@ pub fn run(
     let mut summary = StreamSummary::default();
     let mut last_checkpoint = Instant::now();
     let mut first_message: Option<Instant> = None;
+    // Records drained after a poll are sent while the next poll is read and decoded
+    // (`send_and_poll`): sending is serial, and the cores would otherwise wait for it.
+    let mut unsent: Vec<GroupRecords> = Vec::new();
     loop {
         let owned = driver.owned_groups().next().is_some();
         let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
         if let Some(groups) = broker.poll_membership(wait)? {
             // Fence first, then read what is committed: no earlier owner can commit after.
             broker.take_ownership(&groups)?;
+            // Their transactions were just aborted; the restored checkpoints recompute them.
+            unsent.clear();
             driver = StreamDriver::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
             seqs.clear();
             for (g, seq) in broker.committed(&groups)? {
@@ -143,7 +166,8 @@ pub fn run(
             }
             continue;
         }
-        let batches = broker.poll(opts.max_poll, Duration::from_millis(100))?;
+        let batches = broker.send_and_poll(&unsent, opts.max_poll, Duration::from_millis(100))?;
+        count_sent(&mut summary, &mut unsent);
         let polled: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if polled > 0 {
             first_message.get_or_insert_with(Instant::now);
@@ -160,18 +184,12 @@ pub fn run(
             tracing::debug!("watermark alignment: pausing {align:?}");
             broker.pause_only(&align)?;
         }
-        for (g, metrics, dead) in driver.drain_by_group() {
-            for m in &metrics {
-                broker.send_metric(g, m)?;
-            }
-            for d in &dead {
-                broker.send_dead_letter(g, d)?;
-            }
-            summary.metrics_sent += metrics.len() as u64;
-            summary.dead_letters_sent += dead.len() as u64;
-        }
+        unsent = driver.drain_by_group();
         let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && polled == 0 && broker.caught_up());
         if stop || last_checkpoint.elapsed() >= opts.checkpoint_interval {
+            // A checkpoint's transactions carry every record drained before its snapshots.
+            broker.send_records(&unsent)?;
+            count_sent(&mut summary, &mut unsent);
             // The cadence counts from the start of a checkpoint, so that a record waits at
             // most one interval (plus one commit) for its transaction, however long a
             // checkpoint takes.
@@ -203,6 +221,13 @@ pub fn run(
     }
     summary.audit = driver.audit();
     Ok(summary)
+}
+
+fn count_sent(summary: &mut StreamSummary, sent: &mut Vec<GroupRecords>) {
+    for (_, metrics, dead) in sent.drain(..) {
+        summary.metrics_sent += metrics.len() as u64;
+        summary.dead_letters_sent += dead.len() as u64;
+    }
 }
 
 /// Watermark alignment, as Flink's: the source partitions to pause because they ran ahead.
