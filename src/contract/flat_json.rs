@@ -183,12 +183,40 @@ impl<'a> Reader<'a> {
 }
 
 /// The length of the string that starts `bytes`, if a closing quote ends it before any
-/// backslash or control character. Eight bytes at a time (the strings are mostly ids of 10 to
-/// 40 bytes): a byte-at-a-time loop was most of this parser's time.
+/// backslash or control character. Sixteen bytes at a time with SSE2 where there is (every
+/// x86-64), then eight at a time (the strings are mostly ids of 5 to 40 bytes): a
+/// byte-at-a-time loop was most of this parser's time.
 fn string_end(bytes: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let mut at = 0;
+        while at + 16 <= bytes.len() {
+            // SAFETY: SSE2 is part of x86-64; the 16 bytes loaded (unaligned) are in bounds.
+            let stop = unsafe {
+                let v = _mm_loadu_si128(bytes.as_ptr().add(at).cast());
+                let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                // Below 0x20 (unsigned) exactly where max(byte, 0x1f) is 0x1f.
+                let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+            };
+            if stop != 0 {
+                let i = at + stop.trailing_zeros() as usize;
+                return (bytes[i] == b'"').then_some(i);
+            }
+            at += 16;
+        }
+        string_end_from(bytes, at)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    string_end_from(bytes, 0)
+}
+
+/// [`string_end`] from `at` on, eight bytes at a time.
+fn string_end_from(bytes: &[u8], mut at: usize) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let mut at = 0;
     while let Some(chunk) = bytes.get(at..at + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         // A byte's high bit is set in `stop` where it is a quote, a backslash or below 0x20 (the
@@ -211,7 +239,7 @@ fn string_end(bytes: &[u8]) -> Option<usize> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{field_of, same_short, string_end, NAMES};
+    use super::{field_of, same_short, string_end, string_end_from, NAMES};
 
     proptest! {
         /// Equal exactly when `==` says so, at every length up to 16 and whichever byte differs.
@@ -247,6 +275,7 @@ mod tests {
         ) {
             let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).filter(|&i| bytes[i] == b'"');
             prop_assert_eq!(string_end(&bytes), naive);
+            prop_assert_eq!(string_end_from(&bytes, 0), naive);
         }
     }
 }
