@@ -131,6 +131,10 @@ impl TopicReader {
             ])
             .create_with_context(QuietEof)
             .context("cannot create the Kafka reader")?;
+        // The topic's leaders in the client's metadata cache before the first assign: without
+        // them librdkafka starts each partition's offset query only after a fixed 500 ms retry
+        // (`rd_kafka_toppar_offset_retry`), half a second before the first message on start-up.
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).with_context(|| format!("cannot read the metadata of {topic:?}"))?;
         // SAFETY: a live consumer with a group.id has a consumer queue (rust-rdkafka forwards
         // its main queue there); the handle is released before the consumer (field order).
         let queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) })
