@@ -5,6 +5,7 @@
 //! `record_uuid` derivation. No other layer names a contract field by string literal.
 
 pub mod columns;
+mod dictionary_column;
 mod flat_json;
 pub mod outputs;
 pub mod raw;

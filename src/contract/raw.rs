@@ -9,15 +9,15 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int32Builder, StringArray, Int64Builder, RecordBatch, StringBuilder, StringDictionaryBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow::datatypes::Int32Type;
 use std::borrow::Cow;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::columns as c;
+use super::dictionary_column::DictionaryColumn;
 use super::flat_json;
 use super::schema::canonical_input_schema;
 
@@ -311,14 +311,14 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
 
 struct Builders {
     event_id: StringBuilder,
-    event_type: StringDictionaryBuilder<Int32Type>,
-    ad_id: StringDictionaryBuilder<Int32Type>,
-    campaign_id: StringDictionaryBuilder<Int32Type>,
-    advertiser_id: StringDictionaryBuilder<Int32Type>,
+    event_type: DictionaryColumn,
+    ad_id: DictionaryColumn,
+    campaign_id: DictionaryColumn,
+    advertiser_id: DictionaryColumn,
     user_id: StringBuilder,
     store_id: StringBuilder,
     event_time: TimestampMillisecondBuilder,
-    region: StringDictionaryBuilder<Int32Type>,
+    region: DictionaryColumn,
     partition: Int32Builder,
     offset: Int64Builder,
     timestamp: TimestampMillisecondBuilder,
@@ -330,14 +330,14 @@ impl Builders {
     fn with_capacity(n: usize, payload_bytes: usize) -> Self {
         Self {
             event_id: StringBuilder::with_capacity(n, n * 36),
-            event_type: StringDictionaryBuilder::new(),
-            ad_id: StringDictionaryBuilder::new(),
-            campaign_id: StringDictionaryBuilder::new(),
-            advertiser_id: StringDictionaryBuilder::new(),
+            event_type: DictionaryColumn::with_capacity(n),
+            ad_id: DictionaryColumn::with_capacity(n),
+            campaign_id: DictionaryColumn::with_capacity(n),
+            advertiser_id: DictionaryColumn::with_capacity(n),
             user_id: StringBuilder::with_capacity(n, n * 16),
             store_id: StringBuilder::with_capacity(n, n * 16),
             event_time: TimestampMillisecondBuilder::with_capacity(n),
-            region: StringDictionaryBuilder::new(),
+            region: DictionaryColumn::with_capacity(n),
             partition: Int32Builder::with_capacity(n),
             offset: Int64Builder::with_capacity(n),
             timestamp: TimestampMillisecondBuilder::with_capacity(n),
