@@ -186,6 +186,11 @@ fn bad_arguments_exit_non_zero_with_a_precise_message() {
     let job = adsproc(&["backfill", "--job", "nope", "--source", "x", "--sink", "y", "--from", FROM, "--to", TO]);
     assert_eq!(job.status.code(), Some(2));
     assert!(text(&job).contains("possible values: aggregation"), "{}", text(&job));
+    // Checked before any connection is tried: no broker listens on port 9.
+    let waiting =
+        adsproc(&["stream", "--job", "aggregation", "--brokers", "127.0.0.1:9", "--checkpoint", "y", "--max-waiting-per-partition", "0"]);
+    assert_eq!(waiting.status.code(), Some(2));
+    assert!(text(&waiting).contains("invalid value '0' for '--max-waiting-per-partition"), "{}", text(&waiting));
 }
 
 #[test]
