@@ -109,7 +109,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         checkpoint_interval: a.checkpoint_interval,
         idle_timeout: a.idle_timeout,
         stop_when_caught_up: a.stop_when_caught_up,
-        max_poll: 20_000,
+        // Larger polls cost memory (~0.4 KB a message while it is decoded and processed) and
+        // save per-poll work: 6 pairs on the 1M bench, 20 000 -> 50 000 gave sustained median
+        // 436k -> 481k messages/s (faster in 5) for ~70 MB more peak RSS.
+        max_poll: 50_000,
         max_waiting_per_partition: usize::try_from(a.max_waiting_per_partition).context("--max-waiting-per-partition is too large")?,
     };
     tracing::info!("stream: {topic} ({} partitions) → {} on {}, group {}, instance {}", partitions.len(), a.metrics_topic, a.brokers, a.group, a.instance);
