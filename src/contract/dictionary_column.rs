@@ -5,7 +5,7 @@
 //! and confirms a match with a memcmp call against the values it has stored, and those five
 //! lookups per message were a sixth of the decoder's time. Contract ids are short: a value of
 //! at most 16 bytes is held in the table itself as two machine words and its length (two
-//! overlapping loads, as `flat_json::same_short` compares keys), so finding it is one
+//! overlapping loads, `short_str::words`, as the JSON fast path compares keys), so finding it is one
 //! multiply-and-fold hash and a comparison of registers. A longer value is found by its xxh3
 //! hash and confirmed against the stored values.
 //!
@@ -14,9 +14,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayBuilder, DictionaryArray, Int32Array, StringBuilder};
-use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::array::{ArrayBuilder, DictionaryArray, Int32Array, NullBufferBuilder, StringBuilder};
+use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::Int32Type;
+
+use super::short_str::words;
 
 /// Marks a table slot holding a value over 16 bytes: `a` is then its hash, `b` unused.
 const LONG: u32 = u32::MAX;
@@ -33,12 +35,11 @@ struct Slot {
 
 pub(super) struct DictionaryColumn {
     keys: Vec<i32>,
-    /// Built only once a null is appended: a column without nulls has no null buffer.
-    nulls: Option<Vec<bool>>,
+    /// Materialized only once a null is appended: a column without nulls has no null buffer.
+    nulls: NullBufferBuilder,
     values: StringBuilder,
+    /// A power of two of them.
     slots: Vec<Slot>,
-    /// `slots.len() - 1`; the length is a power of two.
-    mask: usize,
     seeds: [u64; 2],
 }
 
@@ -46,10 +47,9 @@ impl DictionaryColumn {
     pub(super) fn with_capacity(rows: usize) -> Self {
         Self {
             keys: Vec::with_capacity(rows),
-            nulls: None,
+            nulls: NullBufferBuilder::new(rows),
             values: StringBuilder::new(),
             slots: vec![Slot::default(); 64],
-            mask: 63,
             seeds: seeds(),
         }
     }
@@ -59,23 +59,19 @@ impl DictionaryColumn {
             Some(v) => {
                 let key = self.key_of(v);
                 self.keys.push(key);
-                if let Some(n) = &mut self.nulls {
-                    n.push(true);
-                }
+                self.nulls.append_non_null();
             }
             None => self.append_null(),
         }
     }
 
     pub(super) fn append_null(&mut self) {
-        let rows = self.keys.len();
-        self.nulls.get_or_insert_with(|| vec![true; rows]).push(false);
+        self.nulls.append_null();
         self.keys.push(0);
     }
 
-    pub(super) fn finish(self) -> DictionaryArray<Int32Type> {
-        let nulls = self.nulls.map(NullBuffer::from);
-        let keys = Int32Array::new(ScalarBuffer::from(self.keys), nulls);
+    pub(super) fn finish(mut self) -> DictionaryArray<Int32Type> {
+        let keys = Int32Array::new(ScalarBuffer::from(self.keys), self.nulls.finish());
         let mut values = self.values;
         DictionaryArray::try_new(keys, Arc::new(values.finish())).expect("every key indexes a value it was given")
     }
@@ -86,6 +82,7 @@ impl DictionaryColumn {
             Some((a, b)) => (a, b, bytes.len() as u32),
             None => (xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.seeds[0]), 0, LONG),
         };
+        let mask = self.slots.len() - 1;
         let mut at = self.home(a, b, len);
         loop {
             let slot = self.slots[at];
@@ -95,7 +92,7 @@ impl DictionaryColumn {
             if slot.a == a && slot.b == b && slot.len == len && (len != LONG || self.value(slot.key_plus_one - 1) == v) {
                 return (slot.key_plus_one - 1) as i32;
             }
-            at = (at + 1) & self.mask;
+            at = (at + 1) & mask;
         }
     }
 
@@ -122,11 +119,11 @@ impl DictionaryColumn {
     fn grow(&mut self) {
         let doubled = vec![Slot::default(); self.slots.len() * 2];
         let old = std::mem::replace(&mut self.slots, doubled);
-        self.mask = self.slots.len() - 1;
+        let mask = self.slots.len() - 1;
         for slot in old.into_iter().filter(|s| s.key_plus_one != 0) {
             let mut at = self.home(slot.a, slot.b, slot.len);
             while self.slots[at].key_plus_one != 0 {
-                at = (at + 1) & self.mask;
+                at = (at + 1) & mask;
             }
             self.slots[at] = slot;
         }
@@ -136,21 +133,6 @@ impl DictionaryColumn {
         let offsets = self.values.offsets_slice();
         let (start, end) = (offsets[key as usize] as usize, offsets[key as usize + 1] as usize);
         std::str::from_utf8(&self.values.values_slice()[start..end]).expect("stored from a &str")
-    }
-}
-
-/// A value of at most 16 bytes as two words that, with its length, determine it: its first and
-/// last eight bytes (overlapping when shorter than 16), or four, or the bytes themselves.
-#[inline]
-fn words(s: &[u8]) -> Option<(u64, u64)> {
-    let n = s.len();
-    let w8 = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"));
-    let w4 = |at: usize| u64::from(u32::from_le_bytes(s[at..at + 4].try_into().expect("four bytes")));
-    match n {
-        17.. => None,
-        8.. => Some((w8(0), w8(n - 8))),
-        4.. => Some((w4(0), w4(n - 4))),
-        _ => Some((s.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)), 0)),
     }
 }
 

@@ -15,6 +15,7 @@ use std::borrow::Cow;
 
 use super::columns as c;
 use super::raw::{Fields, Scalar};
+use super::short_str::same_short;
 
 /// The contract's fields of `text`, if it is a flat object this parser reads.
 ///
@@ -84,23 +85,6 @@ const BY_LENGTH: [[u8; 2]; 16] = {
 fn field_of(key: &str) -> Option<usize> {
     let [a, b] = *BY_LENGTH.get(key.len())?;
     [a, b].into_iter().take_while(|&p| p != 0).map(|p| usize::from(p) - 1).find(|&i| same_short(NAMES[i].as_bytes(), key.as_bytes()))
-}
-
-/// Whether two byte strings of the same length, at most 16, are equal: two overlapping loads
-/// of each, where `==` calls memcmp (a tenth of the decoder's time went to such calls).
-#[inline]
-fn same_short(a: &[u8], b: &[u8]) -> bool {
-    debug_assert!(a.len() == b.len() && a.len() <= 16);
-    let n = a.len();
-    let w8 = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"));
-    let w4 = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("four bytes"));
-    if n >= 8 {
-        w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8)
-    } else if n >= 4 {
-        w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4)
-    } else {
-        a == b
-    }
 }
 
 struct Reader<'a> {
@@ -239,20 +223,7 @@ fn string_end_from(bytes: &[u8], mut at: usize) -> Option<usize> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{field_of, same_short, string_end, string_end_from, NAMES};
-
-    proptest! {
-        /// Equal exactly when `==` says so, at every length up to 16 and whichever byte differs.
-        #[test]
-        fn same_short_is_equality(a in proptest::collection::vec(any::<u8>(), 0..=16), flip in any::<prop::sample::Index>(), bit in 0u8..8, differ in any::<bool>()) {
-            let mut b = a.clone();
-            if differ && !b.is_empty() {
-                let i = flip.index(b.len());
-                b[i] ^= 1 << bit;
-            }
-            prop_assert_eq!(same_short(&a, &b), a == b);
-        }
-    }
+    use super::{field_of, string_end, string_end_from, NAMES};
 
     #[test]
     fn field_names_are_found_by_length_and_bytes() {

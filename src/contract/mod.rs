@@ -11,4 +11,5 @@ pub mod outputs;
 pub mod raw;
 pub mod record_uuid;
 pub mod schema;
+mod short_str;
 pub mod time;
