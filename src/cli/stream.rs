@@ -1,3 +1,4 @@
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -66,8 +67,8 @@ pub struct Args {
     /// this many per partition (each holds its message, ~0.4 KB for a 250-byte payload); lower
     /// it for many partitions on little memory. On the 1M-message bench, 20 000 ran ~10 %
     /// slower than 50 000 and 5 000 slower still.
-    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
-    max_waiting_per_partition: u64,
+    #[arg(long, default_value_t = NonZeroUsize::new(50_000).expect("not zero"))]
+    max_waiting_per_partition: NonZeroUsize,
     /// librdkafka property for every client, key=value (repeatable), as in kcat.
     #[arg(short = 'X', value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
@@ -113,7 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         // save per-poll work: 6 pairs on the 1M bench, 20 000 -> 50 000 gave sustained median
         // 436k -> 481k messages/s (faster in 5) for ~70 MB more peak RSS.
         max_poll: 50_000,
-        max_waiting_per_partition: usize::try_from(a.max_waiting_per_partition).context("--max-waiting-per-partition is too large")?,
+        max_waiting_per_partition: a.max_waiting_per_partition.get(),
     };
     tracing::info!("stream: {topic} ({} partitions) → {} on {}, group {}, instance {}", partitions.len(), a.metrics_topic, a.brokers, a.group, a.instance);
     let summary = run_stream(&rules, &partitions, &mut broker, &store, &opts, &shutdown)?;
