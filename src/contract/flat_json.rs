@@ -24,26 +24,36 @@ use super::short_str::same_short;
 pub(super) fn parse(text: &str) -> Option<Fields<'_>> {
     let mut r = Reader { text, at: 0 };
     let mut fields = Fields::default();
-    r.whitespace();
+    // Whether the payload is laid out as `canonical_payload::write` writes its fields: no
+    // whitespace, and the keys exactly the contract's names in WRITTEN_ORDER. Values need no
+    // check: a string this parser reads has no escapes, so is written back as it was, and an
+    // integer it reads is in its shortest form (no leading zero, not `-0`); a value of the
+    // wrong type is a decode error, and then the payload is kept anyway.
+    let mut spaced = r.whitespace();
+    let mut keys = 0;
+    let mut in_order = true;
     r.expect(b'{')?;
-    r.whitespace();
+    spaced |= r.whitespace();
     if r.peek()? == b'}' {
         r.at += 1;
     } else {
         loop {
-            r.whitespace();
+            spaced |= r.whitespace();
             let key = r.string()?;
-            r.whitespace();
+            spaced |= r.whitespace();
             r.expect(b':')?;
-            r.whitespace();
+            spaced |= r.whitespace();
             let value = r.scalar()?;
+            let field = field_of(key);
+            in_order &= field.is_some() && WRITTEN_ORDER.get(keys).copied() == field;
+            keys += 1;
             // The last of repeated keys wins, as in the general path.
-            match field_of(key) {
+            match field {
                 Some(EVENT_TIME_SLOT) => fields.event_time = Some(value),
                 Some(i) => fields.strings[i] = Some(value),
                 None => {}
             }
-            r.whitespace();
+            spaced |= r.whitespace();
             match r.next()? {
                 b',' => continue,
                 b'}' => break,
@@ -51,9 +61,14 @@ pub(super) fn parse(text: &str) -> Option<Fields<'_>> {
             }
         }
     }
-    r.whitespace();
+    spaced |= r.whitespace();
+    fields.canonical_layout = !spaced && in_order && keys == WRITTEN_ORDER.len();
     (r.at == text.len()).then_some(fields)
 }
+
+/// The places in [`NAMES`] of the fields in the order `canonical_payload::write` writes them
+/// (held to it by a test).
+const WRITTEN_ORDER: [usize; 9] = [2, 4, 3, 0, 8, 1, 7, 6, 5];
 
 /// The contract's field names: the string fields, then `event_time`.
 const NAMES: [&str; 9] = {
@@ -112,11 +127,13 @@ impl<'a> Reader<'a> {
         (self.text.as_bytes().get(self.at..end)? == word.as_bytes()).then(|| self.at = end)
     }
 
-    /// JSON's whitespace: space, tab, line feed, carriage return.
-    fn whitespace(&mut self) {
+    /// JSON's whitespace: space, tab, line feed, carriage return. True if there was any.
+    fn whitespace(&mut self) -> bool {
+        let start = self.at;
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.at += 1;
         }
+        self.at > start
     }
 
     /// A string without escapes or control characters, borrowed.
@@ -224,6 +241,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{field_of, string_end, string_end_from, NAMES};
+
+    #[test]
+    fn written_order_is_the_re_created_payloads() {
+        assert_eq!(super::WRITTEN_ORDER.map(|i| NAMES[i]), crate::contract::canonical_payload::names_in_written_order());
+    }
 
     #[test]
     fn field_names_are_found_by_length_and_bytes() {

@@ -4,6 +4,7 @@
 //! ad-event topic and its archive, the output records, the dead-letter record and the
 //! `record_uuid` derivation. No other layer names a contract field by string literal.
 
+pub mod canonical_payload;
 pub mod columns;
 mod dictionary_column;
 mod flat_json;

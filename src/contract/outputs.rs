@@ -67,7 +67,7 @@ fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 
 /// A JSON string as serde_json writes it: copied between quotes when nothing in it needs an
 /// escape, else serde_json's own escaping.
-fn json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
         serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
     } else {

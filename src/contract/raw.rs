@@ -16,6 +16,7 @@ use std::borrow::Cow;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::canonical_payload::{self, EventFields};
 use super::columns as c;
 use super::dictionary_column::DictionaryColumn;
 use super::flat_json;
@@ -89,12 +90,16 @@ impl MessageDecoder {
 
     /// `pos`: partition, offset, timestamp; `text`: the payload if it is UTF-8.
     fn append_parsed_text(&mut self, pos: (i32, i64, i64), payload: &[u8], text: Option<&str>, parsed: Result<Message, String>) {
-        match parsed {
-            Ok(Message::Object(fields)) => self.b.append(pos, &fields),
+        let recreated = match parsed {
+            Ok(Message::Object(fields)) => self.b.append(pos, &fields, payload),
             Ok(Message::Other(kind)) => self.b.append_not_json(pos, &format!("a JSON {kind}, not an object")),
             Err(e) => self.b.append_not_json(pos, &e),
+        };
+        if recreated {
+            self.b.raw.append_null();
+        } else {
+            self.b.append_raw(payload, text);
         }
-        self.b.append_raw(payload, text);
     }
 
     pub fn finish(self) -> RecordBatch {
@@ -151,6 +156,8 @@ pub fn is_not_json(decode_error: &StringArray, row: usize) -> bool {
 /// the payload where no unescaping is needed, or what else the JSON value was. Decoding
 /// straight into this instead of a `serde_json::Value` skips a map and a string allocation per
 /// field, which is most of the stream job's decoding cost.
+// One lives on the stack per message decoded; boxing the object would allocate per message.
+#[allow(clippy::large_enum_variant)]
 enum Message<'a> {
     Object(Fields<'a>),
     Other(&'static str),
@@ -162,6 +169,9 @@ enum Message<'a> {
 pub(super) struct Fields<'a> {
     pub(super) strings: [Option<Scalar<'a>>; c::AD_EVENT_STRING_FIELDS.len()],
     pub(super) event_time: Option<Scalar<'a>>,
+    /// Set by the fast path: the payload is the contract's fields, each once, in the order and
+    /// form [`canonical_payload::write`] writes them, if they are all of the right type.
+    pub(super) canonical_layout: bool,
 }
 
 /// One field's JSON value, reduced to what validation needs.
@@ -323,6 +333,7 @@ struct Builders {
     offset: Int64Builder,
     timestamp: TimestampMillisecondBuilder,
     decode_error: StringBuilder,
+    /// The payload, null when the row's fields re-create it ([`canonical_payload`]).
     raw: StringBuilder,
 }
 
@@ -346,7 +357,9 @@ impl Builders {
         }
     }
 
-    fn append(&mut self, (partition, offset, timestamp): (i32, i64, i64), fields: &Fields) {
+    /// Appends a JSON object's fields; true if they re-create `payload` byte for byte, so that
+    /// the payload column need not hold it.
+    fn append(&mut self, (partition, offset, timestamp): (i32, i64, i64), fields: &Fields, payload: &[u8]) -> bool {
         let mut errors: Vec<String> = Vec::new();
         let mut strings: [Option<&str>; c::AD_EVENT_STRING_FIELDS.len()] = Default::default();
         for (i, (value, name)) in fields.strings.iter().zip(c::AD_EVENT_STRING_FIELDS).enumerate() {
@@ -381,14 +394,22 @@ impl Builders {
         };
         self.event_time.append_option(event_time);
         self.position(partition, offset, timestamp);
-        if errors.is_empty() {
-            self.decode_error.append_null();
-        } else {
+        if !errors.is_empty() {
             self.decode_error.append_value(errors.join("; "));
+            return false;
         }
+        self.decode_error.append_null();
+        if cfg!(debug_assertions) && fields.canonical_layout {
+            let mut written = Vec::new();
+            let event = EventFields { ad_id, advertiser_id, campaign_id, event_id, event_time, event_type, region, store_id, user_id };
+            canonical_payload::write(&mut written, &event);
+            assert_eq!(written, payload, "the fast path's canonical layout must re-create the payload");
+        }
+        fields.canonical_layout
     }
 
-    fn append_not_json(&mut self, (partition, offset, timestamp): (i32, i64, i64), why: &str) {
+    /// Appends a message that is not a JSON object; false: its payload is kept.
+    fn append_not_json(&mut self, (partition, offset, timestamp): (i32, i64, i64), why: &str) -> bool {
         self.event_id.append_null();
         self.event_type.append_null();
         self.ad_id.append_null();
@@ -400,6 +421,7 @@ impl Builders {
         self.event_time.append_null();
         self.position(partition, offset, timestamp);
         self.decode_error.append_value(format!("{NOT_JSON}{why}"));
+        false
     }
 
     fn position(&mut self, partition: i32, offset: i64, timestamp: i64) {
@@ -562,6 +584,11 @@ mod tests {
         let flat = decode(|p| Ok(Message::Object(flat_json::parse(std::str::from_utf8(p).expect("accepted")).expect("accepted"))));
         let serde = decode(parse_serde_json);
         for (i, (a, b)) in flat.columns().iter().zip(serde.columns()).enumerate() {
+            // The fast path leaves out a payload its row re-creates, the general path never:
+            // `core::batch_view`'s `a_decoded_messages_payload_is_the_message` checks that.
+            if i == col::RAW_PAYLOAD {
+                continue;
+            }
             for (row, p) in accepted.iter().enumerate() {
                 if a.slice(row, 1).to_data() != b.slice(row, 1).to_data() {
                     let field = flat.schema().field(i).name().clone();
@@ -591,6 +618,16 @@ mod tests {
         assert!(matches!(fields.event_time, Some(Scalar::Int(1767225600123))));
         assert!(matches!(fields.strings[6], Some(Scalar::Null)));
         assert_eq!(flat_and_serde_json_agree(&[p.as_bytes().to_vec()]), Ok(1));
+        // Its row re-creates it, so its bytes are not kept; with other whitespace or another
+        // order of keys they are.
+        let spaced = p.replacen(",", ", ", 1);
+        let reordered = p.replacen(r#""ad_id":"ad-00017","advertiser_id":"adv-003""#, r#""advertiser_id":"adv-003","ad_id":"ad-00017""#, 1);
+        assert_ne!(reordered, p);
+        let batch = decode_messages(&[msg(0, p), msg(1, &spaced), msg(2, &reordered)]);
+        let raw = batch.column(col::RAW_PAYLOAD).as_string::<i32>();
+        assert!(raw.is_null(0));
+        assert_eq!(raw.value(1), spaced);
+        assert_eq!(raw.value(2), reordered);
     }
 
     /// Deep nesting never reaches sonic-rs (see [`parse`]). serde_json skips an ignored field
