@@ -65,7 +65,7 @@ pub struct OperatorState {
     /// Interned strings in id order; window keys refer to them by id.
     pub strings: Vec<String>,
     /// Dedupe keys with the ingest time of their counted arrival.
-    pub dedupe: Vec<(u128, i64)>,
+    pub dedupe: dedupe::Entries,
     pub windows: Vec<WindowValue>,
     pub fired_before: Option<i64>,
     pub epoch: u32,
@@ -399,7 +399,7 @@ impl AggregationOperator {
         let (windows, fired_before) = self.windows.entries();
         OperatorState {
             strings: self.strings.names().map(str::to_string).collect(),
-            dedupe: self.dedupe.entries().collect(),
+            dedupe: self.dedupe.snapshot(),
             windows,
             fired_before,
             epoch: self.epoch,
@@ -416,7 +416,7 @@ impl AggregationOperator {
         for s in &state.strings {
             op.strings.intern(s);
         }
-        op.dedupe = DedupeState::restore(state.dedupe);
+        op.dedupe = DedupeState::restore(state.dedupe.iter());
         op.windows = WindowTable::restore(state.windows, state.fired_before);
         op.epoch = state.epoch;
         op.ingest_watermark = state.ingest_watermark;
