@@ -79,9 +79,7 @@ impl Entries {
             (key, i64::from_le_bytes(e[16..].try_into().expect("8 bytes")))
         })
     }
-}
 
-impl Entries {
     fn with_capacity(n: usize) -> Self {
         Self(Vec::with_capacity(n * ENTRY))
     }
@@ -89,17 +87,6 @@ impl Entries {
     fn push(&mut self, key: u128, t: i64) {
         self.0.extend_from_slice(&key.to_le_bytes());
         self.0.extend_from_slice(&t.to_le_bytes());
-    }
-}
-
-impl FromIterator<(u128, i64)> for Entries {
-    fn from_iter<I: IntoIterator<Item = (u128, i64)>>(entries: I) -> Self {
-        let entries = entries.into_iter();
-        let mut out = Self::with_capacity(entries.size_hint().0);
-        for (key, t) in entries {
-            out.push(key, t);
-        }
-        out
     }
 }
 
