@@ -64,8 +64,9 @@ pub struct Args {
     stop_when_caught_up: bool,
     /// Watermark alignment: a partition with more rows than this waiting for the slower
     /// partitions is paused until it has half as many. Bounds the rows held in memory to about
-    /// this many per partition (each holds its message, ~0.4 KB for a 250-byte payload); lower
-    /// it for many partitions on little memory. On the 1M-message bench, 20 000 ran ~10 %
+    /// this many per partition (each holds its decoded fields, ~0.15 KB, and its payload's bytes
+    /// unless the fields re-create them, ~0.25 KB more for a 250-byte payload); lower it for
+    /// many partitions on little memory. On the 1M-message bench, 20 000 ran ~10 %
     /// slower than 50 000 and 5 000 slower still.
     #[arg(long, default_value_t = NonZeroUsize::new(50_000).expect("not zero"))]
     max_waiting_per_partition: NonZeroUsize,
@@ -110,7 +111,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         checkpoint_interval: a.checkpoint_interval,
         idle_timeout: a.idle_timeout,
         stop_when_caught_up: a.stop_when_caught_up,
-        // Larger polls cost memory (~0.4 KB a message while it is decoded and processed) and
+        // Larger polls cost memory (0.15-0.4 KB a message while it is decoded and processed) and
         // save per-poll work: 6 pairs on the 1M bench, 20 000 -> 50 000 gave sustained median
         // 436k -> 481k messages/s (faster in 5) for ~70 MB more peak RSS.
         max_poll: 50_000,

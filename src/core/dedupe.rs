@@ -73,6 +73,11 @@ impl Entries {
         self.0.is_empty()
     }
 
+    /// Their size encoded, the bulk of a snapshot's.
+    pub fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (u128, i64)> + '_ {
         self.0.chunks_exact(ENTRY).map(|e| {
             let key = u128::from_le_bytes(e[..16].try_into().expect("16 bytes"));

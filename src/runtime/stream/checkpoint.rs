@@ -39,7 +39,7 @@ pub enum CheckpointError {
 /// into a buffer sized for the dedupe entries, most of a snapshot's bytes: no copy of the
 /// payload and no doubling on the way (each a pass over fresh memory, which the kernel zeroes).
 pub fn encode(snap: &GroupSnapshot) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 4096 + snap.operator.dedupe.len() * 24 + snap.operator.windows.len() * 64);
+    let mut out = Vec::with_capacity(HEADER + 4096 + snap.operator.dedupe.encoded_len() + snap.operator.windows.len() * 64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.resize(HEADER, 0);
