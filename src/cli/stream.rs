@@ -81,7 +81,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    no_transparent_huge_pages();
     let mut rules = super::load_rules(a.job_file.as_deref())?;
     if let Some(t) = &a.topic {
         rules.input_topic = t.clone();
@@ -133,21 +132,4 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     eprint!("{}", summary.audit);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Turns transparent huge pages off for this process. mimalloc asks for them (`MADV_HUGEPAGE`
-/// on its arenas), and the kernel zeroes each 2 MiB page whole on its first touch however little
-/// of it is used: a tenth of the stream job's CPU samples, under huge-page faults, as its state
-/// and buffers grow. 5 alternating pairs on the 1M stream bench: sustained median 336k -> 362k
-/// messages/s (faster in all 5), system CPU 0.79 -> 0.61 s, peak RSS 446 -> 376 MB. A backfill
-/// keeps them: its dedupe table is probed at random, and without them it used 0.3 s more user
-/// CPU for the same wall time (4 pairs on 10 M events).
-fn no_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE takes no pointer; it sets a flag on this process's memory map.
-    unsafe {
-        if libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
-            tracing::debug!("prctl(PR_SET_THP_DISABLE): {}", std::io::Error::last_os_error());
-        }
-    }
 }
