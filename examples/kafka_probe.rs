@@ -3,10 +3,11 @@
 //!   kafka_probe read-rate BROKERS TOPIC
 //!       reads the whole topic read_committed, as a plain consumer copying each payload, and
 //!       prints `messages seconds rate`;
-//!   kafka_probe window-latency BROKERS TOPIC SECONDS
+//!   kafka_probe window-latency BROKERS TOPIC SECONDS [DELAYS_FILE]
 //!       tails an ad-metrics topic read_committed for SECONDS and prints, over the windows it
 //!       saw appear, the delay from each window's end to the moment its first record was
-//!       readable: `windows p50_ms p99_ms max_ms`.
+//!       readable: `windows p50_ms p99_ms max_ms`; with DELAYS_FILE, also appends each delay
+//!       to it, one per line, to pool several runs.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,7 +69,7 @@ fn read_rate(brokers: &str, topic: &str) {
     println!("{count} {secs:.3} {:.0}", count as f64 / secs);
 }
 
-fn window_latency(brokers: &str, topic: &str, seconds: u64) {
+fn window_latency(brokers: &str, topic: &str, seconds: u64, delays_file: Option<&str>) {
     let (c, _) = consumer(brokers, topic, Offset::End);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut seen = HashSet::new();
@@ -83,6 +84,13 @@ fn window_latency(brokers: &str, topic: &str, seconds: u64) {
         }
     }
     delays.sort_unstable();
+    if let Some(path) = delays_file {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("delays file");
+        for d in &delays {
+            writeln!(f, "{d}").expect("write delays");
+        }
+    }
     let q = |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(-1);
     println!("{} {} {} {}", delays.len(), q(0.5), q(0.99), delays.last().copied().unwrap_or(-1));
 }
@@ -91,9 +99,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("read-rate") => read_rate(&args[2], &args[3]),
-        Some("window-latency") => window_latency(&args[2], &args[3], args[4].parse().expect("seconds")),
+        Some("window-latency") => window_latency(&args[2], &args[3], args[4].parse().expect("seconds"), args.get(5).map(String::as_str)),
         _ => {
-            eprintln!("usage: kafka_probe read-rate BROKERS TOPIC | window-latency BROKERS TOPIC SECONDS");
+            eprintln!("usage: kafka_probe read-rate BROKERS TOPIC | window-latency BROKERS TOPIC SECONDS [DELAYS_FILE]");
             std::process::exit(2);
         }
     }

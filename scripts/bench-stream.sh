@@ -24,7 +24,12 @@
 #    the send time, which compresses the generated timeline, so a generated retry minutes
 #    after its original would open a window minutes in the past, and a window first opened by
 #    a late event cannot be readable before that event arrives. One-minute windows all end on
-#    the minute, so each minute gives one burst of samples: run long enough for several.
+#    the minute, so each minute gives one burst of samples. The delay of a burst is set by
+#    where the minute falls in the 10 s checkpoint cycle, which divides the minute: within one
+#    job run every burst sees about the same phase (stop 19 saw p50 = p99 = max). So the
+#    live measurement is repeated LIVE_PHASES times (default 4), each on fresh topics with a
+#    job started at a different offset in the 10 s cycle (0, 2.5, 5, 7.5 s), and the delays of
+#    all runs are pooled for p50/p99/max; each run's own figures are printed too.
 #
 # Targets (issue 3): stream rate >= 70% of the plain consumer's; p99 delay < out-of-orderness
 # + checkpoint interval + 1 s = 21 s.
@@ -70,12 +75,26 @@ done
 read -r median_pct best_pct < <(printf '%s\n' "${pcts[@]}" | sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[NR]}')
 echo "sustained rate over $RUNS runs (warm-up left out): median $median_pct%, best $best_pct% of the plain consumer (target 70%)"
 
-# Latency: a fresh topic and group, live timestamps. The producer creates the topic.
-"$BIN" produce --brokers "$BROKER" --topic live-events --live --rate "$LIVE_RATE" --events $((LIVE_RATE * (LIVE_SECONDS + 20))) \
-  --hours 1 --ads 2000 --partitions 8 --seed 4 --late-fraction 0 --duplicate-fraction 0 --malformed-fraction 0 >/dev/null 2>&1 &
-sleep 2
-"$BIN" stream --job aggregation --brokers "$BROKER" --checkpoint "$WORK/ckpt-live" --topic live-events \
-  --metrics-topic live-metrics --group live --log adsproc=debug,warn > "$WORK/live.out" 2>&1 &
-read -r windows p50 p99 max < <("$PROBE" window-latency "$BROKER" live-metrics "$LIVE_SECONDS")
-grep -o 'checkpoint took [0-9.]*[mµn]*s' "$WORK/live.out" | awk '{print $3}' | sort -V | tail -1 | sed 's/^/slowest checkpoint (snapshots + commits): /'
-echo "window end → committed record readable, $windows windows at $LIVE_RATE events/s: p50 $p50 ms, p99 $p99 ms, max $max ms (target p99 < 21000 ms)"
+# Latency: fresh topics and group per phase, live timestamps. The producer creates the topic.
+LIVE_PHASES=${LIVE_PHASES:-4}
+DELAYS="$WORK/delays"
+: > "$DELAYS"
+for phase in $(seq 0 $((LIVE_PHASES - 1))); do
+  # Start the job at offset phase * 10 / LIVE_PHASES s in the 10 s cycle of the wall clock (the
+  # producer runs 2 s ahead of it).
+  python3 -c "import time; o = $phase * 10 / $LIVE_PHASES; time.sleep((o - 2 - time.time()) % 10)"
+  "$BIN" produce --brokers "$BROKER" --topic "live-events-$phase" --live --rate "$LIVE_RATE" --events $((LIVE_RATE * (LIVE_SECONDS + 20))) \
+    --hours 1 --ads 2000 --partitions 8 --seed 4 --late-fraction 0 --duplicate-fraction 0 --malformed-fraction 0 >/dev/null 2>&1 &
+  producer=$!
+  sleep 2
+  "$BIN" stream --job aggregation --brokers "$BROKER" --checkpoint "$WORK/ckpt-live-$phase" --topic "live-events-$phase" \
+    --metrics-topic "live-metrics-$phase" --group "live-$phase" --log adsproc=debug,warn > "$WORK/live-$phase.out" 2>&1 &
+  job=$!
+  read -r windows p50 p99 max < <("$PROBE" window-latency "$BROKER" "live-metrics-$phase" "$LIVE_SECONDS" "$DELAYS")
+  kill "$job" "$producer" 2>/dev/null || true
+  wait "$job" "$producer" 2>/dev/null || true
+  echo "latency, job started at $(python3 -c "print($phase * 10 / $LIVE_PHASES)") s of the 10 s cycle: $windows windows, p50 $p50 ms, p99 $p99 ms, max $max ms"
+done
+cat "$WORK"/live-*.out | grep -o 'checkpoint took [0-9.]*[mµn]*s' | awk '{print $3}' | sort -V | tail -1 | sed 's/^/slowest checkpoint (snapshots + commits): /'
+read -r windows p50 p99 max < <(sort -n "$DELAYS" | awk '{a[NR] = $1} END {i50 = int((NR - 1) * 0.5 + 0.5) + 1; i99 = int((NR - 1) * 0.99 + 0.5) + 1; print NR, a[i50], a[i99], a[NR]}')
+echo "window end → committed record readable, $windows windows over $LIVE_PHASES phases at $LIVE_RATE events/s: p50 $p50 ms, p99 $p99 ms, max $max ms (target p99 < 21000 ms)"
