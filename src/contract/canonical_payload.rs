@@ -49,8 +49,31 @@ fn in_written_order<'a>(f: &EventFields<'a>) -> [(&'static str, Value<'a>); 9] {
 
 /// The field names in the order [`write`] writes them.
 #[cfg(test)]
-pub(super) fn names_in_written_order() -> [&'static str; 9] {
+pub(crate) fn names_in_written_order() -> [&'static str; 9] {
     in_written_order(&EventFields::default()).map(|(name, _)| name)
+}
+
+/// The fields as serde_json writes a map of them: what [`write`] must produce, computed
+/// independently of it, for the tests here and `core::batch_view`'s.
+#[cfg(test)]
+pub(crate) fn serde_json_map_of(f: &EventFields<'_>) -> String {
+    use serde_json::{Map, Value};
+    let s = |v: Option<&str>| v.map_or(Value::Null, |v| Value::String(v.into()));
+    let mut m = Map::new();
+    for (name, value) in [
+        (c::EVENT_ID, s(f.event_id)),
+        (c::EVENT_TYPE, s(f.event_type)),
+        (c::AD_ID, s(f.ad_id)),
+        (c::CAMPAIGN_ID, s(f.campaign_id)),
+        (c::ADVERTISER_ID, s(f.advertiser_id)),
+        (c::USER_ID, s(f.user_id)),
+        (c::STORE_ID, s(f.store_id)),
+        (c::EVENT_TIME, f.event_time.map_or(Value::Null, Value::from)),
+        (c::REGION, s(f.region)),
+    ] {
+        m.insert(name.to_string(), value);
+    }
+    Value::Object(m).to_string()
 }
 
 /// Appends the fields' JSON object to `out`. The names need no escaping.
@@ -71,28 +94,8 @@ pub fn write(out: &mut Vec<u8>, f: &EventFields<'_>) {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use serde_json::{Map, Value};
 
     use super::*;
-
-    fn as_map(f: &EventFields<'_>) -> String {
-        let s = |v: Option<&str>| v.map_or(Value::Null, |v| Value::String(v.into()));
-        let mut m = Map::new();
-        for (name, value) in [
-            (c::EVENT_ID, s(f.event_id)),
-            (c::EVENT_TYPE, s(f.event_type)),
-            (c::AD_ID, s(f.ad_id)),
-            (c::CAMPAIGN_ID, s(f.campaign_id)),
-            (c::ADVERTISER_ID, s(f.advertiser_id)),
-            (c::USER_ID, s(f.user_id)),
-            (c::STORE_ID, s(f.store_id)),
-            (c::EVENT_TIME, f.event_time.map_or(Value::Null, Value::from)),
-            (c::REGION, s(f.region)),
-        ] {
-            m.insert(name.to_string(), value);
-        }
-        Value::Object(m).to_string()
-    }
 
     proptest! {
         /// The re-creation is serde_json's map of the fields, byte for byte.
@@ -105,7 +108,7 @@ mod tests {
             let f = EventFields { ad_id, advertiser_id, campaign_id, event_id, event_time, event_type, region, store_id, user_id };
             let mut out = Vec::new();
             write(&mut out, &f);
-            prop_assert_eq!(String::from_utf8(out).unwrap(), as_map(&f));
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json_map_of(&f));
         }
     }
 }

@@ -238,19 +238,23 @@ mod tests {
     use arrow::array::{ArrayRef, DictionaryArray, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Int32Type};
     use proptest::prelude::*;
-    use serde_json::{Map, Value};
 
     use super::*;
 
     /// The payload as a `serde_json::Map` writes it: the rule [`BatchView::payload`] follows.
     fn map_payload(fields: &[Option<String>; 8], event_time: Option<i64>) -> String {
-        let names = [c::EVENT_ID, c::EVENT_TYPE, c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID, c::USER_ID, c::STORE_ID, c::REGION];
-        let mut m = Map::new();
-        for (name, v) in names.iter().zip(fields) {
-            m.insert(name.to_string(), v.clone().map(Value::String).unwrap_or(Value::Null));
-        }
-        m.insert(c::EVENT_TIME.to_string(), event_time.map(Value::from).unwrap_or(Value::Null));
-        Value::Object(m).to_string()
+        let [event_id, event_type, ad_id, campaign_id, advertiser_id, user_id, store_id, region] = fields.each_ref().map(|f| f.as_deref());
+        canonical_payload::serde_json_map_of(&EventFields {
+            ad_id,
+            advertiser_id,
+            campaign_id,
+            event_id,
+            event_time,
+            event_type,
+            region,
+            store_id,
+            user_id,
+        })
     }
 
     fn batch_of(fields: &[Option<String>; 8], event_time: Option<i64>) -> RecordBatch {
@@ -357,9 +361,7 @@ mod tests {
     /// one change or none: two keys swapped, a key dropped, repeated or added, whitespace, a
     /// byte replaced or removed.
     fn message() -> impl Strategy<Value = Vec<u8>> {
-        let mut names =
-            [c::EVENT_ID, c::EVENT_TYPE, c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID, c::USER_ID, c::STORE_ID, c::EVENT_TIME, c::REGION];
-        names.sort_unstable();
+        let names = canonical_payload::names_in_written_order();
         let values: Vec<BoxedStrategy<String>> =
             names.iter().map(|&n| if n == c::EVENT_TIME { time_value().boxed() } else { string_value().boxed() }).collect();
         (values, 0..9u8, any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<u8>()).prop_map(
