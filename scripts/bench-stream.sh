@@ -24,9 +24,11 @@
 #    the send time, which compresses the generated timeline, so a generated retry minutes
 #    after its original would open a window minutes in the past, and a window first opened by
 #    a late event cannot be readable before that event arrives. One-minute windows all end on
-#    the minute, so each minute gives one burst of samples. The delay of a burst is set by
+#    the minute, so each minute gives one burst of samples. The delay of a burst depends on
 #    where the minute falls in the 10 s checkpoint cycle, which divides the minute: within one
-#    job run every burst sees about the same phase (stop 19 saw p50 = p99 = max). So the
+#    job run every burst sees about the same phase (stop 19 saw p50 = p99 = max). Since the
+#    job also checkpoints when windows fire (--min-checkpoint-pause, default 5 s), the phase
+#    matters only when the last checkpoint was less than that pause before the firing. So the
 #    live measurement is repeated LIVE_PHASES times (default 4), each on fresh topics with a
 #    job started at a different offset in the 10 s cycle (0, 2.5, 5, 7.5 s), and the delays of
 #    all runs are pooled for p50/p99/max; each run's own figures are printed too.

@@ -60,6 +60,7 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
     let opts = StreamOptions {
         key_groups: 2,
         checkpoint_interval: Duration::from_millis(200),
+        min_checkpoint_pause: Duration::from_millis(100),
         idle_timeout: Duration::from_secs(3600),
         stop_when_caught_up: true,
         max_poll: s.poll_size,

@@ -1,5 +1,5 @@
 //! The stream job's loop: poll → driver → transactional output, with a checkpoint every
-//! interval, as a two-phase commit:
+//! interval (and early when windows fire, see [`CheckpointTrigger`]), as a two-phase commit:
 //!
 //! 1. *pre-commit*: every owned key group's snapshot goes to the checkpoint store under the
 //!    next sequence number;
@@ -32,6 +32,7 @@ use arrow::array::RecordBatch;
 
 use super::checkpoint::{self, CheckpointStore};
 use super::driver::{GroupRecords, StreamDriver};
+use super::trigger::CheckpointTrigger;
 use crate::contract::outputs::{AdMetric, DeadLetter};
 use crate::contract::time::rfc3339;
 use crate::core::audit::Audit;
@@ -90,6 +91,9 @@ pub trait Broker {
 pub struct StreamOptions {
     pub key_groups: u32,
     pub checkpoint_interval: Duration,
+    /// Once this long has passed since the last checkpoint, fired windows trigger one at once
+    /// (see [`CheckpointTrigger`]); at or above the interval, only the interval does.
+    pub min_checkpoint_pause: Duration,
     /// A partition at its end for this long stops holding the watermark back.
     pub idle_timeout: Duration,
     /// Exit (after a final checkpoint) once every partition has been read to its end.
@@ -126,6 +130,8 @@ pub fn run(
     let mut seqs: BTreeMap<u32, u64> = BTreeMap::new();
     let mut summary = StreamSummary::default();
     let mut last_checkpoint = Instant::now();
+    let mut trigger =
+        CheckpointTrigger::new(opts.checkpoint_interval, opts.min_checkpoint_pause, rules.out_of_orderness_ms, rules.window_ms);
     let mut first_message: Option<Instant> = None;
     // Records drained after a poll are sent while the next poll is read and decoded
     // (`send_and_poll`): sending is serial, and the cores would otherwise wait for it.
@@ -158,6 +164,7 @@ pub fn run(
                 broker.begin(*g)?;
             }
             last_checkpoint = Instant::now();
+            trigger.taken(driver.ingest_watermark());
             continue;
         }
         if !owned {
@@ -186,7 +193,7 @@ pub fn run(
         }
         unsent = driver.drain_by_group();
         let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && polled == 0 && broker.caught_up());
-        if stop || last_checkpoint.elapsed() >= opts.checkpoint_interval {
+        if stop || trigger.due(last_checkpoint.elapsed(), driver.ingest_watermark()) {
             // A checkpoint's transactions carry every record drained before its snapshots.
             broker.send_records(&unsent)?;
             count_sent(&mut summary, &mut unsent);
@@ -198,6 +205,7 @@ pub fn run(
             summary.checkpoints += 1;
             summary.busy = first_message.map(|t| t.elapsed()).unwrap_or_default();
             last_checkpoint = started;
+            trigger.taken(driver.ingest_watermark());
             tracing::debug!("checkpoint took {:?}", started.elapsed());
             let a = driver.audit();
             tracing::info!(

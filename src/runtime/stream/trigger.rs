@@ -1,0 +1,113 @@
+//! When the stream job takes a checkpoint, i.e. commits its output transaction.
+//!
+//! Every interval, as Flink does; and early, once a minimum pause has passed, when the
+//! watermark has fired windows since the last one. A window's on-time result is drained the
+//! moment the watermark passes its end, but is readable only when its transaction commits: on
+//! the interval alone it waits 0 to one interval for that, depending on where the window's end
+//! falls in the checkpoint cycle, so a window was readable out-of-orderness + up to an interval
+//! after its end. Committing when windows fire makes it out-of-orderness + the consumer's lag +
+//! one commit, at any phase of the cycle. Live, windows fire once per window size, so this adds
+//! at most one checkpoint per window; the pause bounds what it can add while a backlog is read
+//! (when the watermark passes window ends in quick succession).
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct CheckpointTrigger {
+    interval: Duration,
+    min_pause: Duration,
+    out_of_orderness_ms: i64,
+    window_ms: i64,
+    /// [`fired_windows`] of the ingest watermark at the last checkpoint.
+    fired_at_last: Option<i64>,
+}
+
+impl CheckpointTrigger {
+    pub fn new(interval: Duration, min_pause: Duration, out_of_orderness_ms: i64, window_ms: i64) -> Self {
+        assert!(window_ms > 0);
+        Self { interval, min_pause, out_of_orderness_ms, window_ms, fired_at_last: None }
+    }
+
+    /// Whether to checkpoint now, `since_last` after the last one began, with the driver's
+    /// ingest watermark at `watermark` (the records it fired are drained already).
+    pub fn due(&self, since_last: Duration, watermark: Option<i64>) -> bool {
+        if since_last >= self.interval {
+            return true;
+        }
+        // Without a watermark at the last checkpoint (a fresh start) nothing can have fired
+        // since: windows exist only after the first rows.
+        let fired_since = matches!((self.fired_at_last, self.fired(watermark)), (Some(a), Some(b)) if b > a);
+        since_last >= self.min_pause && fired_since
+    }
+
+    /// Records a checkpoint (or a restore) taken at `watermark`.
+    pub fn taken(&mut self, watermark: Option<i64>) {
+        self.fired_at_last = self.fired(watermark);
+    }
+
+    fn fired(&self, watermark: Option<i64>) -> Option<i64> {
+        watermark.filter(|w| *w > i64::MIN).map(|w| fired_windows(w, self.out_of_orderness_ms, self.window_ms))
+    }
+}
+
+/// How many window ends (counted from the epoch) the watermark has fired at ingest watermark
+/// `w`: window [s, e) fires once the event-time watermark `w` − out-of-orderness reaches `e`
+/// (as `AggregationOperator::advance_ingest_watermark` does), so this grows by one exactly
+/// when a new window end is passed.
+fn fired_windows(w: i64, out_of_orderness_ms: i64, window_ms: i64) -> i64 {
+    w.saturating_sub(out_of_orderness_ms).div_euclid(window_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const OOO: i64 = 10_000;
+
+    fn trigger() -> CheckpointTrigger {
+        CheckpointTrigger::new(Duration::from_secs(10), Duration::from_secs(5), OOO, MIN)
+    }
+
+    fn s(secs: f64) -> Duration {
+        Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn fires_exactly_when_a_window_end_plus_out_of_orderness_is_passed() {
+        let end = 5 * MIN;
+        assert_eq!(fired_windows(end + OOO - 1, OOO, MIN), 4);
+        assert_eq!(fired_windows(end + OOO, OOO, MIN), 5);
+        assert_eq!(fired_windows(end + OOO + MIN - 1, OOO, MIN), 5);
+        // Before the epoch too (div_euclid, not truncation).
+        assert_eq!(fired_windows(OOO - 1, OOO, MIN), -1);
+    }
+
+    #[test]
+    fn the_interval_always_triggers() {
+        let mut t = trigger();
+        t.taken(Some(MIN));
+        assert!(!t.due(s(9.9), Some(MIN + 1)));
+        assert!(t.due(s(10.0), Some(MIN + 1)));
+        // No watermark yet: only the interval.
+        let t = trigger();
+        assert!(!t.due(s(9.9), None));
+        assert!(t.due(s(10.0), None));
+    }
+
+    #[test]
+    fn a_fired_window_triggers_after_the_pause_only() {
+        let mut t = trigger();
+        // Last checkpoint at ingest watermark 1:09.9: window [0:00, 1:00) fires at 1:10.
+        t.taken(Some(MIN + OOO - 100));
+        assert!(!t.due(s(6.0), Some(MIN + OOO - 1)), "nothing fired yet");
+        assert!(t.due(s(6.0), Some(MIN + OOO)), "fired, pause passed");
+        assert!(!t.due(s(4.9), Some(MIN + OOO)), "fired, but within the pause");
+        // Once taken at that watermark, the same firing does not trigger again.
+        t.taken(Some(MIN + OOO));
+        assert!(!t.due(s(6.0), Some(MIN + OOO + 5_000)));
+        // The first watermark after a fresh start is no firing.
+        let t = trigger();
+        assert!(!t.due(s(5.0), Some(MIN + OOO)));
+    }
+}
