@@ -148,3 +148,33 @@ fn backfill_from_s3_to_s3_equals_the_local_run_record_for_record() {
     }
     assert!(Path::new(&local_out).join("ad-metrics/dt=2026-01-01/hr=01").exists());
 }
+
+/// The stream job's checkpoint store on S3: every group's checkpoint written at once comes
+/// back byte for byte, pruning removes only the older ones, and a missing one is an error
+/// that names it.
+#[test]
+fn checkpoints_round_trip_through_s3() {
+    use adsproc::runtime::stream::checkpoint::CheckpointStore;
+    let moto = start_moto();
+    create_bucket(&moto.endpoint, "state");
+    let opts = s3_options(&moto.endpoint);
+    let kv: Vec<(String, String)> = opts.chunks(2).map(|c| adsproc::connector::store::parse_key_value(&c[1]).unwrap()).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let location = adsproc::connector::store::open("s3://state/agg", &kv, true).unwrap();
+    let store = adsproc::connector::checkpoint_store::ObjectCheckpoints::new(location, rt.handle().clone());
+    let bytes = |g: u32, seq: u64| -> Vec<u8> { (0..1000 + g as usize * 7 + seq as usize).map(|i| (i as u64 * 31 + seq * 7 + g as u64) as u8).collect() };
+    for seq in 1..=3 {
+        store.put_all((0..4).map(|g| (g, seq, bytes(g, seq))).collect()).unwrap();
+    }
+    for g in 0..4 {
+        for seq in 1..=3 {
+            assert_eq!(store.get(g, seq).unwrap(), bytes(g, seq), "group {g}, checkpoint {seq}");
+        }
+        store.prune(g, 3).unwrap();
+        assert_eq!(store.get(g, 3).unwrap(), bytes(g, 3));
+        for seq in 1..=2 {
+            let e = format!("{:#}", store.get(g, seq).unwrap_err());
+            assert!(e.contains("is missing") && e.contains(&format!("kg-{g:04}/{seq:020}.ckpt")), "{e}");
+        }
+    }
+}

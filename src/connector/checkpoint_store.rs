@@ -28,11 +28,17 @@ impl ObjectCheckpoints {
 }
 
 impl CheckpointStore for ObjectCheckpoints {
-    fn put(&self, g: u32, seq: u64, bytes: Vec<u8>) -> anyhow::Result<()> {
-        let path = self.path(g, seq);
-        self.rt
-            .block_on(self.location.store.put(&path, PutPayload::from(bytes)))
-            .with_context(|| format!("cannot write checkpoint {}", self.url(g, seq)))?;
+    /// All at once: one round trip's wait for all the groups' puts on S3, and on a local
+    /// directory the writes run on tokio's blocking threads in parallel.
+    fn put_all(&self, checkpoints: Vec<(u32, u64, Vec<u8>)>) -> anyhow::Result<()> {
+        let puts = checkpoints.into_iter().map(|(g, seq, bytes)| async move {
+            self.location
+                .store
+                .put(&self.path(g, seq), PutPayload::from(bytes))
+                .await
+                .with_context(|| format!("cannot write checkpoint {}", self.url(g, seq)))
+        });
+        self.rt.block_on(futures::future::try_join_all(puts))?;
         Ok(())
     }
 

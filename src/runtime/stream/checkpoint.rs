@@ -82,7 +82,9 @@ pub fn decode(bytes: &[u8]) -> Result<GroupSnapshot, CheckpointError> {
 
 /// Where a runtime keeps checkpoints. Sequence numbers start at 1.
 pub trait CheckpointStore {
-    fn put(&self, key_group: u32, seq: u64, bytes: Vec<u8>) -> anyhow::Result<()>;
+    /// Writes checkpoints, `(key group, seq, bytes)`, all of them before it returns Ok. An
+    /// object store's puts are round trips, and a checkpoint writes every owned group's.
+    fn put_all(&self, checkpoints: Vec<(u32, u64, Vec<u8>)>) -> anyhow::Result<()>;
     /// The checkpoint's bytes; an error naming the location if it is missing.
     fn get(&self, key_group: u32, seq: u64) -> anyhow::Result<Vec<u8>>;
     /// Deletes the group's checkpoints numbered below `keep_from`.

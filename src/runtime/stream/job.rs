@@ -201,12 +201,12 @@ pub fn run(
             // most one interval (plus one commit) for its transaction, however long a
             // checkpoint takes.
             let started = Instant::now();
-            checkpoint_now(&driver, &mut seqs, broker, store)?;
+            let took = checkpoint_now(&driver, &mut seqs, broker, store)?;
             summary.checkpoints += 1;
             summary.busy = first_message.map(|t| t.elapsed()).unwrap_or_default();
             last_checkpoint = started;
             trigger.taken(driver.ingest_watermark());
-            tracing::debug!("checkpoint took {:?}", started.elapsed());
+            tracing::debug!("checkpoint took {:?} ({took})", started.elapsed());
             let a = driver.audit();
             tracing::info!(
                 "checkpoint {:?}: read {} counted {} duplicates {} invalid {} late {}; watermark {}; {} rows waiting",
@@ -259,18 +259,21 @@ fn aligned(waiting: &BTreeMap<i32, usize>, paused: &BTreeSet<i32>, partitions: &
     want
 }
 
-fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: &mut dyn Broker, store: &dyn CheckpointStore) -> anyhow::Result<()> {
+/// Returns where the time went, for the debug log.
+fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: &mut dyn Broker, store: &dyn CheckpointStore) -> anyhow::Result<String> {
+    let t0 = Instant::now();
     let next: BTreeMap<u32, u64> = driver.owned_groups().map(|g| (g, seqs.get(&g).copied().unwrap_or(0) + 1)).collect();
-    // Snapshots are encoded on rayon threads (a group's keyed state can be large); the
-    // store writes stay on this thread.
+    // Snapshots are encoded on rayon threads (a group's keyed state can be large), then
+    // written together.
     let encoded: Vec<_> = next
         .par_iter()
         .map(|(g, n)| (*g, *n, checkpoint::encode(&driver.snapshot_group(*g).expect("owned"))))
         .collect();
-    for (g, n, bytes) in encoded {
-        store.put(g, n, bytes)?;
-    }
+    let t1 = Instant::now();
+    store.put_all(encoded)?;
+    let t2 = Instant::now();
     broker.commit(&next)?;
+    let took = format!("encoding {:?}, writing {:?}, committing {:?}", t1 - t0, t2 - t1, t2.elapsed());
     for (g, n) in &next {
         seqs.insert(*g, *n);
         // Only the committed checkpoint should ever be restored now; two older ones stay as a
@@ -281,7 +284,7 @@ fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: 
             tracing::warn!("{e:#}");
         }
     }
-    Ok(())
+    Ok(took)
 }
 
 #[cfg(test)]
