@@ -162,7 +162,9 @@ fn checkpoints_round_trip_through_s3() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let location = adsproc::connector::store::open("s3://state/agg", &kv, true).unwrap();
     let store = adsproc::connector::checkpoint_store::ObjectCheckpoints::new(location, rt.handle().clone());
-    let bytes = |g: u32, seq: u64| -> Vec<u8> { (0..1000 + g as usize * 7 + seq as usize).map(|i| (i as u64 * 31 + seq * 7 + g as u64) as u8).collect() };
+    let bytes = |g: u32, seq: u64| -> Vec<u8> {
+        (0..1000 + g as usize * 7 + seq as usize).map(|i| (i as u64 * 31 + seq * 7 + g as u64) as u8).collect()
+    };
     for seq in 1..=3 {
         store.put_all((0..4).map(|g| (g, seq, bytes(g, seq))).collect()).unwrap();
     }
