@@ -48,13 +48,30 @@ fn start_moto() -> Moto {
     moto
 }
 
-/// CreateBucket: object_store reads and writes objects but does not create buckets.
+/// CreateBucket: object_store reads and writes objects but does not create buckets. Retried
+/// on I/O errors: once, in the suite, with two tests starting their servers at the same time, a
+/// moto_server that was already listening reset this connection (not reproduced since, also
+/// not with both cores kept busy).
 fn create_bucket(endpoint: &str, bucket: &str) {
     let addr = endpoint.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
+    let attempt = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match attempt() {
+            Ok(reply) => break reply,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("CreateBucket {bucket}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("CreateBucket {bucket} on {addr}: {e}"),
+        }
+    };
     assert!(reply.starts_with("HTTP/1.1 200"), "CreateBucket failed: {reply}");
 }
 

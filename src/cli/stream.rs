@@ -17,8 +17,8 @@ use crate::runtime::stream::job::{run as run_stream, StreamOptions};
 #[derive(clap::Args, Debug)]
 #[command(
     long_about = "Run the job live from Kafka. Reads the input topic read_committed and writes ad-metrics and \
-the dead-letter topic through a transactional producer. Every --checkpoint-interval it writes each key group's \
-state and source positions to --checkpoint, then commits one transaction holding the outputs since the last \
+the dead-letter topic through a transactional producer. Every --checkpoint-interval (and as soon as windows \
+fire, see --min-checkpoint-pause) it writes each key group's state and source positions to --checkpoint, then commits one transaction holding the outputs since the last \
 checkpoint and the checkpoint numbers (as the group's offsets on the key-group topic). After a crash it restores \
 the committed checkpoints: nothing lost, nothing repeated. Several processes with one --group and distinct \
 --instance ids share the key groups; a group's state moves with it.",
