@@ -7,7 +7,9 @@
 //!       tails an ad-metrics topic read_committed for SECONDS and prints, over the windows it
 //!       saw appear, the delay from each window's end to the moment its first record was
 //!       readable: `windows p50_ms p99_ms max_ms`; with DELAYS_FILE, also appends each delay
-//!       to it, one per line, to pool several runs.
+//!       to it, one per line, to pool several runs;
+//!   kafka_probe delays DELAYS_FILE
+//!       prints the same summary of the delays in such a file.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -83,7 +85,6 @@ fn window_latency(brokers: &str, topic: &str, seconds: u64, delays_file: Option<
             }
         }
     }
-    delays.sort_unstable();
     if let Some(path) = delays_file {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("delays file");
@@ -91,8 +92,19 @@ fn window_latency(brokers: &str, topic: &str, seconds: u64, delays_file: Option<
             writeln!(f, "{d}").expect("write delays");
         }
     }
+    print_delays(delays);
+}
+
+/// `windows p50_ms p99_ms max_ms` (nearest rank; -1 for none).
+fn print_delays(mut delays: Vec<i64>) {
+    delays.sort_unstable();
     let q = |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(-1);
     println!("{} {} {} {}", delays.len(), q(0.5), q(0.99), delays.last().copied().unwrap_or(-1));
+}
+
+fn pooled_delays(path: &str) {
+    let text = std::fs::read_to_string(path).expect("delays file");
+    print_delays(text.lines().map(|l| l.trim().parse().expect("a delay in ms per line")).collect());
 }
 
 fn main() {
@@ -100,8 +112,11 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("read-rate") => read_rate(&args[2], &args[3]),
         Some("window-latency") => window_latency(&args[2], &args[3], args[4].parse().expect("seconds"), args.get(5).map(String::as_str)),
+        Some("delays") => pooled_delays(&args[2]),
         _ => {
-            eprintln!("usage: kafka_probe read-rate BROKERS TOPIC | window-latency BROKERS TOPIC SECONDS [DELAYS_FILE]");
+            eprintln!(
+                "usage: kafka_probe read-rate BROKERS TOPIC | window-latency BROKERS TOPIC SECONDS [DELAYS_FILE] | delays DELAYS_FILE"
+            );
             std::process::exit(2);
         }
     }

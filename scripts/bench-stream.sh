@@ -98,5 +98,5 @@ for phase in $(seq 0 $((LIVE_PHASES - 1))); do
   echo "latency, job started at $(python3 -c "print($phase * 10 / $LIVE_PHASES)") s of the 10 s cycle: $windows windows, p50 $p50 ms, p99 $p99 ms, max $max ms"
 done
 cat "$WORK"/live-*.out | grep -o 'checkpoint took [0-9.]*[mµn]*s' | awk '{print $3}' | sort -V | tail -1 | sed 's/^/slowest checkpoint (snapshots + commits): /'
-read -r windows p50 p99 max < <(sort -n "$DELAYS" | awk '{a[NR] = $1} END {i50 = int((NR - 1) * 0.5 + 0.5) + 1; i99 = int((NR - 1) * 0.99 + 0.5) + 1; print NR, a[i50], a[i99], a[NR]}')
+read -r windows p50 p99 max < <("$PROBE" delays "$DELAYS")
 echo "window end → committed record readable, $windows windows over $LIVE_PHASES phases at $LIVE_RATE events/s: p50 $p50 ms, p99 $p99 ms, max $max ms (target p99 < 21000 ms)"
