@@ -18,8 +18,8 @@ use crate::runtime::stream::job::{run as run_stream, StreamOptions};
 #[command(
     long_about = "Run the job live from Kafka. Reads the input topic read_committed and writes ad-metrics and \
 the dead-letter topic through a transactional producer. Every --checkpoint-interval (and as soon as windows \
-fire, see --min-checkpoint-pause) it writes each key group's state and source positions to --checkpoint, then commits one transaction holding the outputs since the last \
-checkpoint and the checkpoint numbers (as the group's offsets on the key-group topic). After a crash it restores \
+fire, see --min-checkpoint-pause) it writes each key group's state and source positions to --checkpoint, then \
+commits one transaction holding the outputs since the last checkpoint and the checkpoint numbers (as the group's offsets on the key-group topic). After a crash it restores \
 the committed checkpoints: nothing lost, nothing repeated. Several processes with one --group and distinct \
 --instance ids share the key groups; a group's state moves with it.",
     after_help = "Examples:\n  adsproc stream --job aggregation --brokers 127.0.0.1:9092 --checkpoint ./checkpoints\n  adsproc stream --job aggregation --brokers kafka:9092 --checkpoint s3://ads-state/agg \\\n      --instance 2 -X security.protocol=ssl --checkpoint-interval 5s\n\nSIGINT or SIGTERM: finish a final checkpoint, commit, exit 0.\nExit status: 0 on a clean stop, 2 on an error."
