@@ -98,6 +98,19 @@ struct Candidate {
     advertiser: u32,
 }
 
+/// The event-time watermark at ingest watermark `t`: no on-time event can be earlier.
+fn event_watermark(rules: &AggregationRules, t: i64) -> i64 {
+    t.saturating_sub(rules.out_of_orderness_ms)
+}
+
+/// How many window ends, counted from the Unix epoch, the operator has fired at ingest
+/// watermark `t`: it grows by one exactly when [`AggregationOperator::advance_ingest_watermark`]
+/// passes another window end, so a runtime can tell whether windows fired between two
+/// watermarks (the stream job checkpoints then) without restating the firing rule.
+pub fn window_ends_fired(rules: &AggregationRules, t: i64) -> i64 {
+    event_watermark(rules, t).div_euclid(rules.window_ms)
+}
+
 pub struct AggregationOperator {
     rules: AggregationRules,
     settings: Settings,
@@ -347,7 +360,7 @@ impl AggregationOperator {
             return;
         }
         self.ingest_watermark = t;
-        let event_wm = t.saturating_sub(self.rules.out_of_orderness_ms);
+        let event_wm = event_watermark(&self.rules, t);
         // Window [s, s + size) has ended once event_wm >= s + size.
         let fire_limit = event_wm.saturating_sub(self.rules.window_ms).saturating_add(1);
         if self.settings.emit == Emit::Updates {
@@ -599,6 +612,32 @@ mod tests {
         assert_eq!(dead.iter().map(|d| d.reason_code()).collect::<Vec<_>>(), vec!["event_time_too_old"]);
         op.finish();
         assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![]);
+    }
+
+    /// `window_ends_fired` grows exactly when the operator fires windows: the stream job's
+    /// checkpoint trigger relies on it.
+    #[test]
+    fn window_ends_fired_counts_the_operators_firings() {
+        let rules = AggregationRules::defaults();
+        let settings = Settings { emit: Emit::Updates, lateness: Lateness::Bounded, scope: Scope::everything() };
+        let mut op = AggregationOperator::new(rules.clone(), settings);
+        let minutes = 4;
+        let batches: Vec<RecordBatch> = (0..minutes).map(|i| event(&format!("e{i}"), T0 + 60_000 * i + 5_000, i, T0)).collect();
+        op.process_epoch(&batches, None);
+        // The windows end at window ends number T0 / window + 1, + 2, …
+        let first = T0 / rules.window_ms;
+        let mut fired = 0;
+        for k in 1..=1_400 {
+            for t in [T0 + 250 * k - 1, T0 + 250 * k] {
+                op.advance_ingest_watermark(t);
+                fired += impressions(op.drain_batch(i64::MAX).0).len() as i64;
+                assert_eq!(fired, (window_ends_fired(&rules, t) - first).clamp(0, minutes), "at ingest watermark T0 + {} ms", t - T0);
+            }
+        }
+        assert_eq!(fired, minutes);
+        // Counted from the epoch, before it too (div_euclid, not truncation).
+        assert_eq!(window_ends_fired(&rules, rules.out_of_orderness_ms - 1), -1);
+        assert_eq!(window_ends_fired(&rules, rules.out_of_orderness_ms), 0);
     }
 
     #[test]

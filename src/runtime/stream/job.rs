@@ -130,8 +130,7 @@ pub fn run(
     let mut seqs: BTreeMap<u32, u64> = BTreeMap::new();
     let mut summary = StreamSummary::default();
     let mut last_checkpoint = Instant::now();
-    let mut trigger =
-        CheckpointTrigger::new(opts.checkpoint_interval, opts.min_checkpoint_pause, rules.out_of_orderness_ms, rules.window_ms);
+    let mut trigger = CheckpointTrigger::new(opts.checkpoint_interval, opts.min_checkpoint_pause, rules);
     let mut first_message: Option<Instant> = None;
     // Records drained after a poll are sent while the next poll is read and decoded
     // (`send_and_poll`): sending is serial, and the cores would otherwise wait for it.

@@ -12,20 +12,21 @@
 
 use std::time::Duration;
 
+use crate::core::aggregation::window_ends_fired;
+use crate::core::config::AggregationRules;
+
 #[derive(Debug, Clone)]
 pub struct CheckpointTrigger {
     interval: Duration,
     min_pause: Duration,
-    out_of_orderness_ms: i64,
-    window_ms: i64,
-    /// [`fired_windows`] of the ingest watermark at the last checkpoint.
+    rules: AggregationRules,
+    /// [`window_ends_fired`] at the ingest watermark of the last checkpoint.
     fired_at_last: Option<i64>,
 }
 
 impl CheckpointTrigger {
-    pub fn new(interval: Duration, min_pause: Duration, out_of_orderness_ms: i64, window_ms: i64) -> Self {
-        assert!(window_ms > 0);
-        Self { interval, min_pause, out_of_orderness_ms, window_ms, fired_at_last: None }
+    pub fn new(interval: Duration, min_pause: Duration, rules: &AggregationRules) -> Self {
+        Self { interval, min_pause, rules: rules.clone(), fired_at_last: None }
     }
 
     /// Whether to checkpoint now, `since_last` after the last one began, with the driver's
@@ -46,16 +47,8 @@ impl CheckpointTrigger {
     }
 
     fn fired(&self, watermark: Option<i64>) -> Option<i64> {
-        watermark.filter(|w| *w > i64::MIN).map(|w| fired_windows(w, self.out_of_orderness_ms, self.window_ms))
+        watermark.filter(|w| *w > i64::MIN).map(|w| window_ends_fired(&self.rules, w))
     }
-}
-
-/// How many window ends (counted from the epoch) the watermark has fired at ingest watermark
-/// `w`: window [s, e) fires once the event-time watermark `w` − out-of-orderness reaches `e`
-/// (as `AggregationOperator::advance_ingest_watermark` does), so this grows by one exactly
-/// when a new window end is passed.
-fn fired_windows(w: i64, out_of_orderness_ms: i64, window_ms: i64) -> i64 {
-    w.saturating_sub(out_of_orderness_ms).div_euclid(window_ms)
 }
 
 #[cfg(test)]
@@ -66,21 +59,13 @@ mod tests {
     const OOO: i64 = 10_000;
 
     fn trigger() -> CheckpointTrigger {
-        CheckpointTrigger::new(Duration::from_secs(10), Duration::from_secs(5), OOO, MIN)
+        let rules = AggregationRules::defaults();
+        assert_eq!((rules.window_ms, rules.out_of_orderness_ms), (MIN, OOO));
+        CheckpointTrigger::new(Duration::from_secs(10), Duration::from_secs(5), &rules)
     }
 
     fn s(secs: f64) -> Duration {
         Duration::from_secs_f64(secs)
-    }
-
-    #[test]
-    fn fires_exactly_when_a_window_end_plus_out_of_orderness_is_passed() {
-        let end = 5 * MIN;
-        assert_eq!(fired_windows(end + OOO - 1, OOO, MIN), 4);
-        assert_eq!(fired_windows(end + OOO, OOO, MIN), 5);
-        assert_eq!(fired_windows(end + OOO + MIN - 1, OOO, MIN), 5);
-        // Before the epoch too (div_euclid, not truncation).
-        assert_eq!(fired_windows(OOO - 1, OOO, MIN), -1);
     }
 
     #[test]
