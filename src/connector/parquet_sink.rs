@@ -6,6 +6,7 @@
 //! writes, so re-running a backfill replaces its output instead of adding to it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
 use anyhow::Context;
 use std::cmp::Reverse;
@@ -19,13 +20,13 @@ use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk};
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use super::store::Location;
-use crate::contract::columns::{AD_ID, AD_METRICS_TABLE, ADVERTISER_ID, CAMPAIGN_ID, DLQ_TABLE, RECORD_UUID};
+use crate::contract::columns::{AD_METRICS_TABLE, DLQ_TABLE, RECORD_UUID};
 use crate::contract::outputs::{ad_metrics_col, ad_metrics_schema, dead_letter_batch, DeadLetter};
 use crate::contract::time::{floor_to, hive_hour_dir, HOUR_MS};
 use crate::runtime::backfill::OutputSink;
@@ -53,7 +54,7 @@ impl HiveParquetSink {
     }
 
     fn write_file(&mut self, table: &'static str, hour: i64, batch: RecordBatch) -> anyhow::Result<()> {
-        let bytes = encode(batch)?;
+        let bytes = encode(batch, table_properties(table))?;
         self.put_file(table, hour, bytes)
     }
 
@@ -175,30 +176,63 @@ fn sorted_dead(mut rows: Vec<DeadLetter>) -> RecordBatch {
     dead_letter_batch(&rows)
 }
 
-fn encode(batch: RecordBatch) -> anyhow::Result<Vec<u8>> {
-    // record_uuid is unique per row and uniformly spread: a dictionary attempt on it is pure
-    // cost, and so are its min/max statistics (every page spans nearly the whole range, so they
-    // prune nothing; a string comparison per row, ~2 % of encoding's instructions). The same
-    // holds for the statistics of the ad, campaign and advertiser ids: every minute of a file
-    // holds nearly every active ad, so each page's range is nearly the whole id space (1.4 % of
-    // a backfill's CPU samples were those comparisons).
-    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?));
-    for column in [RECORD_UUID, AD_ID, CAMPAIGN_ID, ADVERTISER_ID] {
-        props = props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+/// Writer settings of the `ad-metrics` table.
+///
+/// record_uuid is unique per row and uniformly spread: a dictionary attempt on it is pure
+/// cost, and so are its min/max statistics (every page spans nearly the whole range, so they
+/// prune nothing; a string comparison per row, ~2 % of encoding's instructions). The same
+/// holds for the statistics of the ad, campaign and advertiser ids: every minute of a file
+/// holds nearly every active ad, so each page's range is nearly the whole id space (1.4 % of
+/// a backfill's CPU samples were those comparisons).
+///
+/// Plain values, compressed, for the columns where a dictionary costs more than it saves: rows
+/// are sorted by (window, region, ad), so window bounds and regions come in long runs and ad
+/// ids in order, and clicks are mostly 0, all of which zstd takes well; interning them (a hash
+/// and a compare per row) was the slower way to a file no smaller. On 20 hours of the bench's
+/// output (146k rows each, one thread, best of 7) encoding took 1140 -> 994 ms and the files
+/// were 1.5 % smaller. Campaign and advertiser ids and the impressions were smaller and no
+/// slower with their dictionaries.
+fn ad_metrics_properties() -> &'static WriterProperties {
+    static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
+        let names = ad_metrics_schema();
+        let column = |i: usize| ColumnPath::from(names.field(i).name().as_str());
+        use ad_metrics_col as c;
+        let mut props = zstd_properties();
+        for i in [c::RECORD_UUID, c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID] {
+            props = props.set_column_statistics_enabled(column(i), EnabledStatistics::None);
+        }
+        for i in [c::RECORD_UUID, c::REGION, c::AD_ID, c::WINDOW_START, c::WINDOW_END, c::CLICKS] {
+            props = props.set_column_dictionary_enabled(column(i), false);
+        }
+        props.build()
+    });
+    &PROPERTIES
+}
+
+/// Writer settings of the dead-letter table: its record_uuid as the ad-metrics one.
+fn dead_letter_properties() -> &'static WriterProperties {
+    static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
+        zstd_properties()
+            .set_column_statistics_enabled(ColumnPath::from(RECORD_UUID), EnabledStatistics::None)
+            .set_column_dictionary_enabled(ColumnPath::from(RECORD_UUID), false)
+            .build()
+    });
+    &PROPERTIES
+}
+
+fn table_properties(table: &str) -> &'static WriterProperties {
+    if table == AD_METRICS_TABLE {
+        ad_metrics_properties()
+    } else {
+        dead_letter_properties()
     }
-    // Plain values, compressed, for the ad-metrics columns where a dictionary costs more than
-    // it saves: rows are sorted by (window, region, ad), so window bounds and regions come in
-    // long runs and ad ids in order, and clicks are mostly 0, all of which zstd takes well;
-    // interning them (a hash and a compare per row) was the slower way to a file no smaller.
-    // On 20 hours of the bench's output (146k rows each, one thread, best of 7) encoding took
-    // 1140 -> 994 ms and the files were 1.5 % smaller. Campaign and advertiser ids and the
-    // impressions were smaller and no slower with their dictionaries.
-    let names = ad_metrics_schema();
-    use ad_metrics_col as c;
-    for i in [c::RECORD_UUID, c::REGION, c::AD_ID, c::WINDOW_START, c::WINDOW_END, c::CLICKS] {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(names.field(i).name().as_str()), false);
-    }
-    let props = props.build();
+}
+
+fn zstd_properties() -> WriterPropertiesBuilder {
+    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("1 is a zstd level")))
+}
+
+fn encode(batch: RecordBatch, props: &WriterProperties) -> anyhow::Result<Vec<u8>> {
     let rows_per_group = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
     let schema = batch.schema();
     let mut buf = Vec::new();
@@ -206,7 +240,7 @@ fn encode(batch: RecordBatch) -> anyhow::Result<Vec<u8>> {
     // other), then appended in order: the same bytes as ArrowWriter's. An hour's file was one
     // task of the output phase while the next hour's formatting was two; now the cores stay
     // busy.
-    let (mut file, row_groups) = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?.into_serialized_writer()?;
+    let (mut file, row_groups) = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props.clone()))?.into_serialized_writer()?;
     let mut offset = 0;
     while offset < batch.num_rows() {
         let part = batch.slice(offset, rows_per_group.min(batch.num_rows() - offset));
@@ -302,8 +336,8 @@ impl HiveParquetSink {
         // Partitions are independent: merge, encode and compress them in parallel.
         let encoded: Vec<(&'static str, i64, Vec<u8>)> = metrics
             .into_par_iter()
-            .map(|(h, slices)| (AD_METRICS_TABLE, h, merge_sorted(slices).and_then(encode)))
-            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, encode(sorted_dead(rows)))))
+            .map(|(h, slices)| (AD_METRICS_TABLE, h, merge_sorted(slices).and_then(|b| encode(b, ad_metrics_properties()))))
+            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, encode(sorted_dead(rows), dead_letter_properties()))))
             .map(|(t, h, r)| r.map(|b| (t, h, b)))
             .collect::<anyhow::Result<_>>()?;
         for (table, hour, bytes) in encoded {
