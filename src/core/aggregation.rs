@@ -103,10 +103,12 @@ fn event_watermark(rules: &AggregationRules, t: i64) -> i64 {
     t.saturating_sub(rules.out_of_orderness_ms)
 }
 
-/// How many window ends, counted from the Unix epoch, the operator has fired at ingest
-/// watermark `t`: it grows by one exactly when [`AggregationOperator::advance_ingest_watermark`]
-/// passes another window end, so a runtime can tell whether windows fired between two
-/// watermarks (the stream job checkpoints then) without restating the firing rule.
+/// How many window ends, counted from the Unix epoch, the event-time watermark has passed at
+/// ingest watermark `t`: it grows by one exactly when
+/// [`AggregationOperator::advance_ingest_watermark`] fires the windows of another window end
+/// (emits their on-time results, in [`Emit::Updates`] mode), so a runtime can tell whether
+/// windows fired between two watermarks (the stream job checkpoints then) without restating
+/// the firing rule.
 pub fn window_ends_fired(rules: &AggregationRules, t: i64) -> i64 {
     event_watermark(rules, t).div_euclid(rules.window_ms)
 }
