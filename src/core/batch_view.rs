@@ -69,7 +69,7 @@ impl<'a> DictColumn<'a> {
     }
 
     /// Resolves the values `rows` refer to, in order of first reference, with the interner's
-    /// slot of the value [`PREFETCH_AHEAD`] places ahead being fetched meanwhile; [`Self::id`]
+    /// slot of the value `PREFETCH_AHEAD` places ahead being fetched meanwhile; [`Self::id`]
     /// then only reads an array. Each batch of a backfill brings its own dictionaries (~15,000
     /// ad ids per file of the bench), and resolving them one miss at a time as rows came was
     /// ~8 % of the CPU samples.

@@ -4,7 +4,7 @@
 //! Open addressing with linear probing, a slot of 32 bytes (two per cache line), and the home
 //! slot chosen from the key's low 64 bits by multiplication (`(lo * capacity) >> 64`), so the
 //! capacity can be any number, not only a power of two: a table reserved for n keys takes
-//! n / [`TARGET_LOAD`] slots. Keys are already uniform hashes, so they are not hashed again.
+//! n / `TARGET_LOAD` slots. Keys are already uniform hashes, so they are not hashed again.
 //!
 //! What a general-purpose map cannot offer is [`KeyTable::prefetch`]: the caller names the key
 //! it will probe next-but-k, the CPU fetches that slot's cache line meanwhile, and k probes'
@@ -13,7 +13,7 @@
 //! An all-zero slot is empty, so a table is allocated zeroed: the allocator hands out fresh
 //! pages as they are (the kernel zeroes them on first touch anyway) instead of writing every
 //! byte up front; one byte per page is written at once, so that probes never read the shared
-//! zero page ([`zeroed_slots`]). The one real key that is zero lives beside the slots.
+//! zero page (`zeroed_slots`). The one real key that is zero lives beside the slots.
 
 /// Load a reserved table is sized for.
 const TARGET_LOAD: f64 = 0.7;

@@ -21,7 +21,7 @@ pub type WindowKey = (u32, u32);
 /// events of one ad in one minute to overflow; they saturate) and the position of the arrival
 /// that set the metadata flattened into the struct instead of a padded tuple.
 ///
-/// Checkpoints keep the wider layout ([`AccWire`]), so snapshots are unchanged.
+/// Checkpoints keep the wider layout (`AccWire`), so snapshots are unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(from = "AccWire", into = "AccWire")]
 pub struct Acc {
