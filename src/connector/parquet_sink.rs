@@ -176,12 +176,9 @@ fn sorted_dead(mut rows: Vec<DeadLetter>) -> RecordBatch {
     dead_letter_batch(&rows)
 }
 
-/// Writer settings of the `ad-metrics` table.
+/// Writer settings of the `ad-metrics` table: the common ones ([`table_defaults`]) and these.
 ///
-/// record_uuid is unique per row and uniformly spread: a dictionary attempt on it is pure
-/// cost, and so are its min/max statistics (every page spans nearly the whole range, so they
-/// prune nothing; a string comparison per row, ~2 % of encoding's instructions). The same
-/// holds for the statistics of the ad, campaign and advertiser ids: every minute of a file
+/// The ad, campaign and advertiser ids have no min/max statistics: every minute of a file
 /// holds nearly every active ad, so each page's range is nearly the whole id space (1.4 % of
 /// a backfill's CPU samples were those comparisons).
 ///
@@ -197,11 +194,11 @@ fn ad_metrics_properties() -> &'static WriterProperties {
         let names = ad_metrics_schema();
         let column = |i: usize| ColumnPath::from(names.field(i).name().as_str());
         use ad_metrics_col as c;
-        let mut props = zstd_properties();
-        for i in [c::RECORD_UUID, c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID] {
+        let mut props = table_defaults();
+        for i in [c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID] {
             props = props.set_column_statistics_enabled(column(i), EnabledStatistics::None);
         }
-        for i in [c::RECORD_UUID, c::REGION, c::AD_ID, c::WINDOW_START, c::WINDOW_END, c::CLICKS] {
+        for i in [c::REGION, c::AD_ID, c::WINDOW_START, c::WINDOW_END, c::CLICKS] {
             props = props.set_column_dictionary_enabled(column(i), false);
         }
         props.build()
@@ -209,14 +206,9 @@ fn ad_metrics_properties() -> &'static WriterProperties {
     &PROPERTIES
 }
 
-/// Writer settings of the dead-letter table: its record_uuid as the ad-metrics one.
+/// Writer settings of the dead-letter table: the common ones ([`table_defaults`]).
 fn dead_letter_properties() -> &'static WriterProperties {
-    static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
-        zstd_properties()
-            .set_column_statistics_enabled(ColumnPath::from(RECORD_UUID), EnabledStatistics::None)
-            .set_column_dictionary_enabled(ColumnPath::from(RECORD_UUID), false)
-            .build()
-    });
+    static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| table_defaults().build());
     &PROPERTIES
 }
 
@@ -228,8 +220,16 @@ fn table_properties(table: &str) -> &'static WriterProperties {
     }
 }
 
-fn zstd_properties() -> WriterPropertiesBuilder {
-    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("1 is a zstd level")))
+/// What every output table is written with: zstd level 1, and `record_uuid` (every table has
+/// one) without a dictionary or statistics. It is unique per row and uniformly spread: a
+/// dictionary attempt on it is pure cost, and so are its min/max statistics (every page spans
+/// nearly the whole range, so they prune nothing; a string comparison per row, ~2 % of
+/// encoding's instructions).
+fn table_defaults() -> WriterPropertiesBuilder {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("1 is a zstd level")))
+        .set_column_statistics_enabled(ColumnPath::from(RECORD_UUID), EnabledStatistics::None)
+        .set_column_dictionary_enabled(ColumnPath::from(RECORD_UUID), false)
 }
 
 fn encode(batch: RecordBatch, props: &WriterProperties) -> anyhow::Result<Vec<u8>> {

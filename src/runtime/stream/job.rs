@@ -200,12 +200,15 @@ pub fn run(
             // most one interval (plus one commit) for its transaction, however long a
             // checkpoint takes.
             let started = Instant::now();
-            let took = checkpoint_now(&driver, &mut seqs, broker, store)?;
+            let (encoding, writing, committing) = checkpoint_now(&driver, &mut seqs, broker, store)?;
             summary.checkpoints += 1;
             summary.busy = first_message.map(|t| t.elapsed()).unwrap_or_default();
             last_checkpoint = started;
             trigger.taken(driver.ingest_watermark());
-            tracing::debug!("checkpoint took {:?} ({took})", started.elapsed());
+            tracing::debug!(
+                "checkpoint took {:?} (encoding {encoding:?}, writing {writing:?}, committing {committing:?})",
+                started.elapsed()
+            );
             let a = driver.audit();
             tracing::info!(
                 "checkpoint {:?}: read {} counted {} duplicates {} invalid {} late {}; watermark {}; {} rows waiting",
@@ -258,8 +261,13 @@ fn aligned(waiting: &BTreeMap<i32, usize>, paused: &BTreeSet<i32>, partitions: &
     want
 }
 
-/// Returns where the time went, for the debug log.
-fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: &mut dyn Broker, store: &dyn CheckpointStore) -> anyhow::Result<String> {
+/// Returns where the time went, for the debug log: encoding, writing, committing.
+fn checkpoint_now(
+    driver: &StreamDriver,
+    seqs: &mut BTreeMap<u32, u64>,
+    broker: &mut dyn Broker,
+    store: &dyn CheckpointStore,
+) -> anyhow::Result<(Duration, Duration, Duration)> {
     let t0 = Instant::now();
     let next: BTreeMap<u32, u64> = driver.owned_groups().map(|g| (g, seqs.get(&g).copied().unwrap_or(0) + 1)).collect();
     // Snapshots are encoded on rayon threads (a group's keyed state can be large), then
@@ -272,7 +280,7 @@ fn checkpoint_now(driver: &StreamDriver, seqs: &mut BTreeMap<u32, u64>, broker: 
     store.put_all(encoded)?;
     let t2 = Instant::now();
     broker.commit(&next)?;
-    let took = format!("encoding {:?}, writing {:?}, committing {:?}", t1 - t0, t2 - t1, t2.elapsed());
+    let took = (t1 - t0, t2 - t1, t2.elapsed());
     for (g, n) in &next {
         seqs.insert(*g, *n);
         // Only the committed checkpoint should ever be restored now; two older ones stay as a
