@@ -8,6 +8,13 @@
 #   scripts/broker.sh restart DIR           stops it and starts it again on the same port
 #                                           and storage.
 #
+# The broker runs without transparent huge pages (MIMALLOC_ALLOW_THP=0; set it to 1 to
+# compare). Its allocator, mimalloc, asks for them on its arenas, and on these VMs the kernel
+# zeroing a whole huge page at its first touch was 43 % of the broker's CPU samples while it
+# stored a stream job's output: the same cost `adsproc` avoids in its own process
+# (src/main.rs, docs/backfill.md). The broker shares the test machine's two cores with the
+# job it serves, so its waste is the job's loss. Figures in docs/stream.md.
+#
 # Installs the broker first if needed (scripts/ensure-broker.sh).
 set -euo pipefail
 cmd="${1:?usage: broker.sh start|stop|restart DIR [memory|sqlite]}"
@@ -43,7 +50,7 @@ start() {
   echo "$port" > "$dir/port"
   echo "$storage" > "$dir/storage"
   # A short initial rebalance delay: tests start and stop group members often.
-  (cd "$dir" && exec "$bin" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  (cd "$dir" && MIMALLOC_ALLOW_THP="${MIMALLOC_ALLOW_THP:-0}" exec "$bin" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine "$engine" --group-initial-rebalance-delay 200ms >>"$dir/broker.log" 2>&1) &
   echo $! > "$dir/pid"
   for _ in $(seq 1 100); do
