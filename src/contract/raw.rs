@@ -504,11 +504,17 @@ mod tests {
         assert!(batch.column(col::AD_ID).is_null(0));
     }
 
-    /// Decodes the payloads sonic-rs is given and accepts twice, once as sonic-rs reads them
-    /// and once as serde_json does; serde_json must accept them too, and every column must be
-    /// the same.
-    fn sonic_and_serde_json_agree(payloads: &[Vec<u8>]) -> Result<usize, String> {
-        let accepted: Vec<&Vec<u8>> = payloads.iter().filter(|p| for_sonic(p) && sonic_rs::from_slice::<Message>(p).is_ok()).collect();
+    /// Decodes the `payloads` that `accepts` takes twice, once through `parse` (the parser
+    /// called `name`) and once as serde_json reads them; serde_json must accept them too, and
+    /// every column but those in `skip` must be the same.
+    fn agrees_with_serde_json(
+        name: &str,
+        payloads: &[Vec<u8>],
+        accepts: impl Fn(&[u8]) -> bool,
+        parse: fn(&[u8]) -> Result<Message<'_>, String>,
+        skip: &[usize],
+    ) -> Result<usize, String> {
+        let accepted: Vec<&Vec<u8>> = payloads.iter().filter(|p| accepts(p)).collect();
         let decode = |parse: fn(&[u8]) -> Result<Message<'_>, String>| {
             let mut d = MessageDecoder::with_capacity(accepted.len());
             for (i, p) in accepted.iter().enumerate() {
@@ -518,20 +524,31 @@ mod tests {
         };
         for p in &accepted {
             if let Err(e) = parse_serde_json(p) {
-                return Err(format!("sonic-rs accepts what serde_json rejects ({e}): {:?}", String::from_utf8_lossy(p)));
+                return Err(format!("{name} accepts what serde_json rejects ({e}): {:?}", String::from_utf8_lossy(p)));
             }
         }
-        let sonic = decode(|p| sonic_rs::from_slice::<Message>(p).map_err(|e| e.to_string()));
+        let theirs = decode(parse);
         let serde = decode(parse_serde_json);
-        for (i, (a, b)) in sonic.columns().iter().zip(serde.columns()).enumerate() {
+        for (i, (a, b)) in theirs.columns().iter().zip(serde.columns()).enumerate().filter(|(i, _)| !skip.contains(i)) {
             for (row, p) in accepted.iter().enumerate() {
                 if a.slice(row, 1).to_data() != b.slice(row, 1).to_data() {
-                    let field = sonic.schema().field(i).name().clone();
+                    let field = theirs.schema().field(i).name().clone();
                     return Err(format!("{field} differs for {:?}: {:?} vs {:?}", String::from_utf8_lossy(p), a.slice(row, 1), b.slice(row, 1)));
                 }
             }
         }
         Ok(accepted.len())
+    }
+
+    /// The payloads sonic-rs is given and accepts read as serde_json reads them.
+    fn sonic_and_serde_json_agree(payloads: &[Vec<u8>]) -> Result<usize, String> {
+        agrees_with_serde_json(
+            "sonic-rs",
+            payloads,
+            |p| for_sonic(p) && sonic_rs::from_slice::<Message>(p).is_ok(),
+            |p| sonic_rs::from_slice::<Message>(p).map_err(|e| e.to_string()),
+            &[],
+        )
     }
 
     /// Payloads at the edges of JSON's grammar and of serde_json's readings.
@@ -563,40 +580,17 @@ mod tests {
         assert!(accepted > 40, "only {accepted} payloads accepted: the test would check little");
     }
 
-    /// Decodes the payloads the fast path accepts twice, once through it and once as
-    /// serde_json reads them; serde_json must accept them too, and every column must be the
-    /// same.
+    /// The payloads the fast path accepts read as serde_json reads them. The fast path leaves
+    /// out a payload its row re-creates, the general path never: `core::batch_view`'s
+    /// `a_decoded_messages_payload_is_the_message` checks that column.
     fn flat_and_serde_json_agree(payloads: &[Vec<u8>]) -> Result<usize, String> {
-        let accepted: Vec<&Vec<u8>> =
-            payloads.iter().filter(|p| std::str::from_utf8(p).ok().and_then(flat_json::parse).is_some()).collect();
-        let decode = |parse: fn(&[u8]) -> Result<Message<'_>, String>| {
-            let mut d = MessageDecoder::with_capacity(accepted.len());
-            for (i, p) in accepted.iter().enumerate() {
-                d.append_parsed(0, i as i64, 0, p, parse(p));
-            }
-            d.finish()
-        };
-        for p in &accepted {
-            if let Err(e) = parse_serde_json(p) {
-                return Err(format!("the fast path accepts what serde_json rejects ({e}): {:?}", String::from_utf8_lossy(p)));
-            }
-        }
-        let flat = decode(|p| Ok(Message::Object(flat_json::parse(std::str::from_utf8(p).expect("accepted")).expect("accepted"))));
-        let serde = decode(parse_serde_json);
-        for (i, (a, b)) in flat.columns().iter().zip(serde.columns()).enumerate() {
-            // The fast path leaves out a payload its row re-creates, the general path never:
-            // `core::batch_view`'s `a_decoded_messages_payload_is_the_message` checks that.
-            if i == col::RAW_PAYLOAD {
-                continue;
-            }
-            for (row, p) in accepted.iter().enumerate() {
-                if a.slice(row, 1).to_data() != b.slice(row, 1).to_data() {
-                    let field = flat.schema().field(i).name().clone();
-                    return Err(format!("{field} differs for {:?}: {:?} vs {:?}", String::from_utf8_lossy(p), a.slice(row, 1), b.slice(row, 1)));
-                }
-            }
-        }
-        Ok(accepted.len())
+        agrees_with_serde_json(
+            "the fast path",
+            payloads,
+            |p| std::str::from_utf8(p).ok().and_then(flat_json::parse).is_some(),
+            |p| Ok(Message::Object(flat_json::parse(std::str::from_utf8(p).expect("accepted")).expect("accepted"))),
+            &[col::RAW_PAYLOAD],
+        )
     }
 
     #[test]
