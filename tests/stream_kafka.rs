@@ -11,10 +11,21 @@ use common::parquet_out::{backfill, read_dead, read_metrics};
 use common::{diff, Windows, HOUR, T0};
 use std::process::Command;
 
-fn produce(addr: &str, extra: &[&str]) -> String {
+/// `adsproc produce` to 4 partitions, 2 regions, from T0, with `extra`.
+fn produce_args<'a>(addr: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["produce", "--brokers", addr, "--start", "2026-01-01T00:00:00Z", "--partitions", "4", "--regions", "2"];
     args.extend_from_slice(extra);
-    adsproc(&args)
+    args
+}
+
+fn produce(addr: &str, extra: &[&str]) -> String {
+    adsproc(&produce_args(addr, extra))
+}
+
+/// Two hours of 300 ads with duplicates, late events, malformed and not-JSON messages.
+fn messy_workload<'a>(events: &'a str, seed: &'a str) -> Vec<&'a str> {
+    vec!["--events", events, "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
+         "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", seed, "--watermark-tick"]
 }
 
 fn as_windows(m: &BTreeMap<String, adsproc::contract::outputs::AdMetric>, from: i64, to: i64) -> Windows {
@@ -36,8 +47,7 @@ fn stream_output_equals_a_backfill_of_the_archived_topic_record_for_record() {
     let ckpt = work.path().join("ckpt");
     produce(
         &broker.addr,
-        &["--events", "30000", "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
-          "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", "11", "--watermark-tick"],
+        &messy_workload("30000", "11"),
     );
     let log = adsproc(&["stream", "--job", "aggregation", "--brokers", &broker.addr, "--checkpoint", ckpt.to_str().unwrap(),
         "--checkpoint-interval", "1s", "--stop-when-caught-up"]);
@@ -91,9 +101,7 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
     let work = tempfile::tempdir().unwrap();
     let ckpt = work.path().join("ckpt");
     let producer = spawn(
-        &["produce", "--brokers", &broker.addr, "--start", "2026-01-01T00:00:00Z", "--partitions", "4", "--regions", "2",
-          "--events", "90000", "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
-          "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", "23", "--watermark-tick", "--rate", "2500"],
+        &produce_args(&broker.addr, &[messy_workload("90000", "23"), vec!["--rate", "2500"]].concat()),
         &work.path().join("produce.log"),
     );
     wait_for_topic(&broker.addr, "ad-events");
@@ -156,9 +164,7 @@ fn several_processes_share_the_key_groups_and_their_state_moves_on_rebalance() {
     let work = tempfile::tempdir().unwrap();
     let ckpt = work.path().join("ckpt");
     let producer = spawn(
-        &["produce", "--brokers", &broker.addr, "--start", "2026-01-01T00:00:00Z", "--partitions", "4", "--regions", "2",
-          "--events", "40000", "--hours", "2", "--ads", "300", "--duplicate-fraction", "0.05", "--late-fraction", "0.03",
-          "--malformed-fraction", "0.02", "--not-json-fraction", "0.002", "--seed", "31", "--watermark-tick", "--rate", "4000"],
+        &produce_args(&broker.addr, &[messy_workload("40000", "31"), vec!["--rate", "4000"]].concat()),
         &work.path().join("produce.log"),
     );
     wait_for_topic(&broker.addr, "ad-events");
