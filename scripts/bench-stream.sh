@@ -47,7 +47,10 @@ PROBE=target/release/examples/kafka_probe
 WORK=$(mktemp -d)
 trap 'scripts/broker.sh stop "$WORK/broker"; pkill -P $$ 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 BROKER=$(scripts/broker.sh start "$WORK/broker" memory)
-echo "broker $BROKER; $(nproc) cores"
+# Whether the broker may use transparent huge pages (scripts/broker.sh turns them off unless
+# MIMALLOC_ALLOW_THP=1): it changes the job's rate on these VMs, so the output says which.
+thp=$(awk '/^THP_enabled/ {print $2 ? "on" : "off"}' "/proc/$(cat "$WORK/broker/pid")/status")
+echo "broker $BROKER (transparent huge pages ${thp:-unknown}); $(nproc) cores"
 
 "$BIN" produce --brokers "$BROKER" --events "$EVENTS" --hours 4 --ads 10000 --partitions 8 --seed 3 --watermark-tick >/dev/null
 broker_cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$(cat "$WORK/broker/pid")/stat"; }
