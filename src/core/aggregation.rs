@@ -89,6 +89,15 @@ enum Emitted {
     Purged(WindowsByStart),
 }
 
+impl Emitted {
+    fn len(&self) -> usize {
+        match self {
+            Emitted::Values(v) => v.len(),
+            Emitted::Purged(p) => p.values().map(|m| m.len()).sum(),
+        }
+    }
+}
+
 struct Candidate {
     window_start: i64,
     ad: u32,
@@ -443,28 +452,31 @@ impl AggregationOperator {
 
     /// Takes the records emitted so far, in emission order.
     pub fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
-        let values = std::mem::take(&mut self.metrics).into_iter().flat_map(|e| -> Box<dyn Iterator<Item = WindowValue>> {
+        let emitted = std::mem::take(&mut self.metrics);
+        // Sized up front: a flattened iterator's length is unknown, and collecting it doubled
+        // the vector of records (~150 bytes each) into fresh memory on the way.
+        let n = emitted.iter().map(|e| e.len()).sum();
+        let values = emitted.into_iter().flat_map(|e| -> Box<dyn Iterator<Item = WindowValue>> {
             match e {
                 Emitted::Values(v) => Box::new(v.into_iter()),
                 Emitted::Purged(p) => Box::new(p.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(k, a)| (s, k, a)))),
             }
         });
-        let metrics = values
-            .map(|(start, (ad, region), acc)| {
-                let (region, ad) = (self.strings.name(region).clone(), self.strings.name(ad).clone());
-                AdMetric {
-                    record_uuid: record_uuid::ad_metric(&region, &ad, start),
-                    region,
-                    ad_id: ad,
-                    campaign_id: self.name(acc.campaign).cloned(),
-                    advertiser_id: self.name(acc.advertiser).cloned(),
-                    window_start: start,
-                    window_end: start + self.rules.window_ms,
-                    impressions: acc.impressions(),
-                    clicks: acc.clicks(),
-                }
-            })
-            .collect();
+        let mut metrics = Vec::with_capacity(n);
+        metrics.extend(values.map(|(start, (ad, region), acc)| {
+            let (region, ad) = (self.strings.name(region).clone(), self.strings.name(ad).clone());
+            AdMetric {
+                record_uuid: record_uuid::ad_metric(&region, &ad, start),
+                region,
+                ad_id: ad,
+                campaign_id: self.name(acc.campaign).cloned(),
+                advertiser_id: self.name(acc.advertiser).cloned(),
+                window_start: start,
+                window_end: start + self.rules.window_ms,
+                impressions: acc.impressions(),
+                clicks: acc.clicks(),
+            }
+        }));
         (metrics, std::mem::take(&mut self.dead))
     }
 

@@ -182,7 +182,9 @@ impl WindowTable {
             return Vec::new();
         }
         self.fired_before = Some(limit);
-        let mut out = Vec::new();
+        // Sized first: a backlog fires hundreds of starts at once, and growing by doubling
+        // copies into fresh memory each time.
+        let mut out = Vec::with_capacity(self.by_start.range(from..limit).map(|(_, m)| m.len()).sum());
         for (start, m) in self.by_start.range(from..limit) {
             out.extend(m.iter().map(|(k, a)| (*start, *k, *a)));
         }

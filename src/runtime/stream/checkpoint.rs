@@ -36,10 +36,12 @@ pub enum CheckpointError {
 }
 
 /// Encodes the snapshot straight after a header whose length and checksum are filled in last,
-/// into a buffer sized for the dedupe entries, most of a snapshot's bytes: no copy of the
-/// payload and no doubling on the way (each a pass over fresh memory, which the kernel zeroes).
+/// into a buffer sized for its bytes: no copy of the payload and no doubling on the way (each a
+/// pass over fresh memory, which the kernel zeroes). The interned strings come before the
+/// dedupe entries, so they count too: with 10,000 ads they ran past a fixed margin, and the
+/// buffer doubled as the entries, most of a snapshot's bytes, were appended.
 pub fn encode(snap: &GroupSnapshot) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 4096 + snap.operator.dedupe.encoded_len() + snap.operator.windows.len() * 64);
+    let mut out = Vec::with_capacity(encoded_len_bound(snap));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.resize(HEADER, 0);
@@ -49,6 +51,15 @@ pub fn encode(snap: &GroupSnapshot) -> Vec<u8> {
     out[12..20].copy_from_slice(&len.to_le_bytes());
     out[20..24].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// At least the length of [`encode`]'s output.
+fn encoded_len_bound(snap: &GroupSnapshot) -> usize {
+    let op = &snap.operator;
+    // Varints take at most 5 bytes (u32) or 10 (i64): a string is its bytes and a length, a
+    // window at most 75 bytes, a partition's clock 27. The rest (audit, watermarks) fits in 4 KiB.
+    let strings: usize = op.strings.iter().map(|s| s.len() + 5).sum();
+    HEADER + 4096 + snap.topic.len() + snap.clocks.len() * 32 + strings + op.dedupe.encoded_len() + op.windows.len() * 80
 }
 
 pub fn decode(bytes: &[u8]) -> Result<GroupSnapshot, CheckpointError> {
@@ -128,6 +139,31 @@ mod tests {
         let mut v2 = bytes.clone();
         v2[8] = 2;
         assert_eq!(decode(&v2), Err(CheckpointError::Version(2)));
+    }
+
+    /// The buffer is sized before encoding (a doubling would copy the dedupe entries into fresh
+    /// memory); with many long strings the old fixed margin was exceeded.
+    #[test]
+    fn the_buffer_is_sized_for_the_whole_snapshot() {
+        let mut d = StreamDriver::new(AggregationRules::defaults(), [0, 1, 2]);
+        let msgs: Vec<RawMessage> = (0..3_000i64)
+            .map(|i| {
+                let payload = format!(
+                    r#"{{"event_id":"event-{i}","event_type":"impression","ad_id":"ad-with-a-rather-long-name-{i}","campaign_id":"campaign-{i}-{}","advertiser_id":"advertiser-{i}","event_time":{},"region":"region-{}"}}"#,
+                    "x".repeat((i % 200) as usize),
+                    1_767_225_600_000i64 + i * 1_000,
+                    i % 7
+                );
+                RawMessage { partition: (i % 3) as i32, offset: i, timestamp: 1_767_225_600_000 + i * 1_000, payload: payload.into_bytes() }
+            })
+            .collect();
+        d.on_poll(&msgs);
+        d.drain();
+        let snap = d.snapshot_group(0).unwrap();
+        assert!(snap.operator.strings.len() > 8_000 && !snap.operator.windows.is_empty());
+        let bytes = encode(&snap);
+        assert!(bytes.len() <= encoded_len_bound(&snap), "{} bytes, bound {}", bytes.len(), encoded_len_bound(&snap));
+        assert_eq!(decode(&bytes).unwrap(), snap);
     }
 
     #[test]
