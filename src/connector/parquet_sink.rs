@@ -27,7 +27,7 @@ use tokio::runtime::Handle;
 
 use super::store::Location;
 use crate::contract::columns::{AD_METRICS_TABLE, DLQ_TABLE, RECORD_UUID};
-use crate::contract::outputs::{ad_metrics_col, ad_metrics_schema, dead_letter_batch, DeadLetter};
+use crate::contract::outputs::{ad_metrics_col, ad_metrics_schema, dead_letter_batch, dead_letter_schema, DeadLetter};
 use crate::contract::time::{floor_to, hive_hour_dir, HOUR_MS};
 use crate::runtime::backfill::OutputSink;
 
@@ -207,8 +207,23 @@ fn ad_metrics_properties() -> &'static WriterProperties {
 }
 
 /// Writer settings of the dead-letter table: the common ones ([`table_defaults`]).
+/// Writer settings of the dead-letter table: the common ones ([`table_defaults`]) and, as for
+/// `record_uuid`, no dictionary where values rarely repeat: the payload (each message's own
+/// text, also without min/max statistics, which prune nothing on JSON text), the source
+/// position and the ingest time. Timed column by column on a default-mode backfill's 261k dead
+/// letters (one thread, best of 5): payload 263 -> 221 ms, offset 13.5 -> 9.3 ms and half the
+/// size, the ingest time 14.3 -> 8.3 ms and 40 % smaller. `reason` keeps its dictionary: its
+/// codes and most of its texts repeat (80 ms with it, 137 ms without).
 fn dead_letter_properties() -> &'static WriterProperties {
-    static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| table_defaults().build());
+    static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
+        let names = dead_letter_schema();
+        let mut props = table_defaults().set_column_statistics_enabled(ColumnPath::from("payload"), EnabledStatistics::None);
+        for name in ["payload", "partition", "offset", "kafka_timestamp"] {
+            assert!(names.field_with_name(name).is_ok(), "dead letters have no column {name}");
+            props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
+        }
+        props.build()
+    });
     &PROPERTIES
 }
 
@@ -352,6 +367,34 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The dead-letter table's settings reach the file: no dictionary (nor, for the payload,
+    /// statistics) on the columns whose values rarely repeat; a dictionary for `reason`.
+    #[test]
+    fn dead_letters_are_written_with_their_settings() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let rows: Vec<DeadLetter> = (0..1000)
+            .map(|i| DeadLetter {
+                record_uuid: crate::contract::record_uuid::dead_letter("ad-events", 0, i),
+                topic: "ad-events".into(),
+                partition: Some(0),
+                offset: Some(i),
+                kafka_timestamp: Some(1_767_225_600_000 + i),
+                reason: "missing_field: ad_id".into(),
+                payload: format!(r#"{{"event_id":"e{i}"}}"#),
+            })
+            .collect();
+        let file = encode(sorted_dead(rows), dead_letter_properties()).unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
+        let group = reader.metadata().row_group(0);
+        let column = |name: &str| group.columns().iter().find(|c| c.column_path().string() == name).unwrap();
+        for name in ["record_uuid", "payload", "partition", "offset", "kafka_timestamp"] {
+            assert_eq!(column(name).dictionary_page_offset(), None, "{name} has a dictionary");
+        }
+        assert!(column("reason").dictionary_page_offset().is_some());
+        assert!(column("payload").statistics().is_none());
+        assert!(column("offset").statistics().is_some());
+    }
 
     proptest! {
         /// Merging gives every row once, in the order of a stable sort of all rows by key
