@@ -206,7 +206,6 @@ fn ad_metrics_properties() -> &'static WriterProperties {
     &PROPERTIES
 }
 
-/// Writer settings of the dead-letter table: the common ones ([`table_defaults`]).
 /// Writer settings of the dead-letter table: the common ones ([`table_defaults`]) and, as for
 /// `record_uuid`, no dictionary where values rarely repeat: the payload (each message's own
 /// text, also without min/max statistics, which prune nothing on JSON text), the source

@@ -454,7 +454,7 @@ impl AggregationOperator {
     pub fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
         let emitted = std::mem::take(&mut self.metrics);
         // Sized up front: a flattened iterator's length is unknown, and collecting it doubled
-        // the vector of records (~150 bytes each) into fresh memory on the way.
+        // the vector of records (112 bytes each) into fresh memory on the way.
         let n = emitted.iter().map(|e| e.len()).sum();
         let values = emitted.into_iter().flat_map(|e| -> Box<dyn Iterator<Item = WindowValue>> {
             match e {
