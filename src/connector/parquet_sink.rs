@@ -350,9 +350,9 @@ impl HiveParquetSink {
         // Partitions are independent: merge, encode and compress them in parallel.
         let encoded: Vec<(&'static str, i64, Vec<u8>)> = metrics
             .into_par_iter()
-            .map(|(h, slices)| (AD_METRICS_TABLE, h, merge_sorted(slices).and_then(|b| encode(b, ad_metrics_properties()))))
-            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, encode(sorted_dead(rows), dead_letter_properties()))))
-            .map(|(t, h, r)| r.map(|b| (t, h, b)))
+            .map(|(h, slices)| (AD_METRICS_TABLE, h, merge_sorted(slices)))
+            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, Ok(sorted_dead(rows)))))
+            .map(|(t, h, batch)| batch.and_then(|b| encode(b, table_properties(t))).map(|bytes| (t, h, bytes)))
             .collect::<anyhow::Result<_>>()?;
         for (table, hour, bytes) in encoded {
             self.put_file(table, hour, bytes)?;
@@ -383,7 +383,7 @@ mod tests {
                 payload: format!(r#"{{"event_id":"e{i}"}}"#),
             })
             .collect();
-        let file = encode(sorted_dead(rows), dead_letter_properties()).unwrap();
+        let file = encode(sorted_dead(rows), table_properties(DLQ_TABLE)).unwrap();
         let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
         let group = reader.metadata().row_group(0);
         let column = |name: &str| group.columns().iter().find(|c| c.column_path().string() == name).unwrap();
