@@ -136,8 +136,6 @@ pub struct AggregationOperator {
     audit: Audit,
     /// Window results emitted and not yet drained, in emission order.
     metrics: Vec<Emitted>,
-    /// `strings.ranks()` as of the last [`Self::drain_batch`]; recomputed when strings were added.
-    ranks: Vec<u32>,
     dead: Vec<DeadLetter>,
     /// An epoch's candidates and their dedupe arrivals, kept between epochs: tens of megabytes
     /// per backfill hour that would otherwise be fresh memory, which the kernel zeroes, every
@@ -160,7 +158,6 @@ impl AggregationOperator {
             last_expiry: i64::MIN,
             audit: Audit::default(),
             metrics: Vec::new(),
-            ranks: Vec::new(),
             dead: Vec::new(),
             scratch: Default::default(),
         }
@@ -533,10 +530,8 @@ impl AggregationOperator {
         if rows == 0 {
             return (None, dead);
         }
-        if self.ranks.len() != self.strings.len() {
-            self.ranks = self.strings.ranks();
-        }
-        let (s, rank) = (&self.strings, &self.ranks);
+        self.strings.update_ranks();
+        let (s, rank) = (&self.strings, self.strings.ranks());
         let text = |id: u32| self.name(id).map_or(0, |n| n.len());
         let opt = |id: u32| self.name(id).map(|n| &**n);
         let mut bytes = [0usize; 4];
