@@ -17,7 +17,7 @@ use super::config::{AggregationRules, OptionalField};
 use super::dedupe::{self, DedupeState, Position};
 use super::interner::Interner;
 use super::reason::Reject;
-use super::windows::{Acc, Counted, WindowKey, WindowTable, WindowValue, WindowsByStart};
+use super::windows::{window_count, Acc, Counted, WindowKey, WindowTable, WindowValue, WindowsByStart};
 use crate::contract::columns as c;
 use crate::contract::outputs::{AdMetric, AdMetricsBuilder, DeadLetter};
 use crate::contract::raw::NOT_JSON;
@@ -93,7 +93,7 @@ impl Emitted {
     fn len(&self) -> usize {
         match self {
             Emitted::Values(v) => v.len(),
-            Emitted::Purged(p) => p.values().map(|m| m.len()).sum(),
+            Emitted::Purged(p) => window_count(p.values()),
         }
     }
 }
@@ -452,15 +452,8 @@ impl AggregationOperator {
         let emitted = std::mem::take(&mut self.metrics);
         // Sized up front: a flattened iterator's length is unknown, and collecting it doubled
         // the vector of records (112 bytes each) into fresh memory on the way.
-        let n = emitted.iter().map(|e| e.len()).sum();
-        let values = emitted.into_iter().flat_map(|e| -> Box<dyn Iterator<Item = WindowValue>> {
-            match e {
-                Emitted::Values(v) => Box::new(v.into_iter()),
-                Emitted::Purged(p) => Box::new(p.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(k, a)| (s, k, a)))),
-            }
-        });
-        let mut metrics = Vec::with_capacity(n);
-        metrics.extend(values.map(|(start, (ad, region), acc)| {
+        let mut metrics = Vec::with_capacity(emitted.iter().map(Emitted::len).sum());
+        let metric = |(start, (ad, region), acc): WindowValue| {
             let (region, ad) = (self.strings.name(region).clone(), self.strings.name(ad).clone());
             AdMetric {
                 record_uuid: record_uuid::ad_metric(&region, &ad, start),
@@ -473,7 +466,13 @@ impl AggregationOperator {
                 impressions: acc.impressions(),
                 clicks: acc.clicks(),
             }
-        }));
+        };
+        for e in emitted {
+            match e {
+                Emitted::Values(v) => metrics.extend(v.into_iter().map(metric)),
+                Emitted::Purged(p) => metrics.extend(p.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(k, a)| metric((s, k, a))))),
+            }
+        }
         (metrics, std::mem::take(&mut self.dead))
     }
 
@@ -526,7 +525,7 @@ impl AggregationOperator {
         if !later.is_empty() {
             self.metrics.push(Emitted::Purged(later));
         }
-        let rows: usize = all.values().map(|m| m.len()).sum();
+        let rows = window_count(all.values());
         if rows == 0 {
             return (None, dead);
         }

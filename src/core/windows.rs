@@ -105,6 +105,11 @@ pub type WindowValue = (i64, WindowKey, Acc);
 /// out of the table as it is (no copy of millions of windows at the end of a backfill).
 pub type WindowsByStart = BTreeMap<i64, FxHashMap<WindowKey, Acc>>;
 
+/// How many windows the starts' maps hold together.
+pub fn window_count<'a>(starts: impl IntoIterator<Item = &'a FxHashMap<WindowKey, Acc>>) -> usize {
+    starts.into_iter().map(|m| m.len()).sum()
+}
+
 /// A counted event, as the window table takes it: its window, whether a click, and the
 /// campaign, advertiser and arrival position that may become the window's metadata.
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +124,7 @@ pub struct Counted {
 
 #[derive(Debug, Default)]
 pub struct WindowTable {
-    by_start: BTreeMap<i64, FxHashMap<WindowKey, Acc>>,
+    by_start: WindowsByStart,
     /// Every window starting before this has fired.
     fired_before: Option<i64>,
     dirty: Vec<(i64, WindowKey)>,
@@ -127,7 +132,7 @@ pub struct WindowTable {
 
 impl WindowTable {
     pub fn len(&self) -> usize {
-        self.by_start.values().map(|m| m.len()).sum()
+        window_count(self.by_start.values())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -184,7 +189,7 @@ impl WindowTable {
         self.fired_before = Some(limit);
         // Sized first: a backlog fires hundreds of starts at once, and growing by doubling
         // copies into fresh memory each time.
-        let mut out = Vec::with_capacity(self.by_start.range(from..limit).map(|(_, m)| m.len()).sum());
+        let mut out = Vec::with_capacity(window_count(self.by_start.range(from..limit).map(|(_, m)| m)));
         for (start, m) in self.by_start.range(from..limit) {
             out.extend(m.iter().map(|(k, a)| (*start, *k, *a)));
         }
