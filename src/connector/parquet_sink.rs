@@ -27,7 +27,7 @@ use tokio::runtime::Handle;
 
 use super::store::Location;
 use crate::contract::columns::{AD_METRICS_TABLE, DLQ_TABLE, RECORD_UUID};
-use crate::contract::outputs::{ad_metrics_col, ad_metrics_schema, dead_letter_batch, dead_letter_schema, DeadLetter};
+use crate::contract::outputs::{ad_metrics_col, ad_metrics_schema, dead_letter_batch, dead_letter_col, dead_letter_schema, DeadLetter};
 use crate::contract::time::{floor_to, hive_hour_dir, HOUR_MS};
 use crate::runtime::backfill::OutputSink;
 
@@ -216,10 +216,11 @@ fn ad_metrics_properties() -> &'static WriterProperties {
 fn dead_letter_properties() -> &'static WriterProperties {
     static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
         let names = dead_letter_schema();
-        let mut props = table_defaults().set_column_statistics_enabled(ColumnPath::from("payload"), EnabledStatistics::None);
-        for name in ["payload", "partition", "offset", "kafka_timestamp"] {
-            assert!(names.field_with_name(name).is_ok(), "dead letters have no column {name}");
-            props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
+        let column = |i: usize| ColumnPath::from(names.field(i).name().as_str());
+        use dead_letter_col as c;
+        let mut props = table_defaults().set_column_statistics_enabled(column(c::PAYLOAD), EnabledStatistics::None);
+        for i in [c::PAYLOAD, c::PARTITION, c::OFFSET, c::KAFKA_TIMESTAMP] {
+            props = props.set_column_dictionary_enabled(column(i), false);
         }
         props.build()
     });

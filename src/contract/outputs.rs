@@ -152,6 +152,17 @@ pub mod ad_metrics_col {
     pub const CLICKS: usize = 8;
 }
 
+/// Column indices of [`dead_letter_schema`].
+pub mod dead_letter_col {
+    pub const RECORD_UUID: usize = 0;
+    pub const TOPIC: usize = 1;
+    pub const PARTITION: usize = 2;
+    pub const OFFSET: usize = 3;
+    pub const KAFKA_TIMESTAMP: usize = 4;
+    pub const REASON: usize = 5;
+    pub const PAYLOAD: usize = 6;
+}
+
 /// Builds an `ad-metrics` batch row by row from borrowed values: the columnar output path,
 /// with no record struct or reference count per row.
 pub struct AdMetricsBuilder {
@@ -271,6 +282,41 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The index modules name the columns the schemas put there: the sink's writer settings
+    /// and the row readers go by index.
+    #[test]
+    fn column_indices_match_the_schemas() {
+        let name = |schema: SchemaRef, i: usize| schema.field(i).name().clone();
+        let m = ad_metrics_schema;
+        use ad_metrics_col as a;
+        for (i, n) in [
+            (a::RECORD_UUID, "record_uuid"),
+            (a::REGION, "region"),
+            (a::AD_ID, "ad_id"),
+            (a::CAMPAIGN_ID, "campaign_id"),
+            (a::ADVERTISER_ID, "advertiser_id"),
+            (a::WINDOW_START, "window_start"),
+            (a::WINDOW_END, "window_end"),
+            (a::IMPRESSIONS, "impressions"),
+            (a::CLICKS, "clicks"),
+        ] {
+            assert_eq!(name(m(), i), n);
+        }
+        let d = dead_letter_schema;
+        use dead_letter_col as l;
+        for (i, n) in [
+            (l::RECORD_UUID, "record_uuid"),
+            (l::TOPIC, "topic"),
+            (l::PARTITION, "partition"),
+            (l::OFFSET, "offset"),
+            (l::KAFKA_TIMESTAMP, "kafka_timestamp"),
+            (l::REASON, "reason"),
+            (l::PAYLOAD, "payload"),
+        ] {
+            assert_eq!(name(d(), i), n);
+        }
+    }
 
     fn text() -> impl Strategy<Value = Arc<str>> {
         prop_oneof![3 => "[a-z0-9-]{0,12}", 1 => any::<String>(), 1 => "[\"\\\\\\x00-\\x1f\\x7f/é]{0,4}"].prop_map(Arc::from)
