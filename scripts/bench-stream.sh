@@ -49,11 +49,12 @@ trap 'scripts/broker.sh stop "$WORK/broker"; pkill -P $$ 2>/dev/null || true; wa
 BROKER=$(scripts/broker.sh start "$WORK/broker" memory)
 # Whether the broker may use transparent huge pages (scripts/broker.sh turns them off unless
 # MIMALLOC_ALLOW_THP=1): it changes the job's rate on these VMs, so the output says which.
-thp=$(awk '/^THP_enabled/ {print $2 ? "on" : "off"}' "/proc/$(cat "$WORK/broker/pid")/status")
+BROKER_PID=$(cat "$WORK/broker/pid")
+thp=$(awk '/^THP_enabled/ {print $2 ? "on" : "off"}' "/proc/$BROKER_PID/status")
 echo "broker $BROKER (transparent huge pages ${thp:-unknown}); $(nproc) cores"
 
 "$BIN" produce --brokers "$BROKER" --events "$EVENTS" --hours 4 --ads 10000 --partitions 8 --seed 3 --watermark-tick >/dev/null
-broker_cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$(cat "$WORK/broker/pid")/stat"; }
+broker_cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$BROKER_PID/stat"; }
 pcts=()
 for run in warm-up $(seq 1 "$RUNS"); do
   read -r plain_n plain_s plain_rate < <("$PROBE" read-rate "$BROKER" ad-events 2>/dev/null)
