@@ -287,35 +287,40 @@ mod tests {
     /// and the row readers go by index.
     #[test]
     fn column_indices_match_the_schemas() {
-        let name = |schema: SchemaRef, i: usize| schema.field(i).name().clone();
-        let m = ad_metrics_schema;
         use ad_metrics_col as a;
-        for (i, n) in [
-            (a::RECORD_UUID, "record_uuid"),
-            (a::REGION, "region"),
-            (a::AD_ID, "ad_id"),
-            (a::CAMPAIGN_ID, "campaign_id"),
-            (a::ADVERTISER_ID, "advertiser_id"),
-            (a::WINDOW_START, "window_start"),
-            (a::WINDOW_END, "window_end"),
-            (a::IMPRESSIONS, "impressions"),
-            (a::CLICKS, "clicks"),
-        ] {
-            assert_eq!(name(m(), i), n);
-        }
-        let d = dead_letter_schema;
         use dead_letter_col as l;
-        for (i, n) in [
-            (l::RECORD_UUID, "record_uuid"),
-            (l::TOPIC, "topic"),
-            (l::PARTITION, "partition"),
-            (l::OFFSET, "offset"),
-            (l::KAFKA_TIMESTAMP, "kafka_timestamp"),
-            (l::REASON, "reason"),
-            (l::PAYLOAD, "payload"),
-        ] {
-            assert_eq!(name(d(), i), n);
-        }
+        let check = |schema: SchemaRef, columns: &[(usize, &str)]| {
+            assert_eq!(schema.fields().len(), columns.len(), "every column has an index");
+            for &(i, name) in columns {
+                assert_eq!(schema.field(i).name(), name);
+            }
+        };
+        check(
+            ad_metrics_schema(),
+            &[
+                (a::RECORD_UUID, "record_uuid"),
+                (a::REGION, "region"),
+                (a::AD_ID, "ad_id"),
+                (a::CAMPAIGN_ID, "campaign_id"),
+                (a::ADVERTISER_ID, "advertiser_id"),
+                (a::WINDOW_START, "window_start"),
+                (a::WINDOW_END, "window_end"),
+                (a::IMPRESSIONS, "impressions"),
+                (a::CLICKS, "clicks"),
+            ],
+        );
+        check(
+            dead_letter_schema(),
+            &[
+                (l::RECORD_UUID, "record_uuid"),
+                (l::TOPIC, "topic"),
+                (l::PARTITION, "partition"),
+                (l::OFFSET, "offset"),
+                (l::KAFKA_TIMESTAMP, "kafka_timestamp"),
+                (l::REASON, "reason"),
+                (l::PAYLOAD, "payload"),
+            ],
+        );
     }
 
     fn text() -> impl Strategy<Value = Arc<str>> {

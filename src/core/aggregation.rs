@@ -450,8 +450,8 @@ impl AggregationOperator {
     /// Takes the records emitted so far, in emission order.
     pub fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
         let emitted = std::mem::take(&mut self.metrics);
-        // Sized up front: a flattened iterator's length is unknown, and collecting it doubled
-        // the vector of records (112 bytes each) into fresh memory on the way.
+        // Sized up front: grown as it was filled, the vector of records (112 bytes each)
+        // doubled into fresh memory on the way.
         let mut metrics = Vec::with_capacity(emitted.iter().map(Emitted::len).sum());
         let metric = |(start, (ad, region), acc): WindowValue| {
             let (region, ad) = (self.strings.name(region).clone(), self.strings.name(ad).clone());
