@@ -14,6 +14,7 @@ use std::collections::BinaryHeap;
 
 use arrow::array::{AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::compute::interleave_record_batch;
+use arrow::datatypes::SchemaRef;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk};
@@ -191,17 +192,9 @@ fn sorted_dead(mut rows: Vec<DeadLetter>) -> RecordBatch {
 /// slower with their dictionaries.
 fn ad_metrics_properties() -> &'static WriterProperties {
     static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
-        let names = ad_metrics_schema();
-        let column = |i: usize| ColumnPath::from(names.field(i).name().as_str());
         use ad_metrics_col as c;
-        let mut props = table_defaults();
-        for i in [c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID] {
-            props = props.set_column_statistics_enabled(column(i), EnabledStatistics::None);
-        }
-        for i in [c::REGION, c::AD_ID, c::WINDOW_START, c::WINDOW_END, c::CLICKS] {
-            props = props.set_column_dictionary_enabled(column(i), false);
-        }
-        props.build()
+        let no_statistics = [c::AD_ID, c::CAMPAIGN_ID, c::ADVERTISER_ID];
+        table_settings(ad_metrics_schema(), &no_statistics, &[c::REGION, c::AD_ID, c::WINDOW_START, c::WINDOW_END, c::CLICKS])
     });
     &PROPERTIES
 }
@@ -215,16 +208,24 @@ fn ad_metrics_properties() -> &'static WriterProperties {
 /// codes and most of its texts repeat (80 ms with it, 137 ms without).
 fn dead_letter_properties() -> &'static WriterProperties {
     static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
-        let names = dead_letter_schema();
-        let column = |i: usize| ColumnPath::from(names.field(i).name().as_str());
         use dead_letter_col as c;
-        let mut props = table_defaults().set_column_statistics_enabled(column(c::PAYLOAD), EnabledStatistics::None);
-        for i in [c::PAYLOAD, c::PARTITION, c::OFFSET, c::KAFKA_TIMESTAMP] {
-            props = props.set_column_dictionary_enabled(column(i), false);
-        }
-        props.build()
+        table_settings(dead_letter_schema(), &[c::PAYLOAD], &[c::PAYLOAD, c::PARTITION, c::OFFSET, c::KAFKA_TIMESTAMP])
     });
     &PROPERTIES
+}
+
+/// [`table_defaults`], with no min/max statistics for the columns `no_statistics` and no
+/// dictionary for the columns `no_dictionary` (indices into `schema`).
+fn table_settings(schema: SchemaRef, no_statistics: &[usize], no_dictionary: &[usize]) -> WriterProperties {
+    let column = |i: usize| ColumnPath::from(schema.field(i).name().as_str());
+    let mut props = table_defaults();
+    for &i in no_statistics {
+        props = props.set_column_statistics_enabled(column(i), EnabledStatistics::None);
+    }
+    for &i in no_dictionary {
+        props = props.set_column_dictionary_enabled(column(i), false);
+    }
+    props.build()
 }
 
 fn table_properties(table: &str) -> &'static WriterProperties {
