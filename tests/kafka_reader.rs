@@ -1,5 +1,6 @@
 //! The stream runtime's topic reader against a real broker: what it delivers around a
-//! partition's end, where librdkafka's batch consume needs help (see `TopicReader::reposition`).
+//! partition's end, where librdkafka's batch consume needs help (see `TopicReader::reposition`),
+//! and partitions it did not know when it started.
 
 mod common;
 
@@ -10,7 +11,7 @@ use adsproc::connector::kafka::reader::TopicReader;
 use adsproc::connector::kafka::{admin, KafkaSettings};
 use adsproc::contract::schema::col;
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Int32Type, Int64Type};
 use common::kafka::Broker;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -19,11 +20,26 @@ fn offsets(batches: &[RecordBatch]) -> Vec<i64> {
 }
 
 fn produce(producer: &BaseProducer, n: usize) {
+    produce_to(producer, "t", 0, n);
+}
+
+fn produce_to(producer: &BaseProducer, topic: &str, partition: i32, n: usize) {
     for i in 0..n {
         let payload = format!("{{\"event_id\":\"e{i}\"}}");
-        producer.send(BaseRecord::<(), str>::to("t").payload(&payload).partition(0)).unwrap();
+        producer.send(BaseRecord::<(), str>::to(topic).payload(&payload).partition(partition)).unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// (partition, offset) of every delivered row.
+fn positions(batches: &[RecordBatch]) -> Vec<(i32, i64)> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let ps = b.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>().values().to_vec();
+            ps.into_iter().zip(b.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().values().to_vec())
+        })
+        .collect()
 }
 
 /// Polls until `done` holds for what was delivered so far, or 20 s pass.
@@ -60,3 +76,44 @@ fn a_partition_paused_at_its_end_resumes_at_the_next_message() {
     let after = poll_until(&mut reader, |got, _| !got.is_empty());
     assert_eq!(after, vec![5], "the message produced at the partition's end while it was paused");
 }
+
+/// Partitions added to a topic while it is read (Kafka adds them to live topics) are found
+/// in the metadata and read from their beginning, and the partitions already read keep their
+/// positions. Nisshi 0.7.0 has no CreatePartitions, so the reader is started knowing only
+/// partition 0 of a topic of three: what it finds is what a reader started before the other
+/// two were added would find.
+#[test]
+fn partitions_the_reader_did_not_know_are_found_and_read_from_their_beginning() {
+    let broker = Broker::start("memory");
+    let settings = KafkaSettings::new(&broker.addr, &[]);
+    admin::ensure_topic(&settings, "grown", 3).unwrap();
+    let producer: BaseProducer = settings.config(&[]).create().unwrap();
+    for p in 0..3 {
+        produce_to(&producer, "grown", p, 3);
+    }
+
+    let mut reader = TopicReader::new(&settings, "grown", vec![0], "reader-test").unwrap();
+    reader.seek(&BTreeMap::from([(0, 1)])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while !(got.len() >= 2 && reader.caught_up()) && Instant::now() < deadline {
+        got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
+    }
+    assert_eq!(got, vec![(0, 1), (0, 2)]);
+
+    let new = reader.unread_partitions().unwrap();
+    assert_eq!(new, vec![1, 2]);
+    // Partition 2 from a known position (as a restored checkpoint gives), 1 from its start.
+    reader.add_partitions(&new, &BTreeMap::from([(2, 2)])).unwrap();
+    assert_eq!(reader.partitions(), &[0, 1, 2]);
+    assert!(reader.unread_partitions().unwrap().is_empty());
+    produce_to(&producer, "grown", 0, 1);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(got.len() >= 5 && reader.caught_up()) && Instant::now() < deadline {
+        got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
+    }
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 3), (1, 0), (1, 1), (1, 2), (2, 2)], "each partition from where it should start, nothing twice");
+}
+

@@ -155,6 +155,40 @@ impl TopicReader {
         &self.partitions
     }
 
+    /// The topic's partitions that this reader does not read, from fresh metadata. Kafka adds
+    /// partitions to a live topic (it never removes any), and a reader that kept the list it
+    /// started with would never read the new ones.
+    pub fn unread_partitions(&self) -> anyhow::Result<Vec<i32>> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .with_context(|| format!("cannot read the metadata of {:?}", self.topic))?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == self.topic) else { return Ok(Vec::new()) };
+        let mut new: Vec<i32> = t.partitions().iter().map(|p| p.id()).filter(|p| !self.partitions.contains(p)).collect();
+        new.sort_unstable();
+        Ok(new)
+    }
+
+    /// Starts reading more partitions, each at its offset in `offsets` or else from its
+    /// beginning, without touching the positions of the others.
+    pub fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+        let new: Vec<i32> = new.iter().copied().filter(|p| !self.partitions.contains(p)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &new {
+            tpl.add_partition_offset(&self.topic, *p, offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))?;
+            if let Some(o) = offsets.get(p) {
+                self.next.insert(*p, *o);
+            }
+        }
+        self.consumer.incremental_assign(&tpl).with_context(|| format!("cannot assign new partitions {new:?} of {:?}", self.topic))?;
+        self.partitions.extend(new);
+        self.partitions.sort_unstable();
+        Ok(())
+    }
+
     /// Positions every partition: at the given offset, or at the beginning if absent.
     pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
