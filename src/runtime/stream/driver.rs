@@ -145,10 +145,39 @@ impl StreamDriver {
             return Err(format!("the checkpoint is of topic {:?}, this job reads {:?}", snap.topic, self.rules.input_topic));
         }
         let op = AggregationOperator::restore(self.rules.clone(), self.settings.clone(), snap.operator);
+        // A checkpoint taken by a process that had found partitions this one has not (see
+        // `add_partitions`) names them: they are source partitions from now on.
+        let found: Vec<i32> = snap.clocks.keys().copied().filter(|p| !self.partitions.contains(p)).collect();
+        self.add_partitions(&found);
         let mut clocks: BTreeMap<i32, PartitionClock> = self.partitions.iter().map(|p| (*p, PartitionClock::default())).collect();
         clocks.extend(snap.clocks);
         self.groups.insert(snap.key_group, GroupTask { op, clocks, pending: Vec::new() });
         Ok(())
+    }
+
+    /// The source partitions: those it was created with and those added since.
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// Source partitions added to the topic while the job runs. Each owned group gets a clock
+    /// for them with no timestamp yet, so that they hold its watermark back, as a partition
+    /// does at start, until they deliver or fall idle: their first messages may be older than
+    /// what the others have delivered since they were added. [`resume_offsets`] leaves them
+    /// out, so they are read from their beginning.
+    ///
+    /// [`resume_offsets`]: Self::resume_offsets
+    pub fn add_partitions(&mut self, new: &[i32]) {
+        for &p in new {
+            if self.partitions.contains(&p) {
+                continue;
+            }
+            self.partitions.push(p);
+            for t in self.groups.values_mut() {
+                t.clocks.entry(p).or_default();
+            }
+        }
+        self.partitions.sort_unstable();
     }
 
     /// Gives up a group (it moved to another process); its state is dropped.
@@ -464,6 +493,34 @@ mod tests {
         d.finish();
         assert_eq!(d.buffered(), 0);
         assert_eq!(d.resume_offsets(), BTreeMap::from([(0, 2), (1, 8)]));
+    }
+
+    #[test]
+    fn an_added_partition_holds_the_watermark_until_it_delivers_and_is_read_from_its_start() {
+        let mut d = StreamDriver::new(AggregationRules::defaults(), [0]);
+        d.on_poll(&[msg(0, 0, 100), msg(0, 1, 200)]);
+        // Watermark 200: the row ingested at 100 is processed.
+        assert_eq!(d.buffered(), 1);
+        d.add_partitions(&[1]);
+        assert_eq!(d.partitions(), &[0, 1]);
+        // Partition 1 has delivered nothing: it holds the watermark back and is left out of
+        // the positions, so a reader starts it at its beginning.
+        d.on_poll(&[msg(0, 2, 300)]);
+        assert_eq!(d.buffered(), 2);
+        assert_eq!(d.resume_offsets(), BTreeMap::from([(0, 1)]));
+        // Its first message is older than what partition 0 delivered since: it is processed
+        // first, and partition 0's rows wait for partition 1 to pass them.
+        d.on_poll(&[msg(1, 0, 150), msg(1, 1, 250)]);
+        assert_eq!(d.waiting_by_partition(), BTreeMap::from([(0, 1), (1, 1)]));
+        assert_eq!(d.resume_offsets(), BTreeMap::from([(0, 2), (1, 1)]));
+        // A checkpoint names the partition, so a process that has not found it yet reads it
+        // after restoring the group.
+        d.drain();
+        let snap = d.snapshot_group(0).unwrap();
+        let mut elsewhere = StreamDriver::with_key_groups(AggregationRules::defaults(), [0], 1);
+        elsewhere.restore_group(snap).unwrap();
+        assert_eq!(elsewhere.partitions(), &[0, 1]);
+        assert_eq!(elsewhere.resume_offsets(), BTreeMap::from([(0, 2), (1, 1)]));
     }
 
     #[test]
