@@ -67,6 +67,12 @@ pub struct Args {
     /// A partition read to its end for this long no longer holds the watermark back.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// How often to look for partitions added to the input topic; they are read from their
+    /// beginning. Events written to a new partition before it is found count as late (they
+    /// correct windows already fired), so keep it well under the job's allowed lateness.
+    /// 0s: never.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    partition_discovery_interval: Duration,
     /// Exit after a final checkpoint once every partition has been read to its end.
     #[arg(long)]
     stop_when_caught_up: bool,
@@ -118,6 +124,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         checkpoint_interval: a.checkpoint_interval,
         min_checkpoint_pause: a.min_checkpoint_pause.unwrap_or(a.checkpoint_interval / 2),
         idle_timeout: a.idle_timeout,
+        partition_discovery_interval: Some(a.partition_discovery_interval).filter(|i| !i.is_zero()),
         stop_when_caught_up: a.stop_when_caught_up,
         // Larger polls cost memory (0.15-0.4 KB a message while it is decoded and processed) and
         // save per-poll work: 6 pairs on the 1M bench, 20 000 -> 50 000 gave sustained median

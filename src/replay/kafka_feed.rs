@@ -62,6 +62,7 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
         checkpoint_interval: Duration::from_millis(200),
         min_checkpoint_pause: Duration::from_millis(100),
         idle_timeout: Duration::from_secs(3600),
+        partition_discovery_interval: Some(Duration::from_secs(30)),
         stop_when_caught_up: true,
         max_poll: s.poll_size,
         max_waiting_per_partition: s.poll_size,

@@ -198,6 +198,14 @@ impl Broker for KafkaBroker {
         self.reader.seek(offsets)
     }
 
+    fn unread_partitions(&mut self) -> anyhow::Result<Vec<i32>> {
+        self.reader.unread_partitions()
+    }
+
+    fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+        self.reader.add_partitions(new, offsets)
+    }
+
     fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
         self.reader.poll(max, wait)
     }

@@ -50,6 +50,12 @@ pub trait Broker {
     /// The committed checkpoint number of each group (None: none yet).
     fn committed(&self, groups: &BTreeSet<u32>) -> anyhow::Result<Vec<(u32, Option<u64>)>>;
     fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
+    /// Partitions of the source topic that are not read yet, from fresh metadata: partitions
+    /// added to the topic since the reader started.
+    fn unread_partitions(&mut self) -> anyhow::Result<Vec<i32>>;
+    /// Starts reading more source partitions, each at its offset in `offsets` or else from its
+    /// beginning; the others keep their positions.
+    fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
     /// Up to `max` messages in offset order per partition, decoded into canonical batches
     /// ([`crate::contract::raw::MessageDecoder`]): consecutive slices of the poll, in order.
     fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>>;
@@ -96,6 +102,8 @@ pub struct StreamOptions {
     pub min_checkpoint_pause: Duration,
     /// A partition at its end for this long stops holding the watermark back.
     pub idle_timeout: Duration,
+    /// How often to look for partitions added to the source topic (None: never).
+    pub partition_discovery_interval: Option<Duration>,
     /// Exit (after a final checkpoint) once every partition has been read to its end.
     pub stop_when_caught_up: bool,
     pub max_poll: usize,
@@ -126,6 +134,9 @@ pub fn run(
     opts: &StreamOptions,
     shutdown: &AtomicBool,
 ) -> anyhow::Result<StreamSummary> {
+    // Grows when partitions are added to the topic (`discover`); Kafka never removes any.
+    let mut partitions = partitions.to_vec();
+    let mut last_discovery = Instant::now();
     let mut driver = StreamDriver::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
     let mut seqs: BTreeMap<u32, u64> = BTreeMap::new();
     let mut summary = StreamSummary::default();
@@ -157,6 +168,13 @@ pub fn run(
                 }
             }
             let resume = driver.resume_offsets();
+            // A checkpoint taken by another process can name partitions this one has not
+            // found yet: they are read too.
+            let found: Vec<i32> = driver.partitions().iter().copied().filter(|p| !partitions.contains(p)).collect();
+            if !found.is_empty() {
+                broker.add_partitions(&found, &resume)?;
+                partitions = driver.partitions().to_vec();
+            }
             tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
             broker.seek(&resume)?;
             for g in &groups {
@@ -172,6 +190,10 @@ pub fn run(
             }
             continue;
         }
+        if opts.partition_discovery_interval.is_some_and(|i| last_discovery.elapsed() >= i) {
+            last_discovery = Instant::now();
+            discover(&mut driver, &mut partitions, broker)?;
+        }
         let batches = broker.send_and_poll(&unsent, opts.max_poll, Duration::from_millis(100))?;
         count_sent(&mut summary, &mut unsent);
         let polled: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -185,13 +207,24 @@ pub fn run(
         for p in broker.idle_partitions(opts.idle_timeout) {
             driver.mark_idle(p);
         }
-        let align = aligned(&driver.waiting_by_partition(), broker.paused(), partitions, &broker.idle_partitions(Duration::ZERO), opts.max_waiting_per_partition);
+        let align = aligned(
+            &driver.waiting_by_partition(),
+            broker.paused(),
+            &partitions,
+            &broker.idle_partitions(Duration::ZERO),
+            opts.max_waiting_per_partition,
+        );
         if &align != broker.paused() {
             tracing::debug!("watermark alignment: pausing {align:?}");
             broker.pause_only(&align)?;
         }
         unsent = driver.drain_by_group();
-        let stop = shutdown.load(Ordering::Relaxed) || (opts.stop_when_caught_up && polled == 0 && broker.caught_up());
+        let mut stop = shutdown.load(Ordering::Relaxed);
+        if !stop && opts.stop_when_caught_up && polled == 0 && broker.caught_up() {
+            // Caught up with the partitions it reads: unless partitions were added since the
+            // last look, it is caught up with the topic.
+            stop = opts.partition_discovery_interval.is_none() || !discover(&mut driver, &mut partitions, broker)?;
+        }
         if stop || trigger.due(last_checkpoint.elapsed(), driver.ingest_watermark()) {
             // A checkpoint's transactions carry every record drained before its snapshots.
             broker.send_records(&unsent)?;
@@ -231,6 +264,27 @@ pub fn run(
     }
     summary.audit = driver.audit();
     Ok(summary)
+}
+
+/// Starts reading partitions added to the source topic since the last look, from their
+/// beginning; whether there were any. A failed metadata request is a warning, not an error:
+/// the next look repeats it, and nothing is read out of order meanwhile.
+fn discover(driver: &mut StreamDriver, partitions: &mut Vec<i32>, broker: &mut dyn Broker) -> anyhow::Result<bool> {
+    let new = match broker.unread_partitions() {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::warn!("looking for new source partitions: {e:#}");
+            return Ok(false);
+        }
+    };
+    if new.is_empty() {
+        return Ok(false);
+    }
+    tracing::info!("partitions {new:?} were added to the source topic: reading them from their beginning");
+    driver.add_partitions(&new);
+    broker.add_partitions(&new, &driver.resume_offsets())?;
+    *partitions = driver.partitions().to_vec();
+    Ok(true)
 }
 
 fn count_sent(summary: &mut StreamSummary, sent: &mut Vec<GroupRecords>) {
@@ -315,6 +369,105 @@ mod tests {
         // ...and a partition that was not paused is not paused below the limit.
         let waiting = BTreeMap::from([(1, 50), (2, 60)]);
         assert_eq!(aligned(&waiting, &set(&[1]), &parts, &none, 100), none);
+    }
+
+    use super::super::memory_broker::{MemoryBroker, MemoryCheckpoints, Topics};
+    use crate::contract::raw::RawMessage;
+
+    const T0: i64 = 1_767_225_600_000;
+
+    fn options(partition_discovery_interval: Option<Duration>) -> StreamOptions {
+        StreamOptions {
+            key_groups: 2,
+            // A checkpoint after every poll: the restore below starts from mid-stream state.
+            checkpoint_interval: Duration::from_millis(1),
+            min_checkpoint_pause: Duration::from_millis(1),
+            idle_timeout: Duration::from_secs(3600),
+            partition_discovery_interval,
+            stop_when_caught_up: true,
+            max_poll: 4,
+            max_waiting_per_partition: 1000,
+        }
+    }
+
+    fn impression(id: &str, ad: &str, event_time: i64) -> String {
+        format!(r#"{{"event_id":"{id}","event_type":"impression","ad_id":"{ad}","event_time":{event_time},"region":"r"}}"#)
+    }
+
+    /// Events on partitions 0-2, ingested from `from` every 5 s, and then a message on each
+    /// partition ingested at `tick`, whose watermark fires every window before it.
+    fn append_events(topics: &mut Topics, from: i64, tag: &str, tick: i64) {
+        for i in 0..12 {
+            let t = from + 5_000 * i;
+            topics.append((i % 3) as i32, t, &impression(&format!("{tag}{i}"), ["a", "b"][i as usize % 2], t - 1_000));
+        }
+        // A client retry of event 1 on the last partition: counted once.
+        topics.append(2, from + 58_000, &impression(&format!("{tag}1"), "b", from + 4_000));
+        for p in 0..3 {
+            topics.append(p, tick, &impression(&format!("tick-{tag}{p}"), "tick", tick));
+        }
+    }
+
+    /// The final value of every window of ads a and b: the output's upsert view, or a single
+    /// driver's over every message of the topic in one poll.
+    fn windows(metrics: &BTreeMap<uuid::Uuid, AdMetric>) -> BTreeMap<uuid::Uuid, (i64, i64)> {
+        metrics.iter().filter(|(_, m)| &*m.ad_id != "tick").map(|(u, m)| (*u, (m.impressions, m.clicks))).collect()
+    }
+
+    fn reference(topics: &Topics) -> BTreeMap<uuid::Uuid, (i64, i64)> {
+        let all: Vec<RawMessage> = topics
+            .source
+            .iter()
+            .flat_map(|(p, log)| {
+                log.iter().enumerate().map(|(o, (t, payload))| RawMessage {
+                    partition: *p,
+                    offset: o as i64,
+                    timestamp: *t,
+                    payload: payload.clone(),
+                })
+            })
+            .collect();
+        let mut d = StreamDriver::new(AggregationRules::defaults(), topics.source.keys().copied());
+        let (metrics, _) = d.replay([all]);
+        windows(&metrics.into_iter().map(|m| (m.record_uuid, m)).collect())
+    }
+
+    fn run_job(topics: &mut Topics, store: &MemoryCheckpoints, partitions: &[i32], opts: &StreamOptions) {
+        let mut broker = MemoryBroker::new(topics, partitions, opts.key_groups);
+        run(&AggregationRules::defaults(), partitions, &mut broker, store, opts, &AtomicBool::new(false)).unwrap();
+    }
+
+    /// Partition 2 is added to the topic while the job reads it, after the other partitions'
+    /// messages have fired every window: the job finds it, reads it from its beginning, and
+    /// corrects the windows (its events are within allowed lateness). Then a process started
+    /// before the partition was added (and not looking for new ones) restores the checkpoints,
+    /// which name it, and reads what was written to it since.
+    #[test]
+    fn partitions_added_to_the_topic_are_found_and_counted() {
+        let every_poll = Some(Duration::ZERO);
+        let mut topics = Topics::default();
+        append_events(&mut topics, T0, "e", T0 + 300_000);
+        topics.added_at_poll.insert(2, 3);
+        let expected = reference(&topics);
+        assert_eq!(expected.values().map(|(i, _)| i).sum::<i64>(), 12, "every event once, the retry not");
+
+        // The control: a job that never looks for new partitions misses partition 2's events.
+        let mut blind = Topics { source: topics.source.clone(), added_at_poll: topics.added_at_poll.clone(), ..Topics::default() };
+        run_job(&mut blind, &MemoryCheckpoints::default(), &[0, 1], &options(None));
+        assert_eq!(windows(&blind.upserted()).values().map(|(i, _)| i).sum::<i64>(), 8);
+
+        let store = MemoryCheckpoints::default();
+        run_job(&mut topics, &store, &[0, 1], &options(every_poll));
+        assert_eq!(windows(&topics.upserted()), expected);
+        // Windows were fired before partition 2 was found, and corrected after.
+        assert!(topics.metrics.len() > expected.len() + 1, "{} records for {} windows", topics.metrics.len(), expected.len());
+
+        append_events(&mut topics, T0 + 120_000, "f", T0 + 600_000);
+        topics.added_at_poll.clear();
+        run_job(&mut topics, &store, &[0, 1], &options(None));
+        let expected = reference(&topics);
+        assert_eq!(expected.values().map(|(i, _)| i).sum::<i64>(), 24);
+        assert_eq!(windows(&topics.upserted()), expected);
     }
 
     #[test]

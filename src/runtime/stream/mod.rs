@@ -7,4 +7,6 @@
 pub mod checkpoint;
 pub mod driver;
 pub mod job;
+#[cfg(test)]
+pub mod memory_broker;
 pub mod trigger;
