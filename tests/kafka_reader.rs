@@ -1,6 +1,6 @@
-//! The stream runtime's topic reader against a real broker: what it delivers around a
-//! partition's end, where librdkafka's batch consume needs help (see `TopicReader::reposition`),
-//! and partitions it did not know when it started.
+//! The topic reader (of the stream job and the archiver) against a real broker: what it
+//! delivers around a partition's end, where librdkafka's batch consume needs help (see
+//! `TopicReader::reposition`), and partitions it did not know when it started.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use adsproc::connector::kafka::reader::TopicReader;
-use adsproc::connector::kafka::{admin, KafkaSettings};
+use adsproc::connector::kafka::{admin, archiver, KafkaSettings};
 use adsproc::contract::schema::col;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
@@ -117,3 +117,22 @@ fn partitions_the_reader_did_not_know_are_found_and_read_from_their_beginning() 
     assert_eq!(got, vec![(0, 3), (1, 0), (1, 1), (1, 2), (2, 2)], "each partition from where it should start, nothing twice");
 }
 
+/// The archiver, caught up with the partitions it started with, looks once more and archives
+/// the partition it did not know, from its beginning, before it stops.
+#[test]
+fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
+    let broker = Broker::start("memory");
+    let settings = KafkaSettings::new(&broker.addr, &[]);
+    admin::ensure_topic(&settings, "grown", 2).unwrap();
+    let producer: BaseProducer = settings.config(&[]).create().unwrap();
+    produce_to(&producer, "grown", 0, 3);
+    produce_to(&producer, "grown", 1, 4);
+
+    let dir = tempfile::tempdir().unwrap();
+    let location = adsproc::connector::store::open(dir.path().to_str().unwrap(), &[], true).unwrap();
+    let rt = adsproc::cli::tokio_runtime().unwrap();
+    let mut reader = TopicReader::new(&settings, "grown", vec![0], "archiver-test").unwrap();
+    let summary = archiver::run(&mut reader, &location, "grown", rt.handle(), true, Duration::from_secs(60)).unwrap();
+    assert_eq!(summary.messages, 7);
+    assert_eq!(archiver::archived_positions(&location, "grown", rt.handle()).unwrap(), BTreeMap::from([(0, 3), (1, 4)]));
+}

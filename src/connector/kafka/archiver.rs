@@ -54,20 +54,30 @@ fn parse_name(name: &str) -> Option<(i32, i64)> {
     Some((p, last))
 }
 
+/// How often the archiver looks for partitions added to its topic.
+const PARTITION_DISCOVERY: Duration = Duration::from_secs(30);
+
 /// Archives until caught up (every partition at its end), or forever, flushing files every
-/// `flush_every`.
+/// `flush_every`. Partitions added to the topic meanwhile are archived too, from their
+/// beginning (or where an earlier run stopped).
 pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Handle, until_caught_up: bool, flush_every: Duration) -> anyhow::Result<ArchiveSummary> {
     let start = archived_positions(location, topic, rt)?;
     reader.seek(&start)?;
     let mut summary = ArchiveSummary::default();
     let mut buffered: Vec<RecordBatch> = Vec::new();
     let mut last_flush = Instant::now();
+    let mut last_discovery = Instant::now();
     loop {
+        if last_discovery.elapsed() >= PARTITION_DISCOVERY {
+            last_discovery = Instant::now();
+            discover(reader, &start);
+        }
         for got in reader.poll(50_000, Duration::from_millis(200))? {
             summary.messages += got.num_rows() as u64;
             buffered.push(got);
         }
-        let done = until_caught_up && reader.caught_up();
+        // Caught up with the partitions it reads, and no partition added since the last look.
+        let done = until_caught_up && reader.caught_up() && !discover(reader, &start);
         let buffered_rows: usize = buffered.iter().map(RecordBatch::num_rows).sum();
         if done || last_flush.elapsed() >= flush_every || buffered_rows >= 1_000_000 {
             flush(&mut buffered, location, topic, rt, &mut summary)?;
@@ -77,6 +87,22 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
             return Ok(summary);
         }
     }
+}
+
+/// Starts reading partitions added to the topic since the last look; whether there were any.
+/// A failed metadata request is only logged: the next look repeats it.
+fn discover(reader: &mut TopicReader, archived: &BTreeMap<i32, i64>) -> bool {
+    let found = reader.unread_partitions().and_then(|new| {
+        if !new.is_empty() {
+            tracing::info!("partitions {new:?} were added to {:?}: archiving them", reader.topic());
+            reader.add_partitions(&new, archived)?;
+        }
+        Ok(!new.is_empty())
+    });
+    found.unwrap_or_else(|e| {
+        tracing::warn!("looking for new partitions: {e:#}");
+        false
+    })
 }
 
 fn flush(buffered: &mut Vec<RecordBatch>, location: &Location, topic: &str, rt: &Handle, summary: &mut ArchiveSummary) -> anyhow::Result<()> {

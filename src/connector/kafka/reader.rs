@@ -155,6 +155,10 @@ impl TopicReader {
         &self.partitions
     }
 
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// The topic's partitions that this reader does not read, from fresh metadata. Kafka adds
     /// partitions to a live topic (it never removes any), and a reader that kept the list it
     /// started with would never read the new ones.
