@@ -136,3 +136,39 @@ fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
     assert_eq!(summary.messages, 7);
     assert_eq!(archiver::archived_positions(&location, "grown", rt.handle()).unwrap(), BTreeMap::from([(0, 3), (1, 4)]));
 }
+
+/// A second seek and the reader's end right after it, ten times. A seek used to reassign the
+/// partitions (remove, add again); librdkafka 2.12.1 aborted the process (SIGABRT, an assertion
+/// on a second FETCH_STOP: confluentinc/librdkafka#5573) in about a third of such runs, when
+/// closing the consumer removed the partitions while the reassignment's removal was still
+/// stopping them. Seeks after the first now move the positions of an unchanged assignment.
+#[test]
+fn seeking_again_and_closing_at_once_does_not_abort() {
+    let broker = Broker::start("memory");
+    let settings = KafkaSettings::new(&broker.addr, &[]);
+    admin::ensure_topic(&settings, "reseek", 2).unwrap();
+    let producer: BaseProducer = settings.config(&[]).create().unwrap();
+    produce_to(&producer, "reseek", 0, 3);
+    produce_to(&producer, "reseek", 1, 3);
+    for round in 0..10 {
+        let mut reader = TopicReader::new(&settings, "reseek", vec![0, 1], "reader-test").unwrap();
+        reader.seek(&BTreeMap::from([(0, 0), (1, 0)])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while !(got.len() >= 6 && reader.caught_up()) && Instant::now() < deadline {
+            got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
+        }
+        assert_eq!(got.len(), 6, "round {round}");
+        reader.seek(&BTreeMap::from([(0, 1), (1, 2)])).unwrap();
+        if round == 0 {
+            // The new positions are where it reads from.
+            let mut again = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !(again.len() >= 3 && reader.caught_up()) && Instant::now() < deadline {
+                again.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
+            }
+            again.sort_unstable();
+            assert_eq!(again, vec![(0, 1), (0, 2), (1, 2)]);
+        }
+    }
+}

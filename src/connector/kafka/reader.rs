@@ -109,6 +109,8 @@ pub struct TopicReader {
     /// Per partition, the offset of the next message to deliver, where known: set by a seek,
     /// by each delivered message and by each end of partition (see [`Self::pause_only`]).
     next: BTreeMap<i32, i64>,
+    /// Whether the partitions have been assigned (by the first [`seek`](Self::seek)).
+    assigned: bool,
 }
 
 impl TopicReader {
@@ -148,6 +150,7 @@ impl TopicReader {
             at_end: BTreeMap::new(),
             paused: BTreeSet::new(),
             next: BTreeMap::new(),
+            assigned: false,
         })
     }
 
@@ -174,7 +177,8 @@ impl TopicReader {
     }
 
     /// Starts reading more partitions, each at its offset in `offsets` or else from its
-    /// beginning, without touching the positions of the others.
+    /// beginning, without touching the positions of the others (before the first
+    /// [`seek`](Self::seek), that seek assigns them).
     pub fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
         let new: Vec<i32> = new.iter().copied().filter(|p| !self.partitions.contains(p)).collect();
         if new.is_empty() {
@@ -187,7 +191,9 @@ impl TopicReader {
                 self.next.insert(*p, *o);
             }
         }
-        self.consumer.incremental_assign(&tpl).with_context(|| format!("cannot assign new partitions {new:?} of {:?}", self.topic))?;
+        if self.assigned {
+            self.consumer.incremental_assign(&tpl).with_context(|| format!("cannot assign new partitions {new:?} of {:?}", self.topic))?;
+        }
         self.partitions.extend(new);
         self.partitions.sort_unstable();
         Ok(())
@@ -202,7 +208,22 @@ impl TopicReader {
         }
         self.next = offsets.iter().filter(|(p, _)| self.partitions.contains(p)).map(|(p, o)| (*p, *o)).collect();
         self.pause_only(&BTreeSet::new())?;
-        self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic))?;
+        if self.assigned {
+            // The same partitions at new positions: moved, not removed from the assignment and
+            // added again. librdkafka 2.12.1 aborts the process when a removal overlaps an
+            // earlier one whose partitions are still stopping (a second FETCH_STOP for the same
+            // partition; confluentinc/librdkafka#5573, fixed after 2.15), which a reassignment
+            // followed by another or by closing the consumer could do.
+            let done = self.consumer.seek_partitions(tpl, Duration::from_secs(30)).with_context(|| format!("cannot seek partitions of {:?}", self.topic))?;
+            for e in done.elements() {
+                if let Err(err) = e.error() {
+                    anyhow::bail!("cannot seek partition {} of {:?}: {err}", e.partition(), self.topic);
+                }
+            }
+        } else {
+            self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic))?;
+            self.assigned = true;
+        }
         self.at_end.clear();
         Ok(())
     }
