@@ -7,13 +7,16 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use adsproc::connector::kafka::reader::TopicReader;
+use adsproc::connector::kafka::reader::{LostRange, TopicReader};
 use adsproc::connector::kafka::{admin, archiver, KafkaSettings};
 use adsproc::contract::schema::col;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use common::kafka::Broker;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 fn offsets(batches: &[RecordBatch]) -> Vec<i64> {
     batches.iter().flat_map(|b| b.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().values().to_vec()).collect()
@@ -135,6 +138,35 @@ fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
     let summary = archiver::run(&mut reader, &location, "grown", rt.handle(), true, Duration::from_secs(60)).unwrap();
     assert_eq!(summary.messages, 7);
     assert_eq!(archiver::archived_positions(&location, "grown", rt.handle()).unwrap(), BTreeMap::from([(0, 3), (1, 4)]));
+}
+
+/// Positions before a partition's first retained message (messages deleted by retention;
+/// here by DeleteRecords): reported as lost, and the reader goes on from what is left.
+#[test]
+fn positions_before_what_a_partition_retains_are_reported_as_lost() {
+    let broker = Broker::start("memory");
+    let settings = KafkaSettings::new(&broker.addr, &[]);
+    admin::ensure_topic(&settings, "trimmed", 2).unwrap();
+    let producer: BaseProducer = settings.config(&[]).create().unwrap();
+    produce_to(&producer, "trimmed", 0, 10);
+    produce_to(&producer, "trimmed", 1, 3);
+    let client: AdminClient<DefaultClientContext> = settings.config(&[]).create().unwrap();
+    let mut below = TopicPartitionList::new();
+    below.add_partition_offset("trimmed", 0, Offset::Offset(6)).unwrap();
+    futures::executor::block_on(client.delete_records(&below, &AdminOptions::new())).unwrap();
+
+    let mut reader = TopicReader::new(&settings, "trimmed", vec![0, 1], "reader-test").unwrap();
+    let lost = reader.seek(&BTreeMap::from([(0, 2), (1, 1)])).unwrap();
+    assert_eq!(lost, vec![LostRange { partition: 0, from: 2, to: 6 }]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while !(got.len() >= 6 && reader.caught_up()) && Instant::now() < deadline {
+        got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
+    }
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 6), (0, 7), (0, 8), (0, 9), (1, 1), (1, 2)]);
+    // From the first retained message on, nothing is lost.
+    assert!(reader.seek(&BTreeMap::from([(0, 6), (1, 0)])).unwrap().is_empty());
 }
 
 /// A second seek and the reader's end right after it, ten times. A seek used to reassign the

@@ -62,6 +62,8 @@ const PARTITION_DISCOVERY: Duration = Duration::from_secs(30);
 /// beginning (or where an earlier run stopped).
 pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Handle, until_caught_up: bool, flush_every: Duration) -> anyhow::Result<ArchiveSummary> {
     let start = archived_positions(location, topic, rt)?;
+    // What retention deleted before it was archived is logged by the reader: gone from
+    // Kafka, nothing can archive it any more.
     reader.seek(&start)?;
     let mut summary = ArchiveSummary::default();
     let mut buffered: Vec<RecordBatch> = Vec::new();

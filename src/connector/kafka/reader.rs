@@ -97,6 +97,14 @@ impl Drop for Taken {
     }
 }
 
+/// Offsets `from..to` of a partition, deleted before they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRange {
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+}
+
 pub struct TopicReader {
     queue: ConsumerQueue,
     consumer: BaseConsumer<QuietEof>,
@@ -199,8 +207,32 @@ impl TopicReader {
         Ok(())
     }
 
-    /// Positions every partition: at the given offset, or at the beginning if absent.
-    pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    /// Reads every partition from `offsets` (from its beginning where absent). Returns, per
+    /// partition, the offsets between its position and its first retained message: deleted
+    /// (retention, DeleteRecords) before they were read, so they never will be. Those are
+    /// logged as lost, and the partition is read from its first retained message. (Checked
+    /// only below: Nisshi 0.7.0 lists a partition's end as its last batch's base offset + 1,
+    /// so a position beyond the end, as after a topic was deleted and created again, is not
+    /// detected.)
+    pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
+        // Only a diagnosis: the reader is right without it (librdkafka moves a position
+        // below the first retained message up to it), so a failed request does not stop it.
+        let lost = self.deleted_before(offsets).unwrap_or_else(|e| {
+            tracing::warn!("cannot check {:?} for messages deleted before they were read: {e:#}", self.topic);
+            Vec::new()
+        });
+        let mut offsets = offsets.clone();
+        for l in &lost {
+            tracing::warn!(
+                "{:?} partition {}: offsets {}..{} were deleted (retention or DeleteRecords) before they were read; \
+                 their events are lost to this reader (a backfill restates their windows if the archive holds them)",
+                self.topic,
+                l.partition,
+                l.from,
+                l.to
+            );
+            offsets.insert(l.partition, l.to);
+        }
         let mut tpl = TopicPartitionList::new();
         for p in &self.partitions {
             let o = offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
@@ -214,7 +246,10 @@ impl TopicReader {
             // earlier one whose partitions are still stopping (a second FETCH_STOP for the same
             // partition; confluentinc/librdkafka#5573, fixed after 2.15), which a reassignment
             // followed by another or by closing the consumer could do.
-            let done = self.consumer.seek_partitions(tpl, Duration::from_secs(30)).with_context(|| format!("cannot seek partitions of {:?}", self.topic))?;
+            let done = self
+                .consumer
+                .seek_partitions(tpl, Duration::from_secs(30))
+                .with_context(|| format!("cannot seek partitions of {:?}", self.topic))?;
             for e in done.elements() {
                 if let Err(err) = e.error() {
                     anyhow::bail!("cannot seek partition {} of {:?}: {err}", e.partition(), self.topic);
@@ -225,7 +260,35 @@ impl TopicReader {
             self.assigned = true;
         }
         self.at_end.clear();
-        Ok(())
+        Ok(lost)
+    }
+
+    /// The positions in `offsets` below their partition's first retained offset (one
+    /// ListOffsets request for all of them).
+    fn deleted_before(&self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in offsets.keys().filter(|p| self.partitions.contains(p)) {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
+        }
+        if tpl.count() == 0 {
+            return Ok(Vec::new());
+        }
+        let first = self
+            .consumer
+            .offsets_for_times(tpl, Duration::from_secs(30))
+            .with_context(|| format!("cannot list the offsets of {:?}", self.topic))?;
+        let mut lost = Vec::new();
+        for e in first.elements() {
+            let p = e.partition();
+            e.error().with_context(|| format!("cannot list the offsets of {:?} partition {p}", self.topic))?;
+            let Offset::Offset(first) = e.offset() else {
+                anyhow::bail!("{:?} partition {p}: the broker listed no first offset ({:?})", self.topic, e.offset())
+            };
+            if offsets[&p] < first {
+                lost.push(LostRange { partition: p, from: offsets[&p], to: first });
+            }
+        }
+        Ok(lost)
     }
 
     /// Up to `max` messages, waiting at most `wait` for the first, decoded straight from the
