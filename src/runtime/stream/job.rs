@@ -350,7 +350,9 @@ fn checkpoint_now(
 
 #[cfg(test)]
 mod tests {
+    use super::super::memory_broker::{MemoryBroker, MemoryCheckpoints, Topics};
     use super::*;
+    use crate::contract::raw::RawMessage;
 
     fn set(ps: &[i32]) -> BTreeSet<i32> {
         ps.iter().copied().collect()
@@ -370,9 +372,6 @@ mod tests {
         let waiting = BTreeMap::from([(1, 50), (2, 60)]);
         assert_eq!(aligned(&waiting, &set(&[1]), &parts, &none, 100), none);
     }
-
-    use super::super::memory_broker::{MemoryBroker, MemoryCheckpoints, Topics};
-    use crate::contract::raw::RawMessage;
 
     const T0: i64 = 1_767_225_600_000;
 
