@@ -191,6 +191,10 @@ fn bad_arguments_exit_non_zero_with_a_precise_message() {
         adsproc(&["stream", "--job", "aggregation", "--brokers", "127.0.0.1:9", "--checkpoint", "y", "--max-waiting-per-partition", "0"]);
     assert_eq!(waiting.status.code(), Some(2));
     assert!(text(&waiting).contains("invalid value '0' for '--max-waiting-per-partition"), "{}", text(&waiting));
+    let stream = ["stream", "--job", "aggregation", "--brokers", "127.0.0.1:9", "--checkpoint", "y"];
+    let discovery = adsproc(&[&stream[..], &["--partition-discovery-interval", "often"]].concat());
+    assert_eq!(discovery.status.code(), Some(2));
+    assert!(text(&discovery).contains("invalid value 'often' for '--partition-discovery-interval"), "{}", text(&discovery));
 }
 
 #[test]

@@ -68,9 +68,9 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// How often to look for partitions added to the input topic; they are read from their
-    /// beginning. Events written to a new partition before it is found count as late (they
-    /// correct windows already fired), so keep it well under the job's allowed lateness.
-    /// 0s: never.
+    /// beginning. Events written to a new partition before it is found can arrive after their
+    /// windows fired, and correct them; once a window is past allowed lateness they go to the
+    /// dead letters instead. Keep it well under the allowed lateness. 0s: never.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     partition_discovery_interval: Duration,
     /// Exit after a final checkpoint once every partition has been read to its end.
