@@ -195,6 +195,10 @@ fn bad_arguments_exit_non_zero_with_a_precise_message() {
     let discovery = adsproc(&[&stream[..], &["--partition-discovery-interval", "often"]].concat());
     assert_eq!(discovery.status.code(), Some(2));
     assert!(text(&discovery).contains("invalid value 'often' for '--partition-discovery-interval"), "{}", text(&discovery));
+    // The seed system's two-minute interval with transactions that time out after one.
+    let txn = adsproc(&[&stream[..], &["--checkpoint-interval", "2m", "-X", "transaction.timeout.ms=60000"]].concat());
+    assert_eq!(txn.status.code(), Some(2));
+    assert!(text(&txn).contains("is less than twice --checkpoint-interval (2m)"), "{}", text(&txn));
 }
 
 #[test]

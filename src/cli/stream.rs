@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::connector::checkpoint_store::ObjectCheckpoints;
 use crate::connector::kafka::broker::{KafkaBroker, StreamTopics};
+use crate::connector::kafka::txn_output::transaction_timeout;
 use crate::connector::kafka::KafkaSettings;
 use crate::connector::store::{open, parse_key_value};
 use crate::runtime::stream::job::{run as run_stream, StreamOptions};
@@ -101,6 +102,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(a.key_groups > 0, "--key-groups must be at least 1");
     anyhow::ensure!(!a.checkpoint_interval.is_zero(), "--checkpoint-interval must be positive");
+    let transaction_timeout = transaction_timeout(a.checkpoint_interval, &a.kafka_options)?;
     let settings = KafkaSettings::new(&a.brokers, &a.kafka_options);
     let topic = rules.input_topic.clone();
     let topics = StreamTopics {
@@ -110,6 +112,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         group: a.group.clone(),
         instance: a.instance.clone(),
         key_groups: a.key_groups,
+        transaction_timeout,
     };
     let rt = super::tokio_runtime()?;
     let store = ObjectCheckpoints::new(open(&a.checkpoint, &a.store_options, true)?, rt.handle().clone());

@@ -55,6 +55,7 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
         group,
         instance: "0".into(),
         key_groups: 2,
+        transaction_timeout: Duration::from_secs(60),
     };
     let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
     let opts = StreamOptions {

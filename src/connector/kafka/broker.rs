@@ -23,6 +23,7 @@ pub struct KafkaBroker {
     pub settings: KafkaSettings,
     /// Prefix of the transactional ids: `<prefix>-kg-<g>`.
     pub transactional_prefix: String,
+    pub transaction_timeout: Duration,
     pub membership: Membership,
     pub reader: TopicReader,
     pub outputs: BTreeMap<u32, TxnOutput>,
@@ -42,6 +43,8 @@ pub struct StreamTopics {
     pub group: String,
     pub instance: String,
     pub key_groups: u32,
+    /// How long an output transaction may stay open (see [`super::txn_output::transaction_timeout`]).
+    pub transaction_timeout: Duration,
 }
 
 impl StreamTopics {
@@ -77,6 +80,7 @@ impl KafkaBroker {
         let broker = KafkaBroker {
             settings: settings.clone(),
             transactional_prefix: t.group.clone(),
+            transaction_timeout: t.transaction_timeout,
             reader: TopicReader::new(settings, &t.input, partitions.clone(), &client_id)?,
             membership: Membership::join(settings, &t.group, &kg_topic, &client_id)?,
             outputs: BTreeMap::new(),
@@ -178,8 +182,8 @@ impl Broker for KafkaBroker {
                 .iter()
                 .map(|g| {
                     let id = format!("{}-kg-{g}", self.transactional_prefix);
-                    let settings = &self.settings;
-                    (*g, s.spawn(move || TxnOutput::new(settings, &id)))
+                    let (settings, timeout) = (&self.settings, self.transaction_timeout);
+                    (*g, s.spawn(move || TxnOutput::new(settings, &id, timeout)))
                 })
                 .collect();
             handles.into_iter().map(|(g, h)| (g, h.join().expect("producer thread panicked"))).collect()

@@ -14,6 +14,33 @@ use super::KafkaSettings;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long an output transaction may stay open before the broker aborts it
+/// (`transaction.timeout.ms`): at least twice the checkpoint interval, since a transaction
+/// stays open for about one interval plus the checkpoint that commits it, and not below
+/// librdkafka's default of a minute. A timeout shorter than the interval would have the broker
+/// abort every transaction before its commit: each commit would fail and the job would restart
+/// from the same checkpoint, forever, without an output. So a `-X transaction.timeout.ms`
+/// below twice the interval is an error. (Brokers refuse timeouts above their
+/// `transaction.max.timeout.ms`, 15 minutes by default: intervals over 7.5 minutes need it
+/// raised.)
+pub fn transaction_timeout(checkpoint_interval: Duration, overrides: &[(String, String)]) -> anyhow::Result<Duration> {
+    let least = checkpoint_interval * 2;
+    let Some((_, v)) = overrides.iter().rev().find(|(k, _)| k == "transaction.timeout.ms") else {
+        return Ok(least.max(Duration::from_secs(60)));
+    };
+    let ms: u64 = v.parse().with_context(|| format!("-X transaction.timeout.ms={v} is not a number of milliseconds"))?;
+    let set = Duration::from_millis(ms);
+    anyhow::ensure!(
+        set >= least,
+        "-X transaction.timeout.ms={v} is less than twice --checkpoint-interval ({}): a transaction stays open for about an \
+         interval plus the checkpoint that commits it, and the broker aborts one open longer than the timeout, so no commit \
+         would succeed. Raise it to at least {} or shorten the interval",
+        humantime::format_duration(checkpoint_interval),
+        least.as_millis()
+    );
+    Ok(set)
+}
+
 /// A producer without a polling thread of its own: the job loop serves it (every send polls
 /// without waiting, and committing flushes), which matters with one producer per key group on
 /// two cores.
@@ -26,7 +53,8 @@ pub struct TxnOutput {
 impl TxnOutput {
     /// Creates the producer and fences any earlier one with the same transactional id,
     /// aborting its open transaction.
-    pub fn new(settings: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
+    pub fn new(settings: &KafkaSettings, transactional_id: &str, transaction_timeout: Duration) -> anyhow::Result<Self> {
+        let timeout_ms = transaction_timeout.as_millis().to_string();
         let producer: BaseProducer<DefaultProducerContext> = settings
             .config(&[
                 ("transactional.id", transactional_id),
@@ -40,7 +68,8 @@ impl TxnOutput {
                 ("linger.ms", "100"),
                 ("batch.num.messages", "10000"),
                 ("queue.buffering.max.messages", "1000000"),
-                ("transaction.timeout.ms", "60000"),
+                // See `transaction_timeout`.
+                ("transaction.timeout.ms", &timeout_ms),
                 // Output records are JSON with repeated field names and ids; LZ4 costs the
                 // job little and the broker less work per record (measured on Nisshi, 1M input
                 // messages: broker CPU 1.22 s → 1.06 s on average over 8 runs each).
@@ -140,5 +169,27 @@ impl TxnOutput {
             self.open = false;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(v: &str) -> Vec<(String, String)> {
+        vec![("transaction.timeout.ms".to_string(), v.to_string())]
+    }
+
+    #[test]
+    fn the_transaction_timeout_outlasts_two_checkpoint_intervals() {
+        let s = Duration::from_secs;
+        assert_eq!(transaction_timeout(s(10), &[]).unwrap(), s(60));
+        // The seed system's two-minute interval: a minute would abort every transaction.
+        assert_eq!(transaction_timeout(s(120), &[]).unwrap(), s(240));
+        assert_eq!(transaction_timeout(s(10), &x("20000")).unwrap(), s(20));
+        let short = transaction_timeout(s(120), &x("60000")).unwrap_err().to_string();
+        assert!(short.contains("-X transaction.timeout.ms=60000 is less than twice --checkpoint-interval (2m)"), "{short}");
+        assert!(short.contains("at least 240000"), "{short}");
+        assert!(transaction_timeout(s(10), &x("1m")).unwrap_err().to_string().contains("not a number of milliseconds"));
     }
 }
