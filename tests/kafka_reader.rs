@@ -45,6 +45,30 @@ fn positions(batches: &[RecordBatch]) -> Vec<(i32, i64)> {
         .collect()
 }
 
+/// A broker whose topic `topic` holds `counts[p]` messages in partition p, and its settings.
+fn topic_with(topic: &str, counts: &[usize]) -> (Broker, KafkaSettings) {
+    let broker = Broker::start("memory");
+    let settings = KafkaSettings::new(&broker.addr, &[]);
+    admin::ensure_topic(&settings, topic, counts.len() as i32).unwrap();
+    let producer: BaseProducer = settings.config(&[]).create().unwrap();
+    for (p, n) in counts.iter().enumerate() {
+        produce_to(&producer, topic, p as i32, *n);
+    }
+    (broker, settings)
+}
+
+/// Polls until at least `n` rows came and every partition is at its end, or 20 s pass:
+/// (partition, offset) of each row, sorted.
+fn read_to_end(reader: &mut TopicReader, n: usize) -> Vec<(i32, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while !(got.len() >= n && reader.caught_up()) && Instant::now() < deadline {
+        got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
+    }
+    got.sort_unstable();
+    got
+}
+
 /// Polls until `done` holds for what was delivered so far, or 20 s pass.
 fn poll_until(reader: &mut TopicReader, mut done: impl FnMut(&[i64], &TopicReader) -> bool) -> Vec<i64> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -87,22 +111,10 @@ fn a_partition_paused_at_its_end_resumes_at_the_next_message() {
 /// two were added would find.
 #[test]
 fn partitions_the_reader_did_not_know_are_found_and_read_from_their_beginning() {
-    let broker = Broker::start("memory");
-    let settings = KafkaSettings::new(&broker.addr, &[]);
-    admin::ensure_topic(&settings, "grown", 3).unwrap();
-    let producer: BaseProducer = settings.config(&[]).create().unwrap();
-    for p in 0..3 {
-        produce_to(&producer, "grown", p, 3);
-    }
-
+    let (_broker, settings) = topic_with("grown", &[3, 3, 3]);
     let mut reader = TopicReader::new(&settings, "grown", vec![0], "reader-test").unwrap();
     reader.seek(&BTreeMap::from([(0, 1)])).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = Vec::new();
-    while !(got.len() >= 2 && reader.caught_up()) && Instant::now() < deadline {
-        got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
-    }
-    assert_eq!(got, vec![(0, 1), (0, 2)]);
+    assert_eq!(read_to_end(&mut reader, 2), vec![(0, 1), (0, 2)]);
 
     let new = reader.unread_partitions().unwrap();
     assert_eq!(new, vec![1, 2]);
@@ -110,13 +122,9 @@ fn partitions_the_reader_did_not_know_are_found_and_read_from_their_beginning() 
     reader.add_partitions(&new, &BTreeMap::from([(2, 2)])).unwrap();
     assert_eq!(reader.partitions(), &[0, 1, 2]);
     assert!(reader.unread_partitions().unwrap().is_empty());
+    let producer: BaseProducer = settings.config(&[]).create().unwrap();
     produce_to(&producer, "grown", 0, 1);
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(got.len() >= 5 && reader.caught_up()) && Instant::now() < deadline {
-        got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
-    }
-    got.sort_unstable();
+    let got = read_to_end(&mut reader, 5);
     assert_eq!(got, vec![(0, 3), (1, 0), (1, 1), (1, 2), (2, 2)], "each partition from where it should start, nothing twice");
 }
 
@@ -124,13 +132,7 @@ fn partitions_the_reader_did_not_know_are_found_and_read_from_their_beginning() 
 /// the partition it did not know, from its beginning, before it stops.
 #[test]
 fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
-    let broker = Broker::start("memory");
-    let settings = KafkaSettings::new(&broker.addr, &[]);
-    admin::ensure_topic(&settings, "grown", 2).unwrap();
-    let producer: BaseProducer = settings.config(&[]).create().unwrap();
-    produce_to(&producer, "grown", 0, 3);
-    produce_to(&producer, "grown", 1, 4);
-
+    let (_broker, settings) = topic_with("grown", &[3, 4]);
     let dir = tempfile::tempdir().unwrap();
     let location = adsproc::connector::store::open(dir.path().to_str().unwrap(), &[], true).unwrap();
     let rt = adsproc::cli::tokio_runtime().unwrap();
@@ -144,12 +146,7 @@ fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
 /// here by DeleteRecords): reported as lost, and the reader goes on from what is left.
 #[test]
 fn positions_before_what_a_partition_retains_are_reported_as_lost() {
-    let broker = Broker::start("memory");
-    let settings = KafkaSettings::new(&broker.addr, &[]);
-    admin::ensure_topic(&settings, "trimmed", 2).unwrap();
-    let producer: BaseProducer = settings.config(&[]).create().unwrap();
-    produce_to(&producer, "trimmed", 0, 10);
-    produce_to(&producer, "trimmed", 1, 3);
+    let (_broker, settings) = topic_with("trimmed", &[10, 3]);
     let client: AdminClient<DefaultClientContext> = settings.config(&[]).create().unwrap();
     let mut below = TopicPartitionList::new();
     below.add_partition_offset("trimmed", 0, Offset::Offset(6)).unwrap();
@@ -158,13 +155,7 @@ fn positions_before_what_a_partition_retains_are_reported_as_lost() {
     let mut reader = TopicReader::new(&settings, "trimmed", vec![0, 1], "reader-test").unwrap();
     let lost = reader.seek(&BTreeMap::from([(0, 2), (1, 1)])).unwrap();
     assert_eq!(lost, vec![LostRange { partition: 0, from: 2, to: 6 }]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = Vec::new();
-    while !(got.len() >= 6 && reader.caught_up()) && Instant::now() < deadline {
-        got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
-    }
-    got.sort_unstable();
-    assert_eq!(got, vec![(0, 6), (0, 7), (0, 8), (0, 9), (1, 1), (1, 2)]);
+    assert_eq!(read_to_end(&mut reader, 6), vec![(0, 6), (0, 7), (0, 8), (0, 9), (1, 1), (1, 2)]);
     // From the first retained message on, nothing is lost.
     assert!(reader.seek(&BTreeMap::from([(0, 6), (1, 0)])).unwrap().is_empty());
 }
@@ -176,31 +167,15 @@ fn positions_before_what_a_partition_retains_are_reported_as_lost() {
 /// stopping them. Seeks after the first now move the positions of an unchanged assignment.
 #[test]
 fn seeking_again_and_closing_at_once_does_not_abort() {
-    let broker = Broker::start("memory");
-    let settings = KafkaSettings::new(&broker.addr, &[]);
-    admin::ensure_topic(&settings, "reseek", 2).unwrap();
-    let producer: BaseProducer = settings.config(&[]).create().unwrap();
-    produce_to(&producer, "reseek", 0, 3);
-    produce_to(&producer, "reseek", 1, 3);
+    let (_broker, settings) = topic_with("reseek", &[3, 3]);
     for round in 0..10 {
         let mut reader = TopicReader::new(&settings, "reseek", vec![0, 1], "reader-test").unwrap();
         reader.seek(&BTreeMap::from([(0, 0), (1, 0)])).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut got = Vec::new();
-        while !(got.len() >= 6 && reader.caught_up()) && Instant::now() < deadline {
-            got.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
-        }
-        assert_eq!(got.len(), 6, "round {round}");
+        assert_eq!(read_to_end(&mut reader, 6).len(), 6, "round {round}");
         reader.seek(&BTreeMap::from([(0, 1), (1, 2)])).unwrap();
         if round == 0 {
             // The new positions are where it reads from.
-            let mut again = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !(again.len() >= 3 && reader.caught_up()) && Instant::now() < deadline {
-                again.extend(positions(&reader.poll(1000, Duration::from_millis(100)).unwrap()));
-            }
-            again.sort_unstable();
-            assert_eq!(again, vec![(0, 1), (0, 2), (1, 2)]);
+            assert_eq!(read_to_end(&mut reader, 3), vec![(0, 1), (0, 2), (1, 2)]);
         }
     }
 }

@@ -246,15 +246,7 @@ impl TopicReader {
             // earlier one whose partitions are still stopping (a second FETCH_STOP for the same
             // partition; confluentinc/librdkafka#5573, fixed after 2.15), which a reassignment
             // followed by another or by closing the consumer could do.
-            let done = self
-                .consumer
-                .seek_partitions(tpl, Duration::from_secs(30))
-                .with_context(|| format!("cannot seek partitions of {:?}", self.topic))?;
-            for e in done.elements() {
-                if let Err(err) = e.error() {
-                    anyhow::bail!("cannot seek partition {} of {:?}: {err}", e.partition(), self.topic);
-                }
-            }
+            self.seek_assigned(tpl)?;
         } else {
             self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic))?;
             self.assigned = true;
@@ -427,13 +419,18 @@ impl TopicReader {
         if at.count() == 0 {
             return Ok(());
         }
+        self.seek_assigned(at)
+    }
+
+    /// Moves assigned partitions to the positions in `to`.
+    fn seek_assigned(&self, to: TopicPartitionList) -> anyhow::Result<()> {
         let done = self
             .consumer
-            .seek_partitions(at, Duration::from_secs(30))
-            .with_context(|| format!("cannot reposition resumed partitions of {:?}", self.topic))?;
+            .seek_partitions(to, Duration::from_secs(30))
+            .with_context(|| format!("cannot seek partitions of {:?}", self.topic))?;
         for e in done.elements() {
             if let Err(err) = e.error() {
-                anyhow::bail!("cannot reposition partition {} of {:?}: {err}", e.partition(), self.topic);
+                anyhow::bail!("cannot seek partition {} of {:?}: {err}", e.partition(), self.topic);
             }
         }
         Ok(())
