@@ -33,8 +33,8 @@ pub fn transaction_timeout(checkpoint_interval: Duration, overrides: &[(String, 
     anyhow::ensure!(
         set >= least,
         "-X transaction.timeout.ms={v} is less than twice --checkpoint-interval ({}): a transaction stays open for about an \
-         interval plus the checkpoint that commits it, and the broker aborts one open longer than the timeout, so no commit \
-         would succeed. Raise it to at least {} or shorten the interval",
+         interval plus the checkpoint that commits it, and the broker aborts one open longer than the timeout, failing its \
+         commit. Raise it to at least {} or shorten the interval",
         humantime::format_duration(checkpoint_interval),
         least.as_millis()
     );
