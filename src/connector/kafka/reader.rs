@@ -119,6 +119,9 @@ pub struct TopicReader {
     next: BTreeMap<i32, i64>,
     /// Whether the partitions have been assigned (by the first [`seek`](Self::seek)).
     assigned: bool,
+    /// Positions set by a seek that no message or end of partition has confirmed yet (see
+    /// [`Self::confirm_position`]).
+    sought: BTreeMap<i32, i64>,
 }
 
 impl TopicReader {
@@ -159,6 +162,7 @@ impl TopicReader {
             paused: BTreeSet::new(),
             next: BTreeMap::new(),
             assigned: false,
+            sought: BTreeMap::new(),
         })
     }
 
@@ -197,6 +201,7 @@ impl TopicReader {
             tpl.add_partition_offset(&self.topic, *p, offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))?;
             if let Some(o) = offsets.get(p) {
                 self.next.insert(*p, *o);
+                self.sought.insert(*p, *o);
             }
         }
         if self.assigned {
@@ -210,10 +215,10 @@ impl TopicReader {
     /// Reads every partition from `offsets` (from its beginning where absent). Returns, per
     /// partition, the offsets between its position and its first retained message: deleted
     /// (retention, DeleteRecords) before they were read, so they never will be. Those are
-    /// logged as lost, and the partition is read from its first retained message. (Checked
-    /// only below: Nisshi 0.7.0 lists a partition's end as its last batch's base offset + 1,
-    /// so a position beyond the end, as after a topic was deleted and created again, is not
-    /// detected.)
+    /// logged as lost, and the partition is read from its first retained message. A position
+    /// beyond the partition's end is an error when the first message comes
+    /// ([`Self::confirm_position`]); asking the broker for the end instead would not do on
+    /// Nisshi 0.7.0, which lists a partition's end as its last batch's base offset + 1.
     pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
         // Only a diagnosis: the reader is right without it (librdkafka moves a position
         // below the first retained message up to it), so a failed request does not stop it.
@@ -239,6 +244,7 @@ impl TopicReader {
             tpl.add_partition_offset(&self.topic, *p, o)?;
         }
         self.next = offsets.iter().filter(|(p, _)| self.partitions.contains(p)).map(|(p, o)| (*p, *o)).collect();
+        self.sought = self.next.clone();
         self.pause_only(&BTreeSet::new())?;
         if self.assigned {
             // The same partitions at new positions: moved, not removed from the assignment and
@@ -312,6 +318,7 @@ impl TopicReader {
                     _ => {
                         self.end_run(run);
                         self.at_end.remove(&p);
+                        self.confirm_position(p, offset)?;
                     }
                 }
                 run = Some((p, offset));
@@ -321,6 +328,7 @@ impl TopicReader {
             self.end_run(run.take());
             if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
                 // Its offset is the partition's end: the next message to come.
+                self.confirm_position(p, offset)?;
                 self.next.insert(p, offset);
                 self.at_end.entry(p).or_insert_with(Instant::now);
             } else if RDKafkaErrorCode::from(err) == RDKafkaErrorCode::UnknownTopicOrPartition {
@@ -371,6 +379,25 @@ impl TopicReader {
         // SAFETY: those n slots were written.
         unsafe { ptrs.set_len(n.clamp(0, room as isize) as usize) };
         into.extend(ptrs.into_iter().filter_map(NonNull::new).map(Taken));
+    }
+
+    /// The first message (or end) of a partition after a seek must be at or after the position
+    /// sought: librdkafka never delivers a message before it. Earlier means the broker did
+    /// not have the position, and librdkafka's offset reset started the partition over: the
+    /// topic was deleted and created again since the position was stored. Its messages below
+    /// the position would then be skipped as already processed (the stream job's key groups
+    /// ignore messages before their positions), so this is an error, not a warning.
+    fn confirm_position(&mut self, p: i32, at: i64) -> anyhow::Result<()> {
+        if let Some(sought) = self.sought.remove(&p) {
+            anyhow::ensure!(
+                at >= sought,
+                "{:?} partition {p}: read from offset {at} after seeking to {sought}, so the partition no longer holds that \
+                 position (the topic was deleted and created again?) and its messages below it would be skipped as already \
+                 read; to start over, use a new --group and --checkpoint (stream) or a new --sink (archive)",
+                self.topic
+            );
+        }
+        Ok(())
     }
 
     /// Records the end of a run of delivered messages of one partition.
@@ -448,5 +475,43 @@ impl TopicReader {
     /// Whether every partition has reached its end since it last delivered.
     pub fn caught_up(&self) -> bool {
         self.partitions.iter().all(|p| self.at_end.contains_key(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    /// A position beyond a partition's log, as after the topic was deleted and created again.
+    /// Kafka answers the fetch with OFFSET_OUT_OF_RANGE and librdkafka's offset reset starts the
+    /// partition over; librdkafka's mock cluster does the same (Nisshi 0.7.0 answers nothing
+    /// at all, so the reader just waits there).
+    #[test]
+    fn a_position_the_partition_does_not_hold_is_an_error_not_a_restart() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let settings = KafkaSettings::new(&cluster.bootstrap_servers(), &[]);
+        let producer: BaseProducer = settings.config(&[]).create().unwrap();
+        for _ in 0..3 {
+            producer.send(BaseRecord::<(), str>::to("t").payload("{}").partition(0)).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let read = |from: i64| -> anyhow::Result<usize> {
+            let mut reader = TopicReader::new(&settings, "t", vec![0], "reader-test")?;
+            reader.seek(&BTreeMap::from([(0, from)]))?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut n = 0;
+            while !reader.caught_up() && Instant::now() < deadline {
+                n += reader.poll(100, Duration::from_millis(100))?.iter().map(RecordBatch::num_rows).sum::<usize>();
+            }
+            Ok(n)
+        };
+        assert_eq!(read(1).unwrap(), 2);
+        assert_eq!(read(3).unwrap(), 0, "at the end is a position the partition holds");
+        let err = format!("{:#}", read(100).unwrap_err());
+        assert!(err.contains("\"t\" partition 0: read from offset 0 after seeking to 100"), "{err}");
     }
 }
