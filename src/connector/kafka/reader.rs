@@ -217,7 +217,7 @@ impl TopicReader {
     /// (retention, DeleteRecords) before they were read, so they never will be. Those are
     /// logged as lost, and the partition is read from its first retained message. A position
     /// beyond the partition's end is an error when the first message comes
-    /// ([`Self::confirm_position`]); asking the broker for the end instead would not do on
+    /// (`confirm_position`); asking the broker for the end instead would not do on
     /// Nisshi 0.7.0, which lists a partition's end as its last batch's base offset + 1.
     pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
         // Only a diagnosis: the reader is right without it (librdkafka moves a position
