@@ -12,7 +12,9 @@ use crate::connector::store::{open, parse_key_value};
 #[command(
     long_about = "Consume a topic read_committed and write it to <sink>/<topic>/dt=…/hr=…/ as Parquet, partitioned \
 by ingest hour (the Kafka timestamp), with _kafka_partition, _kafka_offset and _kafka_timestamp. Messages that are \
-not JSON objects are not archived (contract §3). Resumes after what the archive already holds.",
+not JSON objects are not archived (contract §3). Resumes after what the archive already holds. Partitions added to \
+the topic while it runs are archived too (it looks every 30 s, and once more before --until-caught-up stops); \
+messages that retention deleted before they were archived are named in a warning.",
     after_help = "Examples:\n  adsproc archive --topic ad-events --brokers 127.0.0.1:9092 --sink ./archive --until-caught-up\n  adsproc archive --topic ad-events --brokers kafka:9092 --sink s3://ads-archive/raw --flush-interval 5m"
 )]
 pub struct Args {
