@@ -160,6 +160,24 @@ fn positions_before_what_a_partition_retains_are_reported_as_lost() {
     assert!(reader.seek(&BTreeMap::from([(0, 6), (1, 0)])).unwrap().is_empty());
 }
 
+/// The same for a partition added while the reader runs, at a position a checkpoint or an
+/// earlier archiver run kept: it was not part of any seek.
+#[test]
+fn an_added_partition_positioned_before_what_it_retains_is_reported_as_lost() {
+    let (_broker, settings) = topic_with("trimmed", &[2, 10]);
+    let client: AdminClient<DefaultClientContext> = settings.config(&[]).create().unwrap();
+    let mut below = TopicPartitionList::new();
+    below.add_partition_offset("trimmed", 1, Offset::Offset(7)).unwrap();
+    futures::executor::block_on(client.delete_records(&below, &AdminOptions::new())).unwrap();
+
+    let mut reader = TopicReader::new(&settings, "trimmed", vec![0], "reader-test").unwrap();
+    assert!(reader.seek(&BTreeMap::from([(0, 0)])).unwrap().is_empty());
+    assert_eq!(read_to_end(&mut reader, 2), vec![(0, 0), (0, 1)]);
+    let lost = reader.add_partitions(&[1], &BTreeMap::from([(1, 3)])).unwrap();
+    assert_eq!(lost, vec![LostRange { partition: 1, from: 3, to: 7 }]);
+    assert_eq!(read_to_end(&mut reader, 3), vec![(1, 7), (1, 8), (1, 9)]);
+}
+
 /// A second seek and the reader's end right after it, ten times. A seek used to reassign the
 /// partitions (remove, add again); librdkafka 2.12.1 aborted the process (SIGABRT, an assertion
 /// on a second FETCH_STOP: confluentinc/librdkafka#5573) in about a third of such runs, when

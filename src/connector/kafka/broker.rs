@@ -208,7 +208,8 @@ impl Broker for KafkaBroker {
     }
 
     fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        self.reader.add_partitions(new, offsets)
+        // As for seek: the reader logs what was lost to retention.
+        self.reader.add_partitions(new, offsets).map(drop)
     }
 
     fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {

@@ -190,12 +190,16 @@ impl TopicReader {
 
     /// Starts reading more partitions, each at its offset in `offsets` or else from its
     /// beginning, without touching the positions of the others (before the first
-    /// [`seek`](Self::seek), that seek assigns them).
-    pub fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    /// [`seek`](Self::seek), that seek assigns them). Returns, as `seek` does, the offsets
+    /// deleted before they were read.
+    pub fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
         let new: Vec<i32> = new.iter().copied().filter(|p| !self.partitions.contains(p)).collect();
         if new.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut offsets: BTreeMap<i32, i64> = offsets.iter().filter(|(p, _)| new.contains(p)).map(|(p, o)| (*p, *o)).collect();
+        // Before the first seek, that seek checks them with the others.
+        let lost = if self.assigned { self.skip_deleted(&mut offsets) } else { Vec::new() };
         let mut tpl = TopicPartitionList::new();
         for p in &new {
             tpl.add_partition_offset(&self.topic, *p, offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))?;
@@ -209,7 +213,7 @@ impl TopicReader {
         }
         self.partitions.extend(new);
         self.partitions.sort_unstable();
-        Ok(())
+        Ok(lost)
     }
 
     /// Reads every partition from `offsets` (from its beginning where absent). Returns, per
@@ -220,30 +224,14 @@ impl TopicReader {
     /// (`confirm_position`); asking the broker for the end instead would not do on
     /// Nisshi 0.7.0, which lists a partition's end as its last batch's base offset + 1.
     pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
-        // Only a diagnosis: the reader is right without it (librdkafka moves a position
-        // below the first retained message up to it), so a failed request does not stop it.
-        let lost = self.deleted_before(offsets).unwrap_or_else(|e| {
-            tracing::warn!("cannot check {:?} for messages deleted before they were read: {e:#}", self.topic);
-            Vec::new()
-        });
-        let mut offsets = offsets.clone();
-        for l in &lost {
-            tracing::warn!(
-                "{:?} partition {}: offsets {}..{} were deleted (retention or DeleteRecords) before they were read; \
-                 their events are lost to this reader (a backfill restates their windows if the archive holds them)",
-                self.topic,
-                l.partition,
-                l.from,
-                l.to
-            );
-            offsets.insert(l.partition, l.to);
-        }
+        let mut offsets: BTreeMap<i32, i64> = offsets.iter().filter(|(p, _)| self.partitions.contains(p)).map(|(p, o)| (*p, *o)).collect();
+        let lost = self.skip_deleted(&mut offsets);
         let mut tpl = TopicPartitionList::new();
         for p in &self.partitions {
             let o = offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
             tpl.add_partition_offset(&self.topic, *p, o)?;
         }
-        self.next = offsets.iter().filter(|(p, _)| self.partitions.contains(p)).map(|(p, o)| (*p, *o)).collect();
+        self.next = offsets;
         self.sought = self.next.clone();
         self.pause_only(&BTreeSet::new())?;
         if self.assigned {
@@ -261,11 +249,34 @@ impl TopicReader {
         Ok(lost)
     }
 
+    /// Moves the positions in `offsets` that are below their partition's first retained
+    /// offset up to it, and logs and returns what was skipped. Only a diagnosis: the reader is
+    /// right without it (librdkafka moves such a position up as well), so a failed request
+    /// does not stop it.
+    fn skip_deleted(&self, offsets: &mut BTreeMap<i32, i64>) -> Vec<LostRange> {
+        let lost = self.deleted_before(offsets).unwrap_or_else(|e| {
+            tracing::warn!("cannot check {:?} for messages deleted before they were read: {e:#}", self.topic);
+            Vec::new()
+        });
+        for l in &lost {
+            tracing::warn!(
+                "{:?} partition {}: offsets {}..{} were deleted (retention or DeleteRecords) before they were read; \
+                 their events are lost to this reader (a backfill restates their windows if the archive holds them)",
+                self.topic,
+                l.partition,
+                l.from,
+                l.to
+            );
+            offsets.insert(l.partition, l.to);
+        }
+        lost
+    }
+
     /// The positions in `offsets` below their partition's first retained offset (one
     /// ListOffsets request for all of them).
     fn deleted_before(&self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
         let mut tpl = TopicPartitionList::new();
-        for p in offsets.keys().filter(|p| self.partitions.contains(p)) {
+        for p in offsets.keys() {
             tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
         }
         if tpl.count() == 0 {
