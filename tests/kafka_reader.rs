@@ -142,16 +142,22 @@ fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
     assert_eq!(archiver::archived_positions(&location, "grown", rt.handle()).unwrap(), BTreeMap::from([(0, 3), (1, 4)]));
 }
 
+/// [`topic_with`], and then partition `p`'s messages below `offset` deleted (DeleteRecords),
+/// as retention deletes them.
+fn trimmed_topic(counts: &[usize], p: i32, offset: i64) -> (Broker, KafkaSettings) {
+    let (broker, settings) = topic_with("trimmed", counts);
+    let client: AdminClient<DefaultClientContext> = settings.config(&[]).create().unwrap();
+    let mut below = TopicPartitionList::new();
+    below.add_partition_offset("trimmed", p, Offset::Offset(offset)).unwrap();
+    futures::executor::block_on(client.delete_records(&below, &AdminOptions::new())).unwrap();
+    (broker, settings)
+}
+
 /// Positions before a partition's first retained message (messages deleted by retention;
 /// here by DeleteRecords): reported as lost, and the reader goes on from what is left.
 #[test]
 fn positions_before_what_a_partition_retains_are_reported_as_lost() {
-    let (_broker, settings) = topic_with("trimmed", &[10, 3]);
-    let client: AdminClient<DefaultClientContext> = settings.config(&[]).create().unwrap();
-    let mut below = TopicPartitionList::new();
-    below.add_partition_offset("trimmed", 0, Offset::Offset(6)).unwrap();
-    futures::executor::block_on(client.delete_records(&below, &AdminOptions::new())).unwrap();
-
+    let (_broker, settings) = trimmed_topic(&[10, 3], 0, 6);
     let mut reader = TopicReader::new(&settings, "trimmed", vec![0, 1], "reader-test").unwrap();
     let lost = reader.seek(&BTreeMap::from([(0, 2), (1, 1)])).unwrap();
     assert_eq!(lost, vec![LostRange { partition: 0, from: 2, to: 6 }]);
@@ -164,12 +170,7 @@ fn positions_before_what_a_partition_retains_are_reported_as_lost() {
 /// earlier archiver run kept: it was not part of any seek.
 #[test]
 fn an_added_partition_positioned_before_what_it_retains_is_reported_as_lost() {
-    let (_broker, settings) = topic_with("trimmed", &[2, 10]);
-    let client: AdminClient<DefaultClientContext> = settings.config(&[]).create().unwrap();
-    let mut below = TopicPartitionList::new();
-    below.add_partition_offset("trimmed", 1, Offset::Offset(7)).unwrap();
-    futures::executor::block_on(client.delete_records(&below, &AdminOptions::new())).unwrap();
-
+    let (_broker, settings) = trimmed_topic(&[2, 10], 1, 7);
     let mut reader = TopicReader::new(&settings, "trimmed", vec![0], "reader-test").unwrap();
     assert!(reader.seek(&BTreeMap::from([(0, 0)])).unwrap().is_empty());
     assert_eq!(read_to_end(&mut reader, 2), vec![(0, 0), (0, 1)]);
