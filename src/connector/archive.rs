@@ -167,10 +167,10 @@ pub fn decode_parquet(bytes: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
 const UNIQUE_PER_ROW: [&str; 5] = [c::EVENT_ID, c::USER_ID, c::EVENT_TIME, c::KAFKA_OFFSET, c::KAFKA_TIMESTAMP];
 
 /// Archive columns written uncompressed. `event_id` is random UUID text: Snappy saves 10 % of
-/// its bytes, and its decompression, which finds a short match every few bytes in random hex,
-/// was the largest part of decoding (`examples/archive_decode_bench.rs`: 86 -> 64 ns per row
-/// without it). The bench archive is 5.6 % larger (594 -> 627 MB). The other columns keep
-/// Snappy, which halves `user_id` and the timestamps.
+/// its bytes, and decompressing them, a short match every few bytes in random hex, was the
+/// largest part of decoding (`examples/archive_decode_bench.rs`: 86 ns per row with `event_id`
+/// compressed, 64 without). The bench archive is 5.6 % larger (594 -> 627 MB). The other
+/// columns keep Snappy, which halves `user_id` and the timestamps.
 const UNCOMPRESSED: [&str; 1] = [c::EVENT_ID];
 
 /// How adsproc writes archive files (`gen` and `archive`).
