@@ -12,6 +12,7 @@ use super::scenario::{Produced, Scenario};
 use crate::connector::checkpoint_store::ObjectCheckpoints;
 use crate::connector::kafka::broker::{KafkaBroker, StreamTopics};
 use crate::connector::kafka::topic_dump::read_to_end;
+use crate::connector::kafka::txn_output::transaction_timeout;
 use crate::connector::kafka::{admin, KafkaSettings};
 use crate::connector::store::open;
 use crate::contract::time::DAY_MS;
@@ -48,16 +49,6 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
     let store = ObjectCheckpoints::new(open(ckpt_dir.path().to_str().context("utf-8 path")?, &[], true)?, rt.handle().clone());
     let mut rules = s.rules.clone();
     rules.input_topic = topic.clone();
-    let topics = StreamTopics {
-        input: topic.clone(),
-        metrics: metrics_topic.clone(),
-        dlq: dlq_topic.clone(),
-        group,
-        instance: "0".into(),
-        key_groups: 2,
-        transaction_timeout: Duration::from_secs(60),
-    };
-    let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
     let opts = StreamOptions {
         key_groups: 2,
         checkpoint_interval: Duration::from_millis(200),
@@ -68,6 +59,17 @@ pub(crate) fn run_kafka_feed(s: &Scenario, brokers: &str) -> anyhow::Result<Prod
         max_poll: s.poll_size,
         max_waiting_per_partition: s.poll_size,
     };
+    let topics = StreamTopics {
+        input: topic.clone(),
+        metrics: metrics_topic.clone(),
+        dlq: dlq_topic.clone(),
+        group,
+        instance: "0".into(),
+        key_groups: opts.key_groups,
+        // The rule `adsproc stream` applies, so that the replay runs the job as deployed.
+        transaction_timeout: transaction_timeout(opts.checkpoint_interval, &[])?,
+    };
+    let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
     let summary = run(&rules, &partitions, &mut broker, &store, &opts, &AtomicBool::new(false))?;
     drop(broker);
 
