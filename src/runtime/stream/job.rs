@@ -168,15 +168,17 @@ pub fn run(
                 }
             }
             let resume = driver.resume_offsets();
+            tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
+            broker.seek(&resume)?;
             // A checkpoint taken by another process can name partitions this one has not
-            // found yet: they are read too.
+            // found yet: they are read too. Added after the seek, which positions (and checks
+            // against retention) only the partitions already read, so that each partition is
+            // positioned and checked once.
             let found: Vec<i32> = driver.partitions().iter().copied().filter(|p| !partitions.contains(p)).collect();
             if !found.is_empty() {
                 broker.add_partitions(&found, &resume)?;
                 partitions = driver.partitions().to_vec();
             }
-            tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
-            broker.seek(&resume)?;
             for g in &groups {
                 broker.begin(*g)?;
             }
