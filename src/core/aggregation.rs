@@ -17,6 +17,7 @@ use super::config::{AggregationRules, OptionalField};
 use super::dedupe::{self, DedupeState, Position};
 use super::interner::Interner;
 use super::reason::Reject;
+use super::window_map::Window;
 use super::windows::{window_count, Acc, Counted, WindowKey, WindowTable, WindowValue, WindowsByStart};
 use crate::contract::columns as c;
 use crate::contract::outputs::{AdMetric, AdMetricsBuilder, DeadLetter};
@@ -525,7 +526,8 @@ impl AggregationOperator {
         if !later.is_empty() {
             self.metrics.push(Emitted::Purged(later));
         }
-        let rows = window_count(all.values());
+        let all: Vec<(i64, Vec<Window>)> = all.into_iter().map(|(start, windows)| (start, windows.into_windows())).collect();
+        let rows = all.iter().map(|(_, w)| w.len()).sum::<usize>();
         if rows == 0 {
             return (None, dead);
         }
@@ -534,7 +536,7 @@ impl AggregationOperator {
         let text = |id: u32| self.name(id).map_or(0, |n| n.len());
         let opt = |id: u32| self.name(id).map(|n| &**n);
         let mut bytes = [0usize; 4];
-        for (&(ad, region), acc) in all.values().flatten() {
+        for &Window { key: (ad, region), acc } in all.iter().flat_map(|(_, w)| w) {
             bytes[0] += text(region);
             bytes[1] += text(ad);
             bytes[2] += text(acc.campaign);
@@ -545,7 +547,7 @@ impl AggregationOperator {
         for (start, windows) in all {
             // Within a start, (region, ad_id) order by rank: no string comparison.
             order.clear();
-            order.extend(windows.into_iter().map(|(k, a)| (rank[k.1 as usize], rank[k.0 as usize], k, a)));
+            order.extend(windows.into_iter().map(|Window { key: k, acc: a }| (rank[k.1 as usize], rank[k.0 as usize], k, a)));
             order.sort_unstable_by_key(|w| (w.0, w.1));
             for &(_, _, (ad, region), acc) in &order {
                 let (region, ad) = (s.name(region), s.name(ad));

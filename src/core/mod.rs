@@ -17,4 +17,5 @@ pub mod interner;
 pub mod key_table;
 pub mod key_group;
 pub mod reason;
+pub mod window_map;
 pub mod windows;
