@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use super::batch_view::ABSENT;
 use super::key_table::KeyTable;
 
 #[derive(Debug, Default)]
@@ -37,7 +38,8 @@ impl Interner {
     #[inline]
     pub fn intern_keyed(&mut self, key: u128, s: &str) -> u32 {
         debug_assert_eq!(key, Self::key(s));
-        let next = u32::try_from(self.names.len()).expect("fewer than 2^32 distinct strings");
+        // Ids stay below ABSENT: it and u32::MAX (an empty window slot) are reserved.
+        let next = u32::try_from(self.names.len()).ok().filter(|&n| n < ABSENT).expect("fewer than 2^32 - 2 distinct strings");
         match self.ids.get_or_insert(key, [u64::from(next), 0]) {
             Some(&mut [id, _]) => {
                 debug_assert_eq!(&*self.names[id as usize], s, "xxh3-128 collision");
