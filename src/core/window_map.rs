@@ -10,8 +10,9 @@
 //!
 //! Open addressing with linear probing, a power-of-two number of 48-byte slots, the home slot
 //! from the top bits of the key times a large odd constant (the ids are small dense integers,
-//! and multiplication carries their low bits up). A slot whose region is [`EMPTY`] is empty:
-//! the interner hands out ids below [`ABSENT`](super::batch_view::ABSENT), one below it.
+//! and multiplication carries their low bits up). A slot whose region is `EMPTY` (u32::MAX)
+//! is empty: the interner hands out ids below [`ABSENT`](super::batch_view::ABSENT), one
+//! below it.
 
 use super::windows::{Acc, WindowKey};
 
@@ -20,7 +21,7 @@ const EMPTY: u32 = u32::MAX;
 /// Grows past this load (in eighths): linear probing's runs lengthen quickly above it.
 const MAX_LOAD_EIGHTHS: usize = 6;
 
-/// A slot: a window, or empty when its region is [`EMPTY`].
+/// A slot: a window, or empty when its region is `EMPTY`.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
     pub key: WindowKey,

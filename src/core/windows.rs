@@ -148,7 +148,7 @@ impl WindowTable {
         self.count(&[Counted { start, key, click, campaign, advertiser, pos }]);
     }
 
-    /// Adds counted events in turn, as [`Self::add`] each, a run of [`RUN`] at a time: the
+    /// Adds counted events in turn, as [`Self::add`] each, a run of `RUN` (16) at a time: the
     /// slots of the next run's windows are prefetched before this run's are counted, so that
     /// their cache misses overlap instead of each count waiting for its own.
     pub fn add_all(&mut self, events: impl IntoIterator<Item = Counted>) {
