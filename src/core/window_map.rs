@@ -28,14 +28,12 @@ pub struct Window {
     pub acc: Acc,
 }
 
-type Slot = Window;
-
-const VACANT: Slot = Slot { key: (0, EMPTY), acc: Acc::new() };
+const VACANT: Window = Window { key: (0, EMPTY), acc: Acc::new() };
 
 #[derive(Debug, Clone, Default)]
 pub struct WindowMap {
-    /// Empty (no allocation) or a power of two long.
-    slots: Vec<Slot>,
+    /// Empty (no allocation) or a power of two long, at least 8.
+    slots: Vec<Window>,
     used: usize,
 }
 
@@ -62,15 +60,11 @@ impl WindowMap {
         self.used == 0
     }
 
+    /// The top bits of the key's hash, as many as index the slots (of which there are some).
     #[inline]
     fn home(&self, key: WindowKey) -> usize {
-        // The top bits of the product, as many as the slots need (at least one slot exists).
-        let bits = self.slots.len().trailing_zeros();
-        if bits == 0 {
-            0
-        } else {
-            (hash(key) >> (64 - bits)) as usize
-        }
+        debug_assert!(self.slots.len() >= 8);
+        (hash(key) >> (64 - self.slots.len().trailing_zeros())) as usize
     }
 
     /// Asks the CPU to fetch `key`'s home slot (both of its cache lines) ahead of a lookup. A
@@ -84,7 +78,7 @@ impl WindowMap {
             // SAFETY: prefetching is a hint; it does not dereference and cannot fault.
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(p);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(size_of::<Slot>() - 1));
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(size_of::<Window>() - 1));
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -115,7 +109,7 @@ impl WindowMap {
         let i = self.find(key);
         let slot = &mut self.slots[i];
         if slot.key.1 == EMPTY {
-            *slot = Slot { key, acc: Acc::new() };
+            *slot = Window { key, acc: Acc::new() };
             self.used += 1;
         }
         &mut slot.acc
@@ -158,13 +152,10 @@ impl WindowMap {
     fn grow(&mut self) {
         let larger = vec![VACANT; (self.slots.len() * 2).max(8)];
         let old = std::mem::replace(&mut self.slots, larger);
-        let mask = self.slots.len() - 1;
-        for s in old.into_iter().filter(|s| s.key.1 != EMPTY) {
-            let mut i = self.home(s.key);
-            while self.slots[i].key.1 != EMPTY {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = s;
+        // The keys are distinct, so each one's `find` is the empty slot where it goes.
+        for w in old.into_iter().filter(|w| w.key.1 != EMPTY) {
+            let i = self.find(w.key);
+            self.slots[i] = w;
         }
     }
 }
@@ -184,14 +175,14 @@ impl Extend<(WindowKey, Acc)> for WindowMap {
 
 impl IntoIterator for WindowMap {
     type Item = (WindowKey, Acc);
-    type IntoIter = std::iter::FilterMap<std::vec::IntoIter<Slot>, fn(Slot) -> Option<(WindowKey, Acc)>>;
+    type IntoIter = std::iter::FilterMap<std::vec::IntoIter<Window>, fn(Window) -> Option<(WindowKey, Acc)>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.slots.into_iter().filter_map(|s| (s.key.1 != EMPTY).then_some((s.key, s.acc)))
     }
 }
 
-pub type Iter<'a> = std::iter::FilterMap<std::slice::Iter<'a, Slot>, fn(&'a Slot) -> Option<(&'a WindowKey, &'a Acc)>>;
+pub type Iter<'a> = std::iter::FilterMap<std::slice::Iter<'a, Window>, fn(&'a Window) -> Option<(&'a WindowKey, &'a Acc)>>;
 
 #[cfg(test)]
 mod tests {
