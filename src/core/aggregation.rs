@@ -25,6 +25,10 @@ use crate::contract::raw::NOT_JSON;
 use crate::contract::record_uuid;
 use crate::contract::time::floor_to;
 
+/// How many windows ahead [`AggregationOperator::drain_batch`] prefetches the names of the
+/// windows' strings.
+const NAMES_AHEAD: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Emit {
     Updates,
@@ -535,12 +539,26 @@ impl AggregationOperator {
         let (s, rank) = (&self.strings, self.strings.ranks());
         let text = |id: u32| self.name(id).map_or(0, |n| n.len());
         let opt = |id: u32| self.name(id).map(|n| &**n);
+        // The windows name their strings in no order related to where those are in memory, so
+        // the names are fetched ahead: an entry NAMES_AHEAD windows ahead (where the string
+        // is), the string itself half as far ahead (its entry arrived meanwhile).
+        let entries_ahead = |ad: u32, acc: &Acc| {
+            s.prefetch_entry(ad);
+            s.prefetch_entry(acc.campaign);
+            s.prefetch_entry(acc.advertiser);
+        };
         let mut bytes = [0usize; 4];
-        for &Window { key: (ad, region), acc } in all.iter().flat_map(|(_, w)| w) {
-            bytes[0] += text(region);
-            bytes[1] += text(ad);
-            bytes[2] += text(acc.campaign);
-            bytes[3] += text(acc.advertiser);
+        for (_, windows) in &all {
+            windows.iter().take(NAMES_AHEAD).for_each(|w| entries_ahead(w.key.0, &w.acc));
+            for (i, &Window { key: (ad, region), acc }) in windows.iter().enumerate() {
+                if let Some(w) = windows.get(i + NAMES_AHEAD) {
+                    entries_ahead(w.key.0, &w.acc);
+                }
+                bytes[0] += text(region);
+                bytes[1] += text(ad);
+                bytes[2] += text(acc.campaign);
+                bytes[3] += text(acc.advertiser);
+            }
         }
         let mut b = AdMetricsBuilder::with_capacity(rows, bytes);
         let mut order: Vec<(u32, u32, WindowKey, Acc)> = Vec::new();
@@ -549,7 +567,15 @@ impl AggregationOperator {
             order.clear();
             order.extend(windows.into_iter().map(|Window { key: k, acc: a }| (rank[k.1 as usize], rank[k.0 as usize], k, a)));
             order.sort_unstable_by_key(|w| (w.0, w.1));
-            for &(_, _, (ad, region), acc) in &order {
+            for (i, &(_, _, (ad, region), acc)) in order.iter().enumerate() {
+                if let Some((_, _, (ad, _), acc)) = order.get(i + NAMES_AHEAD) {
+                    entries_ahead(*ad, acc);
+                }
+                if let Some(&(_, _, (ad, _), acc)) = order.get(i + NAMES_AHEAD / 2) {
+                    s.prefetch_bytes(ad);
+                    s.prefetch_bytes(acc.campaign);
+                    s.prefetch_bytes(acc.advertiser);
+                }
                 let (region, ad) = (s.name(region), s.name(ad));
                 b.append(
                     &record_uuid::ad_metric(region, ad, start),

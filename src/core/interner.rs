@@ -63,6 +63,25 @@ impl Interner {
         &self.names[id as usize]
     }
 
+    /// Starts fetching where `id`'s string is (its entry among the names). Writing records
+    /// reads the names of ids in an order unrelated to their memory order, so each read was a
+    /// cache miss; see [`Self::prefetch_bytes`]. Unknown ids (such as [`ABSENT`]) are ignored.
+    #[inline]
+    pub fn prefetch_entry(&self, id: u32) {
+        if let Some(name) = self.names.get(id as usize) {
+            prefetch(std::ptr::from_ref(name).cast());
+        }
+    }
+
+    /// Starts fetching `id`'s string itself. It reads the entry, so that should have been
+    /// prefetched some time before ([`Self::prefetch_entry`]).
+    #[inline]
+    pub fn prefetch_bytes(&self, id: u32) {
+        if let Some(name) = self.names.get(id as usize) {
+            prefetch(name.as_ptr());
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -114,6 +133,18 @@ impl Interner {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(|n| &**n)
     }
+}
+
+/// A hint to bring the cache line at `p` in; it reads nothing into the program.
+#[inline]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not dereference and cannot fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[cfg(test)]
