@@ -177,7 +177,13 @@ fn uuid_of_sha1(digest: [u8; 20]) -> Uuid {
 
 /// Identity of an `ad-metrics` record: region, ad and the window's start.
 pub fn ad_metric(region: &str, ad_id: &str, window_start_ms: i64) -> Uuid {
-    derive(&["ad-metrics", region, ad_id, itoa::Buffer::new().format(window_start_ms)])
+    ad_metric_of_start(region, ad_id, itoa::Buffer::new().format(window_start_ms))
+}
+
+/// [`ad_metric`] with the window's start already written in decimal (as `i64::to_string`
+/// writes it): a writer formats each start once for its thousands of windows.
+pub fn ad_metric_of_start(region: &str, ad_id: &str, window_start_decimal: &str) -> Uuid {
+    derive(&["ad-metrics", region, ad_id, window_start_decimal])
 }
 
 /// Identity of a dead-letter record: the source position of the rejected message, so a
@@ -211,6 +217,7 @@ mod tests {
     fn ad_metric_uuids_are_pinned() {
         assert_eq!(ad_metric("region-a", "ad-42", 1_767_225_600_000).to_string(), "b4c49980-570d-5ea3-877e-ded1d6c0ef0a");
         assert_eq!(ad_metric("region-b", "ad|x\"y", -60_000).to_string(), "cdfeabfd-7c56-5829-9b9c-5c6fbb79f355");
+        assert_eq!(ad_metric_of_start("region-a", "ad-42", "1767225600000").to_string(), "b4c49980-570d-5ea3-877e-ded1d6c0ef0a");
     }
 
     #[test]

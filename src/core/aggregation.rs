@@ -563,6 +563,8 @@ impl AggregationOperator {
         let mut b = AdMetricsBuilder::with_capacity(rows, bytes);
         let mut order: Vec<(u32, u32, WindowKey, Acc)> = Vec::new();
         for (start, windows) in all {
+            let mut decimal = itoa::Buffer::new();
+            let start_decimal = decimal.format(start);
             // Within a start, (region, ad_id) order by rank: no string comparison.
             order.clear();
             order.extend(windows.into_iter().map(|Window { key: k, acc: a }| (rank[k.1 as usize], rank[k.0 as usize], k, a)));
@@ -578,7 +580,7 @@ impl AggregationOperator {
                 }
                 let (region, ad) = (s.name(region), s.name(ad));
                 b.append(
-                    &record_uuid::ad_metric(region, ad, start),
+                    &record_uuid::ad_metric_of_start(region, ad, start_decimal),
                     region,
                     ad,
                     opt(acc.campaign),
