@@ -295,22 +295,22 @@ impl AggregationOperator {
             }
             Some(k) => v.event_type_codes[k] == CLICK,
         };
-        let ad = v.ad.id(row, &mut self.strings);
+        let ad = v.ad.resolved(row);
         if ad == ABSENT {
             return Err(Reject::MissingField(c::AD_ID));
         }
         let Some(event_time) = BatchView::opt_i64(v.event_time, row) else {
             return Err(Reject::MissingField(c::EVENT_TIME));
         };
-        let region = v.region.id(row, &mut self.strings);
+        let region = v.region.resolved(row);
         if region == ABSENT {
             return Err(Reject::MissingField(c::REGION));
         }
         let Some(ingest) = ingest else {
             return Err(Reject::MissingField(c::KAFKA_TIMESTAMP));
         };
-        let campaign = v.campaign.id(row, &mut self.strings);
-        let advertiser = v.advertiser.id(row, &mut self.strings);
+        let campaign = v.campaign.resolved(row);
+        let advertiser = v.advertiser.resolved(row);
         for f in &self.rules.also_required {
             let present = match f {
                 OptionalField::CampaignId => campaign != ABSENT,
