@@ -8,6 +8,7 @@ pub const HOUR_MS: i64 = 60 * MINUTE_MS;
 pub const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Start of the interval of length `size` that holds `t` (also for times before 1970).
+#[inline]
 pub fn floor_to(t: i64, size: i64) -> i64 {
     t.div_euclid(size) * size
 }

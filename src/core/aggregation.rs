@@ -250,7 +250,7 @@ impl AggregationOperator {
     #[inline]
     fn admit(&mut self, v: &mut BatchView, row: usize, cands: &mut Vec<Candidate>, arrivals: &mut Vec<(u128, Position)>) {
         self.audit.read += 1;
-        let ingest = BatchView::opt_i64(v.ingest, row);
+        let ingest = BatchView::opt(v.ingest, row);
         let (cand, event_id) = match self.validate(v, row, ingest) {
             Ok(ok) => ok,
             Err(reject) => return self.reject(v, row, ingest, reject),
@@ -265,15 +265,15 @@ impl AggregationOperator {
                 return self.reject(v, row, Some(ingest), Reject::AfterPurge { window_end, ingest });
             }
         }
-        let p = if v.partition.is_null(row) { -1 } else { v.partition.value(row) };
-        let o = if v.offset.is_null(row) { -1 } else { v.offset.value(row) };
+        let p = BatchView::opt(v.partition, row).unwrap_or(-1);
+        let o = BatchView::opt(v.offset, row).unwrap_or(-1);
         let seed = v.ad.seed(row);
         arrivals.push((dedupe::key_of(seed, event_id), (ingest, p, o)));
         cands.push(cand);
     }
 
     fn validate<'b>(&mut self, v: &mut BatchView<'b>, row: usize, ingest: Option<i64>) -> Result<(Candidate, &'b str), Reject> {
-        if !v.decode_error.is_null(row) {
+        if !BatchView::null(v.decode_error, row) {
             let e = v.decode_error.value(row);
             return Err(match e.strip_prefix(NOT_JSON) {
                 Some(why) => Reject::NotJson(why.to_string()),
@@ -281,7 +281,7 @@ impl AggregationOperator {
             });
         }
         let event_id = v.event_id;
-        if event_id.is_null(row) || event_id.value(row).is_empty() {
+        if BatchView::null(event_id, row) || event_id.value(row).is_empty() {
             return Err(Reject::MissingField(c::EVENT_ID));
         }
         let event_id: &'b str = event_id.value(row);
@@ -299,7 +299,7 @@ impl AggregationOperator {
         if ad == ABSENT {
             return Err(Reject::MissingField(c::AD_ID));
         }
-        let Some(event_time) = BatchView::opt_i64(v.event_time, row) else {
+        let Some(event_time) = BatchView::opt(v.event_time, row) else {
             return Err(Reject::MissingField(c::EVENT_TIME));
         };
         let region = v.region.resolved(row);
