@@ -41,16 +41,16 @@ impl<'a> DictColumn<'a> {
     }
 
     /// The dedupe seed of the row's value (see [`crate::core::dedupe::ad_seed`]); only for rows
-    /// whose [`Self::id`] was resolved to a present value.
+    /// whose [`Self::resolved`] id is a present value.
     #[inline]
     pub fn seed(&self, row: usize) -> u64 {
         self.seeds.as_ref().expect("seeds are kept for the ad column")[self.keys.value(row) as usize]
     }
 
     /// The interned id of the row's value, or [`ABSENT`], for a row [`Self::resolve`] has
-    /// seen. No interning path: four of these per row are inlined into the validation, which
-    /// calls of the lazy [`Self::id`] (interning on a miss, so not inlined) cost ~4 % of a
-    /// backfill's CPU samples to enter and leave.
+    /// seen. No interning path, so the four of these per row are inlined into the validation;
+    /// calls of the lazy `id` (which interns on a miss and was not inlined; now the tests'
+    /// definition) cost ~4 % of a backfill's CPU samples to enter and leave.
     #[inline(always)]
     pub fn resolved(&self, row: usize) -> u32 {
         let Some(k) = BatchView::opt(self.keys, row) else {
@@ -86,8 +86,8 @@ impl<'a> DictColumn<'a> {
     }
 
     /// Resolves the values `rows` refer to, in order of first reference, with the interner's
-    /// slot of the value `PREFETCH_AHEAD` places ahead being fetched meanwhile; [`Self::id`]
-    /// then only reads an array. Each batch of a backfill brings its own dictionaries (~15,000
+    /// slot of the value `PREFETCH_AHEAD` places ahead being fetched meanwhile;
+    /// [`Self::resolved`] then only reads an array. Each batch of a backfill brings its own dictionaries (~15,000
     /// ad ids per file of the bench), and resolving them one miss at a time as rows came was
     /// ~8 % of the CPU samples.
     pub fn resolve(&mut self, rows: impl Iterator<Item = usize>, interner: &mut Interner) {
@@ -211,9 +211,9 @@ impl<'a> BatchView<'a> {
         self.batch.num_rows()
     }
 
-    /// The row's value, None if null. Validation reads four of these per row; arrow's
+    /// The row's value, None if null. Validation reads several of these per row; arrow's
     /// accessors (`is_null` through the `Array` trait, `value` with its bounds message) were
-    /// left as calls there, ~2 % of a backfill's CPU samples.
+    /// left as calls there, ~3 % of a backfill's CPU samples.
     #[inline(always)]
     pub fn opt<T: ArrowPrimitiveType>(a: &PrimitiveArray<T>, row: usize) -> Option<T::Native> {
         if Self::null(a, row) {
