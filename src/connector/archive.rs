@@ -7,7 +7,7 @@ use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{GetResult, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
@@ -123,10 +123,31 @@ impl ArchiveSource for ParquetArchive {
         let path = Path::parse(&file.path)?;
         let bytes = self
             .rt
-            .block_on(async { self.store().get(&path).await?.bytes().await })
+            .block_on(async {
+                let got = self.store().get(&path).await?;
+                match got.payload {
+                    GetResultPayload::File(file, _) => read_file_range(file, got.range),
+                    payload => Ok(GetResult { payload, ..got }.bytes().await?),
+                }
+            })
             .with_context(|| format!("cannot read {}", file.path))?;
         decode_parquet(bytes).with_context(|| format!("archive file {}", file.path))
     }
+}
+
+/// A local file's bytes in `range`, read on this thread into a buffer that is not filled first.
+/// `GetResult::bytes` zero-fills its buffer before reading the file over it (and does so on
+/// another thread): ~1 % of a backfill's CPU samples went to that fill, over every byte of the
+/// archive.
+fn read_file_range(file: std::fs::File, range: std::ops::Range<u64>) -> anyhow::Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = range.end - range.start;
+    let mut file = file;
+    file.seek(SeekFrom::Start(range.start))?;
+    let mut buf = Vec::with_capacity(usize::try_from(len)?);
+    file.take(len).read_to_end(&mut buf)?;
+    anyhow::ensure!(buf.len() as u64 == len, "the file ended after {} of its {len} bytes", buf.len());
+    Ok(Bytes::from(buf))
 }
 
 /// Decodes the archive columns of a Parquet file into canonical batches.
