@@ -139,10 +139,9 @@ impl ArchiveSource for ParquetArchive {
 /// `GetResult::bytes` zero-fills its buffer before reading the file over it (and does so on
 /// another thread): ~1 % of a backfill's CPU samples went to that fill, over every byte of the
 /// archive.
-fn read_file_range(file: std::fs::File, range: std::ops::Range<u64>) -> anyhow::Result<Bytes> {
+fn read_file_range(mut file: std::fs::File, range: std::ops::Range<u64>) -> anyhow::Result<Bytes> {
     use std::io::{Read, Seek, SeekFrom};
     let len = range.end - range.start;
-    let mut file = file;
     file.seek(SeekFrom::Start(range.start))?;
     let mut buf = Vec::with_capacity(usize::try_from(len)?);
     file.take(len).read_to_end(&mut buf)?;
@@ -226,6 +225,20 @@ mod tests {
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     use super::*;
+
+    /// A range is read exactly; a file that ends before the range does is an error, not a
+    /// short read passed on as the file's bytes.
+    #[test]
+    fn a_local_files_range_is_read_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let open = || std::fs::File::open(&path).unwrap();
+        assert_eq!(&read_file_range(open(), 0..10).unwrap()[..], b"0123456789");
+        assert_eq!(&read_file_range(open(), 3..7).unwrap()[..], b"3456");
+        let short = read_file_range(open(), 4..12).unwrap_err().to_string();
+        assert!(short.contains("after 6 of its 8 bytes"), "{short}");
+    }
 
     /// The writer's settings reach the file: `event_id` uncompressed, the rest Snappy; no
     /// dictionary for the columns unique per row, one for the ids that repeat.

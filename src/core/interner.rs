@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::batch_view::ABSENT;
 use super::key_table::KeyTable;
+use super::prefetch::prefetch;
 
 #[derive(Debug, Default)]
 pub struct Interner {
@@ -69,7 +70,7 @@ impl Interner {
     #[inline]
     pub fn prefetch_entry(&self, id: u32) {
         if let Some(name) = self.names.get(id as usize) {
-            prefetch(std::ptr::from_ref(name).cast());
+            prefetch(std::ptr::from_ref(name));
         }
     }
 
@@ -133,18 +134,6 @@ impl Interner {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(|n| &**n)
     }
-}
-
-/// A hint to bring the cache line at `p` in; it reads nothing into the program.
-#[inline]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch does not dereference and cannot fault, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 #[cfg(test)]

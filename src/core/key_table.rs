@@ -15,6 +15,8 @@
 //! byte up front; one byte per page is written at once, so that probes never read the shared
 //! zero page (`zeroed_slots`). The one real key that is zero lives beside the slots.
 
+use super::prefetch::prefetch;
+
 /// Load a reserved table is sized for.
 const TARGET_LOAD: f64 = 0.7;
 /// Load at which a table grows; linear probing gets long probe runs above it.
@@ -112,14 +114,9 @@ impl KeyTable {
     /// Starts fetching the cache line `key` is probed at first.
     #[inline]
     pub fn prefetch(&self, key: u128) {
-        #[cfg(target_arch = "x86_64")]
         if !self.slots.is_empty() {
-            let slot = &self.slots[self.home(key as u64)];
-            // SAFETY: a prefetch is a hint; it reads nothing into the program and cannot fault.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(slot.as_ptr().cast()) };
+            prefetch(&self.slots[self.home(key as u64)]);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
     }
 
     /// The value of `key`, or None after inserting `value` for it.

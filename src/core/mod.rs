@@ -16,6 +16,7 @@ pub mod dedupe;
 pub mod interner;
 pub mod key_table;
 pub mod key_group;
+pub mod prefetch;
 pub mod reason;
 pub mod window_map;
 pub mod windows;

@@ -14,6 +14,7 @@
 //! is empty: the interner hands out ids below [`ABSENT`](super::batch_view::ABSENT), one
 //! below it.
 
+use super::prefetch::prefetch;
 use super::windows::{Acc, WindowKey};
 
 /// The region of an empty slot.
@@ -71,18 +72,11 @@ impl WindowMap {
     /// hint only: nothing is read, so a stale or empty table costs nothing but the hint.
     #[inline]
     pub fn prefetch(&self, key: WindowKey) {
-        #[cfg(target_arch = "x86_64")]
         if !self.slots.is_empty() {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let p = self.slots.as_ptr().wrapping_add(self.home(key)).cast::<i8>();
-            // SAFETY: prefetching is a hint; it does not dereference and cannot fault.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(p);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(size_of::<Window>() - 1));
-            }
+            let p = self.slots.as_ptr().wrapping_add(self.home(key)).cast::<u8>();
+            prefetch(p);
+            prefetch(p.wrapping_add(size_of::<Window>() - 1));
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
     }
 
     /// The slot holding `key`, or the empty slot where it would go.
