@@ -299,8 +299,11 @@ impl WindowTable {
 
     pub fn restore(entries: Vec<WindowValue>, fired_before: Option<i64>) -> Self {
         let mut t = WindowTable { fired_before, ..Default::default() };
+        // A snapshot lists its windows start by start, so the last position is the place to
+        // look first.
+        let mut at = 0;
         for (s, k, a) in entries {
-            let at = t.by_start.position_or_insert(s, 0, |_, _| 0);
+            at = t.by_start.position_or_insert(s, at, |_, _| 0);
             t.by_start.0[at].1.insert(k, Acc { dirty: false, ..a });
         }
         t
