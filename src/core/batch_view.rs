@@ -87,9 +87,9 @@ impl<'a> DictColumn<'a> {
 
     /// Resolves the values `rows` refer to, in order of first reference, with the interner's
     /// slot of the value `PREFETCH_AHEAD` places ahead being fetched meanwhile;
-    /// [`Self::resolved`] then only reads an array. Each batch of a backfill brings its own dictionaries (~15,000
-    /// ad ids per file of the bench), and resolving them one miss at a time as rows came was
-    /// ~8 % of the CPU samples.
+    /// [`Self::resolved`] then only reads an array. Each batch of a backfill brings its own
+    /// dictionaries (~15,000 ad ids per file of the bench), and resolving them one miss at a
+    /// time as rows came was ~8 % of the CPU samples.
     pub fn resolve(&mut self, rows: impl Iterator<Item = usize>, interner: &mut Interner) {
         let mut pending: Vec<(usize, u128)> = Vec::new();
         for row in rows {

@@ -31,6 +31,14 @@ pub struct Window {
 
 const VACANT: Window = Window { key: (0, EMPTY), acc: Acc::new() };
 
+impl Window {
+    /// Whether this slot holds no window.
+    #[inline]
+    fn is_vacant(&self) -> bool {
+        self.key.1 == EMPTY
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct WindowMap {
     /// Empty (no allocation) or a power of two long, at least 8.
@@ -85,8 +93,8 @@ impl WindowMap {
         let mask = self.slots.len() - 1;
         let mut i = self.home(key);
         loop {
-            let k = self.slots[i].key;
-            if k == key || k.1 == EMPTY {
+            let slot = &self.slots[i];
+            if slot.key == key || slot.is_vacant() {
                 return i;
             }
             i = (i + 1) & mask;
@@ -102,7 +110,7 @@ impl WindowMap {
         }
         let i = self.find(key);
         let slot = &mut self.slots[i];
-        if slot.key.1 == EMPTY {
+        if slot.is_vacant() {
             *slot = Window { key, acc: Acc::new() };
             self.used += 1;
         }
@@ -115,7 +123,7 @@ impl WindowMap {
         }
         let i = self.find(*key);
         let slot = &mut self.slots[i];
-        (slot.key.1 != EMPTY).then_some(&mut slot.acc)
+        (!slot.is_vacant()).then_some(&mut slot.acc)
     }
 
     /// Sets `key`'s window to `acc`, replacing any it had.
@@ -124,7 +132,7 @@ impl WindowMap {
     }
 
     pub fn iter(&self) -> Iter<'_> {
-        self.slots.iter().filter_map(|s| (s.key.1 != EMPTY).then_some((&s.key, &s.acc)))
+        self.slots.iter().filter_map(|s| (!s.is_vacant()).then_some((&s.key, &s.acc)))
     }
 
     /// The windows, in slot order, as a dense vector: the slots moved down over the empty ones
@@ -135,7 +143,7 @@ impl WindowMap {
         for i in 0..self.slots.len() {
             let s = self.slots[i];
             self.slots[n] = s;
-            n += usize::from(s.key.1 != EMPTY);
+            n += usize::from(!s.is_vacant());
         }
         self.slots.truncate(n);
         self.slots
@@ -147,7 +155,7 @@ impl WindowMap {
         let larger = vec![VACANT; (self.slots.len() * 2).max(8)];
         let old = std::mem::replace(&mut self.slots, larger);
         // The keys are distinct, so each one's `find` is the empty slot where it goes.
-        for w in old.into_iter().filter(|w| w.key.1 != EMPTY) {
+        for w in old.into_iter().filter(|w| !w.is_vacant()) {
             let i = self.find(w.key);
             self.slots[i] = w;
         }
@@ -172,7 +180,7 @@ impl IntoIterator for WindowMap {
     type IntoIter = std::iter::FilterMap<std::vec::IntoIter<Window>, fn(Window) -> Option<(WindowKey, Acc)>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.slots.into_iter().filter_map(|s| (s.key.1 != EMPTY).then_some((s.key, s.acc)))
+        self.slots.into_iter().filter_map(|s| (!s.is_vacant()).then_some((s.key, s.acc)))
     }
 }
 
