@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{GetResult, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -17,7 +18,7 @@ use tokio::runtime::Handle;
 
 use super::store::Location;
 use crate::contract::columns as c;
-use crate::contract::schema::{archive_schema, normalize};
+use crate::contract::schema::{archive_schema, canonical_viewed_schema, normalize};
 use crate::contract::time::{hive_hour_dir, parse_hive_date, parse_hive_hour, DAY_MS};
 use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition};
 
@@ -151,7 +152,12 @@ fn read_file_range(mut file: std::fs::File, range: std::ops::Range<u64>) -> anyh
 
 /// Decodes the archive columns of a Parquet file into canonical batches.
 pub fn decode_parquet(bytes: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).context("not a readable Parquet file")?;
+    let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new()).context("not a readable Parquet file")?;
+    let meta = match as_views(meta.schema()) {
+        Some(hint) => ArrowReaderMetadata::try_new(meta.metadata().clone(), ArrowReaderOptions::new().with_schema(hint))?,
+        None => meta,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta);
     let wanted = archive_schema();
     let file_schema = builder.schema().clone();
     let indices: Vec<usize> = file_schema
@@ -175,6 +181,22 @@ pub fn decode_parquet(bytes: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
         out.push(canonical);
     }
     Ok(out)
+}
+
+/// The file's schema with views for its plain string columns that the core takes as views, so
+/// that the reader makes them without copying a value (see [`canonical_viewed_schema`]); None
+/// if there are none. Other types are left to [`normalize`].
+fn as_views(file: &SchemaRef) -> Option<SchemaRef> {
+    let canonical = canonical_viewed_schema();
+    let viewed = |f: &Field| {
+        f.data_type() == &DataType::Utf8 && canonical.field_with_name(f.name()).is_ok_and(|c| c.data_type() == &DataType::Utf8View)
+    };
+    if !file.fields().iter().any(|f| viewed(f)) {
+        return None;
+    }
+    let fields =
+        file.fields().iter().map(|f| if viewed(f) { f.as_ref().clone().with_data_type(DataType::Utf8View) } else { f.as_ref().clone() });
+    Some(Arc::new(Schema::new_with_metadata(fields.collect::<Vec<_>>(), file.metadata().clone())))
 }
 
 /// Archive columns whose values are (nearly) all distinct within a file, written without a
@@ -238,6 +260,38 @@ mod tests {
         assert_eq!(&read_file_range(open(), 3..7).unwrap()[..], b"3456");
         let short = read_file_range(open(), 4..12).unwrap_err().to_string();
         assert!(short.contains("after 6 of its 8 bytes"), "{short}");
+    }
+
+    /// Strings of any archiver's types decode to the canonical ones: `event_id`, `user_id` and
+    /// `store_id` as views (read as views straight from plain strings, cast from the rest), the
+    /// others as dictionaries, with every value and null kept.
+    #[test]
+    fn string_columns_of_any_type_decode_to_the_canonical_types() {
+        use arrow::array::{AsArray, DictionaryArray, LargeStringArray, StringViewArray};
+        use arrow::datatypes::Int32Type;
+        let ids = [Some("e-0123456789abcdef0123456789"), None, Some("short")];
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (c::EVENT_ID, Arc::new(StringArray::from(ids.to_vec()))),
+            (c::USER_ID, Arc::new(LargeStringArray::from(ids.to_vec()))),
+            (c::STORE_ID, Arc::new(ids.into_iter().collect::<DictionaryArray<Int32Type>>())),
+            (c::REGION, Arc::new(StringViewArray::from(ids.to_vec()))),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let decoded = decode_parquet(Bytes::from(buf)).unwrap();
+        assert_eq!(decoded.len(), 1);
+        let out = &decoded[0];
+        assert_eq!(out.schema(), canonical_viewed_schema());
+        for name in [c::EVENT_ID, c::USER_ID, c::STORE_ID] {
+            let values: Vec<_> = out.column_by_name(name).unwrap().as_string_view().iter().collect();
+            assert_eq!(values, ids, "{name}");
+        }
+        let region = out.column_by_name(c::REGION).unwrap().as_dictionary::<Int32Type>();
+        let region: Vec<_> = region.downcast_dict::<StringArray>().unwrap().into_iter().collect();
+        assert_eq!(region, ids);
     }
 
     /// The writer's settings reach the file: `event_id` uncompressed, the rest Snappy; no

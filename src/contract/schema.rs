@@ -25,6 +25,9 @@ pub fn dict_utf8() -> DataType {
 }
 
 /// Columns the core reads, in order. Their positions are fixed: see [`col`].
+///
+/// The core also takes [`canonical_viewed_schema`], the same with views for the strings that
+/// are (nearly) unique per row.
 pub fn canonical_input_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
     SCHEMA
@@ -47,6 +50,37 @@ pub fn canonical_input_schema() -> SchemaRef {
             ]))
         })
         .clone()
+}
+
+/// The canonical columns that a batch may hold as views (`Utf8View`) instead of plain strings:
+/// those whose values are (nearly) unique per row.
+pub const VIEWABLE: [usize; 3] = [col::EVENT_ID, col::USER_ID, col::STORE_ID];
+
+/// [`canonical_input_schema`] with views for the [`VIEWABLE`] columns: what archive files
+/// decode to. A Parquet reader asked for views points them into the pages it decoded instead of
+/// copying every value into one string buffer, which it regrows page by page: that copy and
+/// regrowth were the largest part of a backfill's memmove. The stream decoder builds plain
+/// strings: built as views, or viewed after, its batches made the stream job slower.
+pub fn canonical_viewed_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let s = canonical_input_schema();
+            let fields = s.fields().iter().enumerate().map(|(i, f)| {
+                if VIEWABLE.contains(&i) {
+                    f.as_ref().clone().with_data_type(DataType::Utf8View)
+                } else {
+                    f.as_ref().clone()
+                }
+            });
+            Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+        })
+        .clone()
+}
+
+/// Whether the core takes batches of this schema: one of the two canonical forms.
+pub fn is_canonical(schema: &SchemaRef) -> bool {
+    *schema == canonical_input_schema() || *schema == canonical_viewed_schema()
 }
 
 /// Column positions in the canonical schema.
@@ -84,9 +118,14 @@ pub struct ColumnTypeError {
 /// Which columns of the canonical schema were absent from the input (filled with nulls).
 pub type MissingColumns = Vec<&'static str>;
 
-/// Brings any batch that carries the ad-event columns into the canonical schema.
+/// Brings any batch that carries the ad-event columns into a canonical schema: the viewed one
+/// ([`canonical_viewed_schema`]) if any of its [`VIEWABLE`] columns is a view, else the plain
+/// one.
 pub fn normalize(batch: &RecordBatch) -> Result<(RecordBatch, MissingColumns), ColumnTypeError> {
-    let target = canonical_input_schema();
+    let plain = canonical_input_schema();
+    let viewed =
+        VIEWABLE.iter().any(|&i| batch.column_by_name(plain.field(i).name()).is_some_and(|a| a.data_type() == &DataType::Utf8View));
+    let target = if viewed { canonical_viewed_schema() } else { plain };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
     let mut missing = Vec::new();
     for (i, field) in target.fields().iter().enumerate() {
@@ -157,7 +196,7 @@ fn castable(from: &DataType, to: &DataType) -> bool {
         return true;
     }
     match to {
-        DataType::Utf8 => is_stringy(from),
+        DataType::Utf8 | DataType::Utf8View => is_stringy(from),
         DataType::Dictionary(_, _) => is_stringy(from),
         DataType::Timestamp(_, _) => matches!(from, DataType::Timestamp(_, _) | DataType::Int64),
         DataType::Int32 | DataType::Int64 => is_integer(from),
@@ -167,7 +206,7 @@ fn castable(from: &DataType, to: &DataType) -> bool {
 
 fn expected_name(t: &DataType) -> String {
     match t {
-        DataType::Utf8 | DataType::Dictionary(_, _) => "string".into(),
+        DataType::Utf8 | DataType::Utf8View | DataType::Dictionary(_, _) => "string".into(),
         DataType::Timestamp(_, _) => "timestamp(millisecond, UTC) or int64 epoch ms".into(),
         DataType::Int32 => "int32".into(),
         DataType::Int64 => "int64".into(),

@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::RecordBatch;
 
 use super::audit::Audit;
 use super::batch_view::{BatchView, ABSENT, CLICK, OTHER_TYPE};
@@ -281,7 +281,7 @@ impl AggregationOperator {
             });
         }
         let event_id = v.event_id;
-        if BatchView::null(event_id, row) || event_id.value(row).is_empty() {
+        if event_id.is_null(row) || event_id.value(row).is_empty() {
             return Err(Reject::MissingField(c::EVENT_ID));
         }
         let event_id: &'b str = event_id.value(row);

@@ -5,14 +5,15 @@
 //! touches the values of its own rows.
 
 use arrow::array::{
-    Array, AsArray, DictionaryArray, Int32Array, Int64Array, PrimitiveArray, RecordBatch, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, Int64Array, PrimitiveArray, RecordBatch, StringArray, StringViewArray,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{ArrowPrimitiveType, Int32Type, TimestampMillisecondType};
 
 use super::interner::Interner;
 use crate::contract::canonical_payload::{self, EventFields};
 use crate::contract::columns as c;
-use crate::contract::schema::{canonical_input_schema, col};
+use crate::contract::schema::{col, is_canonical};
 
 const UNRESOLVED: u32 = u32::MAX;
 /// How many values ahead [`DictColumn::resolve`] prefetches.
@@ -138,6 +139,46 @@ impl<'a> DictColumn<'a> {
     }
 }
 
+/// A string column of the core's input that may be plain or views (see
+/// [`crate::contract::schema::VIEWABLE`]). Which one is the same for a whole batch, so the
+/// branch on it is predicted.
+#[derive(Clone, Copy)]
+pub enum Strings<'a> {
+    Plain(&'a StringArray),
+    Views(&'a StringViewArray),
+}
+
+impl<'a> Strings<'a> {
+    fn new(a: &'a ArrayRef) -> Self {
+        match a.as_string_opt::<i32>() {
+            Some(plain) => Self::Plain(plain),
+            None => Self::Views(a.as_string_view()),
+        }
+    }
+
+    #[inline]
+    pub fn is_null(self, row: usize) -> bool {
+        match self {
+            Self::Plain(a) => BatchView::null(a, row),
+            Self::Views(a) => BatchView::null(a, row),
+        }
+    }
+
+    /// The row's value; empty for a null.
+    #[inline]
+    pub fn value(self, row: usize) -> &'a str {
+        match self {
+            Self::Plain(a) => a.value(row),
+            Self::Views(a) => a.value(row),
+        }
+    }
+
+    /// The row's value, None if null.
+    pub fn get(self, row: usize) -> Option<&'a str> {
+        (!self.is_null(row)).then(|| self.value(row))
+    }
+}
+
 /// Impression/click code of each event_type dictionary value, computed once per batch.
 pub const IMPRESSION: u8 = 0;
 pub const CLICK: u8 = 1;
@@ -145,15 +186,15 @@ pub const OTHER_TYPE: u8 = 2;
 
 pub struct BatchView<'a> {
     pub batch: &'a RecordBatch,
-    pub event_id: &'a StringArray,
+    pub event_id: Strings<'a>,
     pub event_type: DictColumn<'a>,
     pub event_type_codes: Vec<u8>,
     pub ad: DictColumn<'a>,
     pub campaign: DictColumn<'a>,
     pub advertiser: DictColumn<'a>,
     pub region: DictColumn<'a>,
-    pub user_id: &'a StringArray,
-    pub store_id: &'a StringArray,
+    pub user_id: Strings<'a>,
+    pub store_id: Strings<'a>,
     pub event_time: &'a TimestampMillisecondArray,
     pub partition: &'a Int32Array,
     pub offset: &'a Int64Array,
@@ -165,7 +206,7 @@ pub struct BatchView<'a> {
 impl<'a> BatchView<'a> {
     /// `batch` must have the canonical schema (see [`crate::contract::schema::normalize`]).
     pub fn new(batch: &'a RecordBatch) -> Self {
-        assert_eq!(batch.schema(), canonical_input_schema(), "the core takes canonical batches only");
+        assert!(is_canonical(&batch.schema()), "the core takes canonical batches only");
         let event_type = DictColumn::new(batch.column(col::EVENT_TYPE).as_ref());
         let event_type_codes = event_type
             .values()
@@ -178,15 +219,15 @@ impl<'a> BatchView<'a> {
             .collect();
         Self {
             batch,
-            event_id: batch.column(col::EVENT_ID).as_string::<i32>(),
+            event_id: Strings::new(batch.column(col::EVENT_ID)),
             event_type,
             event_type_codes,
             ad: DictColumn::new(batch.column(col::AD_ID).as_ref()).with_seeds(),
             campaign: DictColumn::new(batch.column(col::CAMPAIGN_ID).as_ref()),
             advertiser: DictColumn::new(batch.column(col::ADVERTISER_ID).as_ref()),
             region: DictColumn::new(batch.column(col::REGION).as_ref()),
-            user_id: batch.column(col::USER_ID).as_string::<i32>(),
-            store_id: batch.column(col::STORE_ID).as_string::<i32>(),
+            user_id: Strings::new(batch.column(col::USER_ID)),
+            store_id: Strings::new(batch.column(col::STORE_ID)),
             event_time: batch.column(col::EVENT_TIME).as_primitive::<TimestampMillisecondType>(),
             partition: batch.column(col::KAFKA_PARTITION).as_primitive(),
             offset: batch.column(col::KAFKA_OFFSET).as_primitive(),
@@ -240,7 +281,7 @@ impl<'a> BatchView<'a> {
         if !self.raw.is_null(row) {
             return self.raw.value(row).to_string();
         }
-        let s = |a: &'a StringArray| (!a.is_null(row)).then(|| a.value(row));
+        let s = |a: Strings<'a>| a.get(row);
         let fields = EventFields {
             ad_id: self.ad.str(row),
             advertiser_id: self.advertiser.str(row),
@@ -267,6 +308,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::contract::schema::{canonical_input_schema, canonical_viewed_schema};
 
     /// The payload as a `serde_json::Map` writes it: the rule [`BatchView::payload`] follows.
     fn map_payload(fields: &[Option<String>; 8], event_time: Option<i64>) -> String {
@@ -282,6 +324,13 @@ mod tests {
             store_id,
             user_id,
         })
+    }
+
+    /// `batch` with its viewable columns as views.
+    fn viewed(batch: &RecordBatch) -> RecordBatch {
+        let schema = canonical_viewed_schema();
+        let columns = schema.fields().iter().zip(batch.columns()).map(|(f, a)| arrow::compute::cast(a, f.data_type()).unwrap()).collect();
+        RecordBatch::try_new(schema, columns).unwrap()
     }
 
     fn batch_of(fields: &[Option<String>; 8], event_time: Option<i64>) -> RecordBatch {
@@ -360,6 +409,11 @@ mod tests {
         ) {
             let batch = batch_of(&fields, event_time);
             prop_assert_eq!(BatchView::new(&batch).payload(0), map_payload(&fields, event_time));
+            // The same from the viewed form, which archive files decode to.
+            let viewed = viewed(&batch);
+            let view = BatchView::new(&viewed);
+            prop_assert_eq!(view.payload(0), map_payload(&fields, event_time));
+            prop_assert_eq!(view.event_id.get(0), fields[0].as_deref());
         }
     }
 
