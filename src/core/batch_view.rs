@@ -164,7 +164,7 @@ impl<'a> Strings<'a> {
         }
     }
 
-    /// The row's value; empty for a null.
+    /// The row's value, which means nothing for a null row (see [`Self::is_null`]).
     #[inline]
     pub fn value(self, row: usize) -> &'a str {
         match self {
