@@ -280,11 +280,9 @@ impl AggregationOperator {
                 None => Reject::WrongType(e.to_string()),
             });
         }
-        let event_id = v.event_id;
-        if event_id.is_null(row) || event_id.value(row).is_empty() {
+        let Some(event_id) = v.event_id.get(row).filter(|id| !id.is_empty()) else {
             return Err(Reject::MissingField(c::EVENT_ID));
-        }
-        let event_id: &'b str = event_id.value(row);
+        };
         let click = match v.event_type.key(row) {
             None => return Err(Reject::MissingField(c::EVENT_TYPE)),
             Some(k) if v.event_type_codes[k] == OTHER_TYPE => {

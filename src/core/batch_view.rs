@@ -174,6 +174,7 @@ impl<'a> Strings<'a> {
     }
 
     /// The row's value, None if null.
+    #[inline]
     pub fn get(self, row: usize) -> Option<&'a str> {
         (!self.is_null(row)).then(|| self.value(row))
     }
