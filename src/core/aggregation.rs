@@ -251,28 +251,44 @@ impl AggregationOperator {
     fn admit(&mut self, v: &mut BatchView, row: usize, cands: &mut Vec<Candidate>, arrivals: &mut Vec<(u128, Position)>) {
         self.audit.read += 1;
         let ingest = BatchView::opt(v.ingest, row);
-        let (cand, event_id) = match self.validate(v, row, ingest) {
-            Ok(ok) => ok,
+        let event_id = match self.validate(v, row, ingest, cands) {
+            Ok(event_id) => event_id,
             Err(reject) => return self.reject(v, row, ingest, reject),
         };
         let ingest = ingest.expect("validated");
-        let window_end = cand.window_start + self.rules.window_ms;
         if self.settings.lateness == Lateness::Bounded {
-            if ingest >= window_end + self.rules.out_of_orderness_ms + self.rules.allowed_lateness_ms {
-                return self.reject(v, row, Some(ingest), Reject::Late { window_end, ingest });
-            }
-            if cand.window_start < self.purged_before {
-                return self.reject(v, row, Some(ingest), Reject::AfterPurge { window_end, ingest });
+            let window_start = cands.last().expect("validate pushed it").window_start;
+            let window_end = window_start + self.rules.window_ms;
+            let late = if ingest >= window_end + self.rules.out_of_orderness_ms + self.rules.allowed_lateness_ms {
+                Some(Reject::Late { window_end, ingest })
+            } else if window_start < self.purged_before {
+                Some(Reject::AfterPurge { window_end, ingest })
+            } else {
+                None
+            };
+            if let Some(late) = late {
+                cands.pop();
+                return self.reject(v, row, Some(ingest), late);
             }
         }
         let p = BatchView::opt(v.partition, row).unwrap_or(-1);
         let o = BatchView::opt(v.offset, row).unwrap_or(-1);
         let seed = v.ad.seed(row);
         arrivals.push((dedupe::key_of(seed, event_id), (ingest, p, o)));
-        cands.push(cand);
+        debug_assert_eq!(cands.len(), arrivals.len(), "a candidate per arrival");
     }
 
-    fn validate<'b>(&mut self, v: &mut BatchView<'b>, row: usize, ingest: Option<i64>) -> Result<(Candidate, &'b str), Reject> {
+    /// Validates one row; a valid row's candidate is pushed onto `cands` and its event_id
+    /// returned. Pushed in place rather than returned beside the event_id: returned, the
+    /// candidate went through the stack, written a field at a time and read back a word at a
+    /// time, which the CPU cannot forward from store to load (a fifth of `admit`'s samples).
+    fn validate<'b>(
+        &mut self,
+        v: &mut BatchView<'b>,
+        row: usize,
+        ingest: Option<i64>,
+        cands: &mut Vec<Candidate>,
+    ) -> Result<&'b str, Reject> {
         if !BatchView::null(v.decode_error, row) {
             let e = v.decode_error.value(row);
             return Err(match e.strip_prefix(NOT_JSON) {
@@ -332,7 +348,8 @@ impl AggregationOperator {
             return Err(Reject::TooOld { event_time, ingest });
         }
         let window_start = floor_to(event_time, self.rules.window_ms);
-        Ok((Candidate { window_start, ad, region, click, campaign, advertiser }, event_id))
+        cands.push(Candidate { window_start, ad, region, click, campaign, advertiser });
+        Ok(event_id)
     }
 
     fn reject(&mut self, v: &BatchView, row: usize, ingest: Option<i64>, reject: Reject) {
