@@ -296,7 +296,7 @@ impl AggregationOperator {
                 None => Reject::WrongType(e.to_string()),
             });
         }
-        let Some(event_id) = v.event_id.get(row).filter(|id| !id.is_empty()) else {
+        let Some(event_id) = v.event_id.present(row) else {
             return Err(Reject::MissingField(c::EVENT_ID));
         };
         let click = match v.event_type.key(row) {
@@ -329,8 +329,8 @@ impl AggregationOperator {
             let present = match f {
                 OptionalField::CampaignId => campaign != ABSENT,
                 OptionalField::AdvertiserId => advertiser != ABSENT,
-                OptionalField::UserId => !v.user_id.is_null(row) && !v.user_id.value(row).is_empty(),
-                OptionalField::StoreId => !v.store_id.is_null(row) && !v.store_id.value(row).is_empty(),
+                OptionalField::UserId => v.user_id.present(row).is_some(),
+                OptionalField::StoreId => v.store_id.present(row).is_some(),
             };
             if !present {
                 return Err(Reject::MissingField(match f {
@@ -665,6 +665,56 @@ mod tests {
         assert_eq!(dead.iter().map(|d| d.reason_code()).collect::<Vec<_>>(), vec!["event_time_too_old"]);
         op.finish();
         assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![]);
+    }
+
+    /// A field required by the job file counts as present only when neither null nor empty,
+    /// as `event_id` does, from plain strings and from views alike.
+    #[test]
+    fn required_user_and_store_ids_must_be_present_and_non_empty() {
+        use crate::contract::schema::canonical_viewed_schema;
+        let mut rules = AggregationRules::defaults();
+        rules.also_required = vec![OptionalField::UserId, OptionalField::StoreId];
+        let ids = [(Some("u"), Some("s")), (None, Some("s")), (Some(""), Some("s")), (Some("u"), None), (Some("u"), Some(""))];
+        let rows: Vec<Row> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, (user, store))| Row {
+                event_id: Some(format!("e{i}")),
+                event_type: Some("impression".into()),
+                ad_id: Some("ad-1".into()),
+                campaign_id: None,
+                advertiser_id: None,
+                user_id: user.map(Into::into),
+                store_id: store.map(Into::into),
+                event_time: Some(T0 + 5_000),
+                region: Some("r".into()),
+                partition: 0,
+                offset: i as i64,
+                ingest: T0 + 10_000,
+            })
+            .collect();
+        let plain = normalize(&rows_to_batch(&rows.iter().collect::<Vec<_>>())).unwrap().0;
+        let schema = canonical_viewed_schema();
+        let columns = schema.fields().iter().zip(plain.columns()).map(|(f, a)| arrow::compute::cast(a, f.data_type()).unwrap()).collect();
+        let viewed = RecordBatch::try_new(schema, columns).unwrap();
+        for batch in [plain, viewed] {
+            let settings = Settings { emit: Emit::FinalOnly, lateness: Lateness::Bounded, scope: Scope::everything() };
+            let mut op = AggregationOperator::new(rules.clone(), settings);
+            op.process_epoch(&[batch], None);
+            op.finish();
+            let (metrics, dead) = op.drain_batch(i64::MAX);
+            assert_eq!(impressions(metrics), vec![(T0, 1)]);
+            let reasons: Vec<_> = dead.iter().map(|d| (d.offset, d.reason.as_str())).collect();
+            assert_eq!(
+                reasons,
+                vec![
+                    (Some(1), "missing_field: user_id is missing, null or empty"),
+                    (Some(2), "missing_field: user_id is missing, null or empty"),
+                    (Some(3), "missing_field: store_id is missing, null or empty"),
+                    (Some(4), "missing_field: store_id is missing, null or empty"),
+                ]
+            );
+        }
     }
 
     /// `window_ends_fired` grows exactly when the operator fires windows: the stream job's

@@ -178,6 +178,12 @@ impl<'a> Strings<'a> {
     pub fn get(self, row: usize) -> Option<&'a str> {
         (!self.is_null(row)).then(|| self.value(row))
     }
+
+    /// The row's value, None if null or empty: what validation counts as a present field.
+    #[inline]
+    pub fn present(self, row: usize) -> Option<&'a str> {
+        self.get(row).filter(|s| !s.is_empty())
+    }
 }
 
 /// Impression/click code of each event_type dictionary value, computed once per batch.
