@@ -5,8 +5,8 @@
 #
 # Generates a synthetic archive once (cached under target/bench-archive-<EVENTS>; the marker
 # .complete-v3 names the archive writer's settings, so a change to them regenerates it), then times
-# `adsproc backfill --complete` over all of it RUNS times and reports events/s of each run and
-# the best. The figure includes listing, reading and decoding Parquet, validation, dedupe,
+# `adsproc backfill --complete` over all of it RUNS times and reports events/s of each run, the
+# best and the median. The figure includes listing, reading and decoding Parquet, validation, dedupe,
 # windowing and writing the output Parquet files; it excludes generation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,8 @@ if [ ! -f "$ARCHIVE/.complete-v3" ]; then
   "$BIN" gen --out "$ARCHIVE" --events "$EVENTS" --hours 24 --ads 50000 --partitions 16 --files-per-hour 4 --seed 1
   touch "$ARCHIVE/.complete-v3"
 fi
-echo "archive: $(du -sh "$ARCHIVE" | cut -f1) in $(find "$ARCHIVE" -name '*.parquet' | wc -l) files; $(nproc) cores"
+# The trailing slash: the archive may be a symbolic link (a copy kept outside target/).
+echo "archive: $(du -sh "$ARCHIVE/" | cut -f1) in $(find "$ARCHIVE/" -name '*.parquet' | wc -l) files; $(nproc) cores"
 # CPU time and peak RSS too: on a shared 2-core VM the wall time of one binary varies by a
 # third from run to run, its CPU time less so, and peak memory hardly at all.
 best=0
