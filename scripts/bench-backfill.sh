@@ -3,23 +3,18 @@
 #
 #   scripts/bench-backfill.sh [EVENTS] [RUNS]      (defaults: 10000000 events, 3 runs)
 #
-# Generates a synthetic archive once (cached under target/bench-archive-<EVENTS>; the marker
-# .complete-v3 names the archive writer's settings, so a change to them regenerates it), then times
-# `adsproc backfill --complete` over all of it RUNS times and reports events/s of each run, the
-# best and the median. The figure includes listing, reading and decoding Parquet, validation, dedupe,
-# windowing and writing the output Parquet files; it excludes generation.
+# Generates a synthetic archive once (scripts/bench-archive.sh: cached under
+# target/bench-archive-<EVENTS>), then times `adsproc backfill --complete` over all of it RUNS
+# times and reports events/s of each run, the best and the median. The figure includes
+# listing, reading and decoding Parquet, validation, dedupe, windowing and writing the output
+# Parquet files; it excludes generation. To compare two builds, see scripts/ab-backfill.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-10000000}
 RUNS=${2:-3}
 cargo build --release --quiet
 BIN=target/release/adsproc
-ARCHIVE=target/bench-archive-$EVENTS
-if [ ! -f "$ARCHIVE/.complete-v3" ]; then
-  rm -rf "$ARCHIVE"
-  "$BIN" gen --out "$ARCHIVE" --events "$EVENTS" --hours 24 --ads 50000 --partitions 16 --files-per-hour 4 --seed 1
-  touch "$ARCHIVE/.complete-v3"
-fi
+ARCHIVE=$(scripts/bench-archive.sh "$EVENTS" "$BIN")
 # The trailing slash: the archive may be a symbolic link (a copy kept outside target/).
 echo "archive: $(du -sh "$ARCHIVE/" | cut -f1) in $(find "$ARCHIVE/" -name '*.parquet' | wc -l) files; $(nproc) cores"
 # CPU time and peak RSS too: on a shared 2-core VM the wall time of one binary varies by a
