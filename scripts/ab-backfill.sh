@@ -17,8 +17,8 @@
 # Environment: EVENTS (default 10000000). PERF=1 records every run with perf (999 Hz) into
 # $PERF_DIR (default /tmp/ab-backfill), adds the run's user-space and kernel samples to its
 # line, and ends with the user-space samples of the top symbols, summed over the rounds, per
-# binary: at a fixed frequency they vary less between runs than the wall time, and kernel
-# samples vary with the machine's memory state far more than with the code.
+# binary. Kernel samples vary with the machine's memory state far more than with the code;
+# docs/backfill.md ("Performance") says how much the user-space ones vary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 3 ] || { sed -n 2,21p "$0" >&2; exit 2; }
