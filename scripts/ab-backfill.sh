@@ -39,11 +39,9 @@ ARCHIVE=$(scripts/bench-archive.sh "${EVENTS:-10000000}" "$1")
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 for pair in $(seq 1 "$PAIRS"); do
+  # Every other round in reverse order, so that no binary always runs right after another.
   order=("$@")
-  if [ $((pair % 2)) = 0 ]; then
-    order=()
-    for ((i = $#; i >= 1; i--)); do order+=("${!i}"); done
-  fi
+  [ $((pair % 2)) = 0 ] && mapfile -t order < <(printf '%s\n' "$@" | tac)
   for bin in "${order[@]}"; do
     name=$(basename "$bin")
     pre=()
