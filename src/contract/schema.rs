@@ -78,6 +78,15 @@ pub fn canonical_viewed_schema() -> SchemaRef {
         .clone()
 }
 
+/// A canonical batch (plain form) with its [`VIEWABLE`] columns cast to views: the viewed form
+/// of the same rows, for tests that feed the core both.
+#[cfg(test)]
+pub fn viewed(batch: &RecordBatch) -> RecordBatch {
+    let schema = canonical_viewed_schema();
+    let columns = schema.fields().iter().zip(batch.columns()).map(|(f, a)| cast(a, f.data_type()).unwrap()).collect();
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
 /// Whether the core takes batches of this schema: one of the two canonical forms.
 pub fn is_canonical(schema: &SchemaRef) -> bool {
     *schema == canonical_input_schema() || *schema == canonical_viewed_schema()

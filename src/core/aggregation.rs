@@ -671,7 +671,7 @@ mod tests {
     /// as `event_id` does, from plain strings and from views alike.
     #[test]
     fn required_user_and_store_ids_must_be_present_and_non_empty() {
-        use crate::contract::schema::canonical_viewed_schema;
+        use crate::contract::schema::viewed;
         let mut rules = AggregationRules::defaults();
         rules.also_required = vec![OptionalField::UserId, OptionalField::StoreId];
         let ids = [(Some("u"), Some("s")), (None, Some("s")), (Some(""), Some("s")), (Some("u"), None), (Some("u"), Some(""))];
@@ -694,9 +694,7 @@ mod tests {
             })
             .collect();
         let plain = normalize(&rows_to_batch(&rows.iter().collect::<Vec<_>>())).unwrap().0;
-        let schema = canonical_viewed_schema();
-        let columns = schema.fields().iter().zip(plain.columns()).map(|(f, a)| arrow::compute::cast(a, f.data_type()).unwrap()).collect();
-        let viewed = RecordBatch::try_new(schema, columns).unwrap();
+        let viewed = viewed(&plain);
         for batch in [plain, viewed] {
             let settings = Settings { emit: Emit::FinalOnly, lateness: Lateness::Bounded, scope: Scope::everything() };
             let mut op = AggregationOperator::new(rules.clone(), settings);

@@ -157,7 +157,7 @@ impl<'a> Strings<'a> {
     }
 
     #[inline]
-    pub fn is_null(self, row: usize) -> bool {
+    fn is_null(self, row: usize) -> bool {
         match self {
             Self::Plain(a) => BatchView::null(a, row),
             Self::Views(a) => BatchView::null(a, row),
@@ -166,7 +166,7 @@ impl<'a> Strings<'a> {
 
     /// The row's value, which means nothing for a null row (see [`Self::is_null`]).
     #[inline]
-    pub fn value(self, row: usize) -> &'a str {
+    fn value(self, row: usize) -> &'a str {
         match self {
             Self::Plain(a) => a.value(row),
             Self::Views(a) => a.value(row),
@@ -315,7 +315,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::contract::schema::{canonical_input_schema, canonical_viewed_schema};
+    use crate::contract::schema::{canonical_input_schema, viewed};
 
     /// The payload as a `serde_json::Map` writes it: the rule [`BatchView::payload`] follows.
     fn map_payload(fields: &[Option<String>; 8], event_time: Option<i64>) -> String {
@@ -331,13 +331,6 @@ mod tests {
             store_id,
             user_id,
         })
-    }
-
-    /// `batch` with its viewable columns as views.
-    fn viewed(batch: &RecordBatch) -> RecordBatch {
-        let schema = canonical_viewed_schema();
-        let columns = schema.fields().iter().zip(batch.columns()).map(|(f, a)| arrow::compute::cast(a, f.data_type()).unwrap()).collect();
-        RecordBatch::try_new(schema, columns).unwrap()
     }
 
     fn batch_of(fields: &[Option<String>; 8], event_time: Option<i64>) -> RecordBatch {
