@@ -25,6 +25,19 @@ pub const RAW_PAYLOAD: &str = "_raw_payload";
 pub const AD_EVENT_STRING_FIELDS: [&str; 8] =
     [EVENT_ID, EVENT_TYPE, AD_ID, CAMPAIGN_ID, ADVERTISER_ID, USER_ID, STORE_ID, REGION];
 
+/// Fields of an order (`orders` topic, contract §2); `user_id`, `store_id` and `region` are
+/// named above.
+pub const ORDER_ID: &str = "order_id";
+pub const ORDER_TIME: &str = "order_time";
+pub const STATUS: &str = "status";
+pub const AMOUNT_CENTS: &str = "amount_cents";
+pub const CURRENCY: &str = "currency";
+
+/// Order statuses (contract §2).
+pub const PLACED: &str = "placed";
+pub const COMPLETED: &str = "completed";
+pub const CANCELLED: &str = "cancelled";
+
 /// The key of every output record (see `record_uuid`).
 pub const RECORD_UUID: &str = "record_uuid";
 
@@ -33,5 +46,7 @@ pub const CLICK: &str = "click";
 
 /// Default topic names.
 pub const AD_EVENTS_TOPIC: &str = "ad-events";
+pub const ORDERS_TOPIC: &str = "orders";
 pub const AD_METRICS_TABLE: &str = "ad-metrics";
+pub const ATTRIBUTED_ORDERS_TABLE: &str = "attributed-orders";
 pub const DLQ_TABLE: &str = "dlq";

@@ -186,6 +186,13 @@ pub fn ad_metric_of_start(region: &str, ad_id: &str, window_start_decimal: &str)
     derive(&["ad-metrics", region, ad_id, window_start_decimal])
 }
 
+/// Identity of an `attributed-orders` record: the order. Its first arrival decides the
+/// attribution and every later arrival (a status update) replaces the record's value, so the
+/// order alone names it; the matched ad event is part of the value, not the identity.
+pub fn attributed_order(order_id: &str) -> Uuid {
+    derive(&["attributed-orders", order_id])
+}
+
 /// Identity of a dead-letter record: the source position of the rejected message, so a
 /// message rejected by the stream job and again by a backfill is one record downstream.
 pub fn dead_letter(topic: &str, partition: i32, offset: i64) -> Uuid {
@@ -218,6 +225,13 @@ mod tests {
         assert_eq!(ad_metric("region-a", "ad-42", 1_767_225_600_000).to_string(), "b4c49980-570d-5ea3-877e-ded1d6c0ef0a");
         assert_eq!(ad_metric("region-b", "ad|x\"y", -60_000).to_string(), "cdfeabfd-7c56-5829-9b9c-5c6fbb79f355");
         assert_eq!(ad_metric_of_start("region-a", "ad-42", "1767225600000").to_string(), "b4c49980-570d-5ea3-877e-ded1d6c0ef0a");
+    }
+
+    #[test]
+    fn attributed_order_uuids_are_pinned() {
+        assert_eq!(attributed_order("order-0001").to_string(), "3e8fd355-a60a-53f4-aae7-916a75056a17");
+        assert_eq!(attributed_order("9f1c2d3e-0000-4000-8000-00000000abcd").to_string(), "a7c5c86d-deaf-5680-8868-3b28861ddd63");
+        assert_eq!(attributed_order("o|\"x\"").to_string(), "4a13192f-8ce6-5144-ab51-f345d3245c52");
     }
 
     #[test]

@@ -124,8 +124,8 @@ pub struct ColumnTypeError {
     pub expected: String,
 }
 
-/// Which columns of the canonical schema were absent from the input (filled with nulls).
-pub type MissingColumns = Vec<&'static str>;
+/// Which columns of the target schema were absent from the input (filled with nulls).
+pub type MissingColumns = Vec<String>;
 
 /// Brings any batch that carries the ad-event columns into a canonical schema: the viewed one
 /// ([`canonical_viewed_schema`]) if any of its [`VIEWABLE`] columns is a view, else the plain
@@ -135,13 +135,21 @@ pub fn normalize(batch: &RecordBatch) -> Result<(RecordBatch, MissingColumns), C
     let viewed =
         VIEWABLE.iter().any(|&i| batch.column_by_name(plain.field(i).name()).is_some_and(|a| a.data_type() == &DataType::Utf8View));
     let target = if viewed { canonical_viewed_schema() } else { plain };
+    conform(batch, target, col::DECODE_ERROR)
+}
+
+/// Brings `batch` into `target`, column by column by name: a column of the target's type is
+/// kept, one of another type cast losslessly ([`castable`]) or refused by name, a missing one
+/// filled with nulls. Missing columns among the first `archived` of the target (the ones an
+/// archive holds; the rest are in-memory extras) are reported.
+pub fn conform(batch: &RecordBatch, target: SchemaRef, archived: usize) -> Result<(RecordBatch, MissingColumns), ColumnTypeError> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
     let mut missing = Vec::new();
     for (i, field) in target.fields().iter().enumerate() {
         let name = field.name();
         let Ok(idx) = batch.schema().index_of(name) else {
-            if i < col::DECODE_ERROR {
-                missing.push(static_name(i));
+            if i < archived {
+                missing.push(name.clone());
             }
             columns.push(new_null_array(field.data_type(), batch.num_rows()));
             continue;
@@ -151,40 +159,15 @@ pub fn normalize(batch: &RecordBatch) -> Result<(RecordBatch, MissingColumns), C
             columns.push(array.clone());
             continue;
         }
+        let refused = || ColumnTypeError { column: name.clone(), found: array.data_type().clone(), expected: expected_name(field.data_type()) };
         if !castable(array.data_type(), field.data_type()) {
-            return Err(ColumnTypeError {
-                column: name.clone(),
-                found: array.data_type().clone(),
-                expected: expected_name(field.data_type()),
-            });
+            return Err(refused());
         }
-        let cast_array = cast(array, field.data_type()).map_err(|_| ColumnTypeError {
-            column: name.clone(),
-            found: array.data_type().clone(),
-            expected: expected_name(field.data_type()),
-        })?;
-        columns.push(cast_array);
+        columns.push(cast(array, field.data_type()).map_err(|_| refused())?);
     }
-    let out = RecordBatch::try_new(target, columns).expect("columns built to the canonical schema");
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let out = RecordBatch::try_new_with_options(target, columns, &options).expect("columns built to the target schema");
     Ok((out, missing))
-}
-
-fn static_name(i: usize) -> &'static str {
-    const NAMES: [&str; col::DECODE_ERROR] = [
-        c::EVENT_ID,
-        c::EVENT_TYPE,
-        c::AD_ID,
-        c::CAMPAIGN_ID,
-        c::ADVERTISER_ID,
-        c::USER_ID,
-        c::STORE_ID,
-        c::EVENT_TIME,
-        c::REGION,
-        c::KAFKA_PARTITION,
-        c::KAFKA_OFFSET,
-        c::KAFKA_TIMESTAMP,
-    ];
-    NAMES[i]
 }
 
 fn is_stringy(t: &DataType) -> bool {
@@ -238,8 +221,8 @@ mod tests {
         let (out, missing) = normalize(&batch).unwrap();
         assert_eq!(out.schema(), canonical_input_schema());
         assert_eq!(out.column(col::AD_ID).null_count(), 2);
-        assert!(missing.contains(&c::AD_ID));
-        assert!(!missing.contains(&c::EVENT_ID));
+        assert!(missing.contains(&c::AD_ID.to_string()));
+        assert!(!missing.contains(&c::EVENT_ID.to_string()));
     }
 
     #[test]

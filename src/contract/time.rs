@@ -27,6 +27,16 @@ pub fn rfc3339(ms: i64) -> String {
     to_datetime(ms).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// RFC 3339 for people: whole seconds without a fraction (`2026-01-01T00:00:00Z`), other times
+/// with milliseconds. What replay fixtures write.
+pub fn readable(ms: i64) -> String {
+    if ms.rem_euclid(SECOND_MS) == 0 {
+        to_datetime(ms).to_rfc3339_opts(SecondsFormat::Secs, true)
+    } else {
+        rfc3339(ms)
+    }
+}
+
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|d| d.timestamp_millis())
