@@ -27,7 +27,7 @@ for i in $(seq 1 "$RUNS"); do
   [ -x /usr/bin/time ] && TIME=(/usr/bin/time -f "%U %S %M" -o "$OUT/time")
   "${TIME[@]}" "$BIN" backfill --job aggregation --quiet --complete --source "$ARCHIVE" --sink "$OUT" \
     --from 2026-01-01T00:00:00Z --to 2026-01-02T00:00:00Z --report-json "$OUT/report.json" > "$OUT/stdout" 2>/dev/null
-  rate=$(python3 -c "import json;r=json.load(open('$OUT/report.json'));print(int(r['events_per_s']))")
+  rate=$(python3 -c "import json;r=json.load(open('$OUT/report.json'));print(int(r['messages_per_s']))")
   secs=$(python3 -c "import json;r=json.load(open('$OUT/report.json'));print('%.2f' % r['elapsed_s'])")
   read_=$(python3 -c "import json;r=json.load(open('$OUT/report.json'));print(r['audit']['read'])")
   extra=""

@@ -7,7 +7,9 @@ mod common;
 use common::parquet_out::*;
 
 
-use adsproc::core::config::AggregationRules;
+use adsproc::jobs::aggregation::rules::AggregationRules;
+use adsproc::jobs::aggregation::Aggregation;
+use adsproc::runtime::stream::driver::Source;
 use adsproc::gen::{GenSpec, Row};
 use adsproc::runtime::stream::driver::StreamDriver;
 use common::*;
@@ -105,7 +107,7 @@ fn stream_driver_over_the_same_messages_matches_the_reference() {
             cursors[p] = end;
         }
     }
-    let mut driver = StreamDriver::new(AggregationRules::defaults(), 0..spec.partitions as i32);
+    let mut driver = StreamDriver::<Aggregation>::new(AggregationRules::defaults(), (0..spec.partitions as i32).map(|p| Source::new(0, p)));
     let (metrics, _) = driver.replay(polls);
     let actual = upsert_view(&metrics, from, to);
     assert!(actual == expected.windows, "{}", diff(&expected.windows, &actual));

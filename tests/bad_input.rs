@@ -205,7 +205,7 @@ fn bad_arguments_exit_non_zero_with_a_precise_message() {
 fn a_bad_job_file_names_the_file_and_the_rule() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("job.toml");
-    std::fs::write(&f, adsproc::core::config::DEFAULT_JOB_FILE.replace("ttl = \"24h\"", "ttl = \"10m\"")).unwrap();
+    std::fs::write(&f, adsproc::jobs::aggregation::rules::DEFAULT_JOB_FILE.replace("ttl = \"24h\"", "ttl = \"10m\"")).unwrap();
     let o = adsproc(&["backfill", "--job", "aggregation", "--job-file", f.to_str().unwrap(), "--source", "x", "--sink", "y", "--from", FROM, "--to", TO]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("job.toml: invalid job file: dedupe.ttl must be at least 1h"), "{}", text(&o));

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use adsproc::connector::kafka::reader::{LostRange, TopicReader};
 use adsproc::connector::kafka::{admin, archiver, KafkaSettings};
+use adsproc::contract::format::Format;
 use adsproc::contract::schema::col;
+use adsproc::runtime::stream::driver::Source;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use common::kafka::Broker;
@@ -18,8 +20,22 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-fn offsets(batches: &[RecordBatch]) -> Vec<i64> {
-    batches.iter().flat_map(|b| b.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().values().to_vec()).collect()
+fn offsets(batches: &[(usize, RecordBatch)]) -> Vec<i64> {
+    batches.iter().flat_map(|(_, b)| b.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().values().to_vec()).collect()
+}
+
+/// A reader of the ad-events topic `topic`, knowing its partitions `partitions`.
+fn reader(settings: &KafkaSettings, topic: &str, partitions: &[i32], client: &str) -> TopicReader {
+    TopicReader::new(settings, &[(topic.to_string(), Format::AdEvents)], sources(partitions), client).unwrap()
+}
+
+fn sources(partitions: &[i32]) -> Vec<Source> {
+    partitions.iter().map(|p| Source::new(0, *p)).collect()
+}
+
+/// Positions of partitions of the one topic.
+fn at<const N: usize>(entries: [(i32, i64); N]) -> BTreeMap<Source, i64> {
+    entries.into_iter().map(|(p, o)| (Source::new(0, p), o)).collect()
 }
 
 fn produce(producer: &BaseProducer, n: usize) {
@@ -35,10 +51,10 @@ fn produce_to(producer: &BaseProducer, topic: &str, partition: i32, n: usize) {
 }
 
 /// (partition, offset) of every delivered row.
-fn positions(batches: &[RecordBatch]) -> Vec<(i32, i64)> {
+fn positions(batches: &[(usize, RecordBatch)]) -> Vec<(i32, i64)> {
     batches
         .iter()
-        .flat_map(|b| {
+        .flat_map(|(_, b)| {
             let ps = b.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>().values().to_vec();
             ps.into_iter().zip(b.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().values().to_vec())
         })
@@ -90,13 +106,13 @@ fn a_partition_paused_at_its_end_resumes_at_the_next_message() {
     let producer: BaseProducer = settings.config(&[]).create().unwrap();
     produce(&producer, 5);
 
-    let mut reader = TopicReader::new(&settings, "t", vec![0], "reader-test").unwrap();
-    reader.seek(&BTreeMap::from([(0, 0)])).unwrap();
+    let mut reader = reader(&settings, "t", &[0], "reader-test");
+    reader.seek(&at([(0, 0)])).unwrap();
     let first = poll_until(&mut reader, |got, r| got.len() >= 5 && r.caught_up());
     assert_eq!(first, vec![0, 1, 2, 3, 4]);
     assert!(reader.caught_up());
 
-    reader.pause_only(&BTreeSet::from([0])).unwrap();
+    reader.pause_only(&BTreeSet::from([Source::new(0, 0)])).unwrap();
     produce(&producer, 1);
     std::thread::sleep(Duration::from_millis(300));
     reader.pause_only(&BTreeSet::new()).unwrap();
@@ -112,15 +128,15 @@ fn a_partition_paused_at_its_end_resumes_at_the_next_message() {
 #[test]
 fn partitions_the_reader_did_not_know_are_found_and_read_from_their_beginning() {
     let (_broker, settings) = topic_with("grown", &[3, 3, 3]);
-    let mut reader = TopicReader::new(&settings, "grown", vec![0], "reader-test").unwrap();
-    reader.seek(&BTreeMap::from([(0, 1)])).unwrap();
+    let mut reader = reader(&settings, "grown", &[0], "reader-test");
+    reader.seek(&at([(0, 1)])).unwrap();
     assert_eq!(read_to_end(&mut reader, 2), vec![(0, 1), (0, 2)]);
 
     let new = reader.unread_partitions().unwrap();
-    assert_eq!(new, vec![1, 2]);
+    assert_eq!(new, sources(&[1, 2]));
     // Partition 2 from a known position (as a restored checkpoint gives), 1 from its start.
-    reader.add_partitions(&new, &BTreeMap::from([(2, 2)])).unwrap();
-    assert_eq!(reader.partitions(), &[0, 1, 2]);
+    reader.add_partitions(&new, &at([(2, 2)])).unwrap();
+    assert_eq!(reader.partitions(), sources(&[0, 1, 2]));
     assert!(reader.unread_partitions().unwrap().is_empty());
     let producer: BaseProducer = settings.config(&[]).create().unwrap();
     produce_to(&producer, "grown", 0, 1);
@@ -136,10 +152,10 @@ fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
     let dir = tempfile::tempdir().unwrap();
     let location = adsproc::connector::store::open(dir.path().to_str().unwrap(), &[], true).unwrap();
     let rt = adsproc::cli::tokio_runtime().unwrap();
-    let mut reader = TopicReader::new(&settings, "grown", vec![0], "archiver-test").unwrap();
-    let summary = archiver::run(&mut reader, &location, "grown", rt.handle(), true, Duration::from_secs(60)).unwrap();
+    let mut reader = reader(&settings, "grown", &[0], "archiver-test");
+    let summary = archiver::run(&mut reader, Format::AdEvents, &location, rt.handle(), true, Duration::from_secs(60)).unwrap();
     assert_eq!(summary.messages, 7);
-    assert_eq!(archiver::archived_positions(&location, "grown", rt.handle()).unwrap(), BTreeMap::from([(0, 3), (1, 4)]));
+    assert_eq!(archiver::archived_positions(&location, "grown", rt.handle()).unwrap(), at([(0, 3), (1, 4)]));
 }
 
 /// [`topic_with`], and then partition `p`'s messages below `offset` deleted (DeleteRecords),
@@ -158,12 +174,12 @@ fn trimmed_topic(counts: &[usize], p: i32, offset: i64) -> (Broker, KafkaSetting
 #[test]
 fn positions_before_what_a_partition_retains_are_reported_as_lost() {
     let (_broker, settings) = trimmed_topic(&[10, 3], 0, 6);
-    let mut reader = TopicReader::new(&settings, "trimmed", vec![0, 1], "reader-test").unwrap();
-    let lost = reader.seek(&BTreeMap::from([(0, 2), (1, 1)])).unwrap();
-    assert_eq!(lost, vec![LostRange { partition: 0, from: 2, to: 6 }]);
+    let mut reader = reader(&settings, "trimmed", &[0, 1], "reader-test");
+    let lost = reader.seek(&at([(0, 2), (1, 1)])).unwrap();
+    assert_eq!(lost, vec![LostRange { source: Source::new(0, 0), from: 2, to: 6 }]);
     assert_eq!(read_to_end(&mut reader, 6), vec![(0, 6), (0, 7), (0, 8), (0, 9), (1, 1), (1, 2)]);
     // From the first retained message on, nothing is lost.
-    assert!(reader.seek(&BTreeMap::from([(0, 6), (1, 0)])).unwrap().is_empty());
+    assert!(reader.seek(&at([(0, 6), (1, 0)])).unwrap().is_empty());
 }
 
 /// The same for a partition added while the reader runs, at a position a checkpoint or an
@@ -171,11 +187,11 @@ fn positions_before_what_a_partition_retains_are_reported_as_lost() {
 #[test]
 fn an_added_partition_positioned_before_what_it_retains_is_reported_as_lost() {
     let (_broker, settings) = trimmed_topic(&[2, 10], 1, 7);
-    let mut reader = TopicReader::new(&settings, "trimmed", vec![0], "reader-test").unwrap();
-    assert!(reader.seek(&BTreeMap::from([(0, 0)])).unwrap().is_empty());
+    let mut reader = reader(&settings, "trimmed", &[0], "reader-test");
+    assert!(reader.seek(&at([(0, 0)])).unwrap().is_empty());
     assert_eq!(read_to_end(&mut reader, 2), vec![(0, 0), (0, 1)]);
-    let lost = reader.add_partitions(&[1], &BTreeMap::from([(1, 3)])).unwrap();
-    assert_eq!(lost, vec![LostRange { partition: 1, from: 3, to: 7 }]);
+    let lost = reader.add_partitions(&sources(&[1]), &at([(1, 3)])).unwrap();
+    assert_eq!(lost, vec![LostRange { source: Source::new(0, 1), from: 3, to: 7 }]);
     assert_eq!(read_to_end(&mut reader, 3), vec![(1, 7), (1, 8), (1, 9)]);
 }
 
@@ -188,10 +204,10 @@ fn an_added_partition_positioned_before_what_it_retains_is_reported_as_lost() {
 fn seeking_again_and_closing_at_once_does_not_abort() {
     let (_broker, settings) = topic_with("reseek", &[3, 3]);
     for round in 0..10 {
-        let mut reader = TopicReader::new(&settings, "reseek", vec![0, 1], "reader-test").unwrap();
-        reader.seek(&BTreeMap::from([(0, 0), (1, 0)])).unwrap();
+        let mut reader = reader(&settings, "reseek", &[0, 1], "reader-test");
+        reader.seek(&at([(0, 0), (1, 0)])).unwrap();
         assert_eq!(read_to_end(&mut reader, 6).len(), 6, "round {round}");
-        reader.seek(&BTreeMap::from([(0, 1), (1, 2)])).unwrap();
+        reader.seek(&at([(0, 1), (1, 2)])).unwrap();
         if round == 0 {
             // The new positions are where it reads from.
             assert_eq!(read_to_end(&mut reader, 3), vec![(0, 1), (0, 2), (1, 2)]);

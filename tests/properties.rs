@@ -7,12 +7,16 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use adsproc::contract::time::floor_to;
-use adsproc::core::config::AggregationRules;
+use adsproc::jobs::aggregation::rules::AggregationRules;
+use adsproc::jobs::aggregation::Aggregation;
+use adsproc::runtime::backfill::ArchiveSource;
+use adsproc::runtime::stream::driver::Source;
 use adsproc::gen::{rows_to_batch, Row};
 use adsproc::replay::memory::{MemoryArchive, MemorySink};
 use adsproc::runtime::backfill::{self, BackfillOptions};
 use adsproc::runtime::progress::Silent;
 use adsproc::runtime::stream::driver::StreamDriver;
+use adsproc::contract::outputs::AdMetric;
 use common::*;
 use proptest::prelude::*;
 
@@ -108,12 +112,13 @@ fn archive(rows: &[Row], assign: &[u8]) -> MemoryArchive {
 }
 
 fn run_backfill(rows: &[Row], assign: &[u8], parallelism: usize, complete: bool) -> (Windows, BTreeSet<(i32, i64)>) {
-    let mut sink = MemorySink::default();
+    let mut sink = MemorySink::<AdMetric>::default();
     let options = BackfillOptions { from: FROM, to: TO, complete, parallelism, max_rate: None };
-    let report = backfill::run(&AggregationRules::defaults(), &archive(rows, assign), &mut sink, &options, &Silent).unwrap();
+    let archive = archive(rows, assign);
+    let report = backfill::run::<Aggregation>(&AggregationRules::defaults(), &[&archive as &dyn ArchiveSource], &mut sink, &options, &Silent).unwrap();
     assert!(report.audit.balances(), "{}", report.audit);
     let dead = sink.dead.iter().map(|d| (d.partition.unwrap(), d.offset.unwrap())).collect();
-    (upsert_view(&sink.metrics, FROM, TO), dead)
+    (upsert_view(&sink.records, FROM, TO), dead)
 }
 
 fn run_stream(rows: &[Row], poll: usize, order: &[u8]) -> (Windows, BTreeSet<(i32, i64)>) {
@@ -135,7 +140,7 @@ fn run_stream(rows: &[Row], poll: usize, order: &[u8]) -> (Windows, BTreeSet<(i3
         turn += 1;
         polls.push((0..poll).filter_map(|_| queues[p].pop_front()).map(to_message).collect::<Vec<_>>());
     }
-    let (metrics, dead) = StreamDriver::new(AggregationRules::defaults(), 0..3).replay(polls);
+    let (metrics, dead) = StreamDriver::<Aggregation>::new(AggregationRules::defaults(), (0..3).map(|p| Source::new(0, p))).replay(polls);
     let dead = dead
         .iter()
         .filter(|d| d.kafka_timestamp.is_some_and(|t| (FROM..TO).contains(&t)))

@@ -35,7 +35,7 @@ fn a_wrong_expectation_is_reported_as_a_difference() {
     let outcome = run_scenario(&dst, None).unwrap();
     assert!(!outcome.passed());
     for (_, diffs) in &outcome.feeds {
-        assert!(diffs.iter().any(|d| d.contains("impressions=3")), "{diffs:?}");
-        assert!(diffs.iter().any(|d| d.contains("impressions=2")), "{diffs:?}");
+        assert!(diffs.iter().any(|d| d.starts_with("- ad-metrics expected") && d.contains(r#""impressions":3"#)), "{diffs:?}");
+        assert!(diffs.iter().any(|d| d.starts_with("+ ad-metrics actual") && d.contains(r#""impressions":2"#)), "{diffs:?}");
     }
 }

@@ -5,42 +5,49 @@ use crate::connector::archive::ParquetArchive;
 use crate::connector::parquet_sink::HiveParquetSink;
 use crate::connector::store::{is_s3, open, parse_key_value};
 use crate::contract::time::{rfc3339, to_datetime};
-use crate::runtime::backfill::{run as run_backfill, BackfillOptions, BackfillReport};
+use crate::core::job::{Job, JobAudit};
+use crate::jobs::JobVisitor;
+use crate::runtime::backfill::{run as run_backfill, ArchiveSource, BackfillOptions, BackfillReport};
 use crate::runtime::progress;
 
 /// Recompute a time range from the Parquet archive (Kappa+ backfill).
 #[derive(clap::Args, Debug)]
 #[command(
-    long_about = "Recompute the job's output for the event-time windows in [--from, --to) from the Parquet \
-archive of its input topic, with the same rules as the live job. Reads a warm-up before --from so that every \
-dedupe decision matches the live job's, and a tail after --to for late arrivals. Writes Parquet in the Hive \
-layout under --sink: ad-metrics/ partitioned by window hour and dlq/ by ingest hour. Every record_uuid equals \
-the live job's for the same window, so the output upserts over it.",
-    after_help = "Examples:\n  adsproc backfill --job aggregation --source ./archive --sink ./out \\\n      --from 2026-01-01T00:00:00Z --to 2026-01-02T00:00:00Z\n\n  # restatement after a bug fix: count every valid event, however late\n  adsproc backfill --job aggregation --source s3://ads-archive/raw --sink s3://ads-out/restated \\\n      --from 2026-01-01T00:00:00Z --to 2026-01-08T00:00:00Z --complete --max-rate 50000\n\nS3 settings come from AWS_* variables or --store-option (endpoint=..., allow_http=true, region=...).\nExit status: 0 on success, 2 on an error (bad arguments, unreadable input, failed writes)."
+    long_about = "Recompute a job's output for [--from, --to) from the Parquet archives of its input topics, with \
+the same rules as the live job. Reads what the rules need around the range (a warm-up before --from so that every \
+dedupe decision matches the live job's, a tail after --to for late arrivals and later status updates). Writes \
+Parquet in the Hive layout under --sink: the job's tables (ad-metrics/ by window hour, attributed-orders/ by \
+order_time hour) and dlq/ by ingest hour. Every record_uuid equals the live job's for the same record, so the \
+output upserts over it.\n\nThe aggregation job recomputes the windows that start in the range (--from and --to on \
+window boundaries); the attribution job the orders whose first arrival's order_time is in it, reading the orders \
+archive first and then only the ad events of those orders' users and stores.",
+    after_help = "Examples:\n  adsproc backfill --job aggregation --source ./archive --sink ./out \\\n      --from 2026-01-01T00:00:00Z --to 2026-01-02T00:00:00Z\n\n  # restatement after a bug fix: count every valid event, however late\n  adsproc backfill --job aggregation --source s3://ads-archive/raw --sink s3://ads-out/restated \\\n      --from 2026-01-01T00:00:00Z --to 2026-01-08T00:00:00Z --complete --max-rate 50000\n\n  # the orders of a day, joined to the ad events that led to them\n  adsproc backfill --job attribution --source ./archive --sink ./out \\\n      --from 2026-01-07T00:00:00Z --to 2026-01-08T00:00:00Z\n\nS3 settings come from AWS_* variables or --store-option (endpoint=..., allow_http=true, region=...).\nExit status: 0 on success, 1 when the audit does not balance, 2 on an error (bad arguments, unreadable input,\nfailed writes)."
 )]
 pub struct Args {
     /// Job to run.
-    #[arg(long, value_enum)]
-    job: super::JobName,
-    /// Archive root: the directory or s3:// prefix that holds `<topic>/dt=…/hr=…`.
+    #[arg(long, value_parser = super::job_names())]
+    job: String,
+    /// Archive root: the directory or s3:// prefix that holds `<topic>/dt=…/hr=…` for each of
+    /// the job's input topics.
     #[arg(long)]
     source: String,
-    /// Output root; `ad-metrics/` and `dlq/` are written below it.
+    /// Output root; the job's tables and `dlq/` are written below it.
     #[arg(long)]
     sink: String,
-    /// First window to recompute (RFC 3339, on a window boundary).
+    /// Start of the range (RFC 3339; for the aggregation job on a window boundary).
     #[arg(long, value_parser = super::parse_time)]
     from: i64,
-    /// End of the range, exclusive (RFC 3339, on a window boundary).
+    /// End of the range, exclusive (RFC 3339; for the aggregation job on a window boundary).
     #[arg(long, value_parser = super::parse_time)]
     to: i64,
-    /// Count every valid event however late it arrived, instead of the live job's lateness rule.
+    /// Aggregation only: count every valid event however late it arrived, instead of the live
+    /// job's lateness rule (a restatement).
     #[arg(long)]
     complete: bool,
-    /// Job definition file (default: the built-in jobs/aggregation.toml).
+    /// Job definition file (default: the built-in jobs/<job>.toml).
     #[arg(long)]
     job_file: Option<PathBuf>,
-    /// Input topic name in the archive (default: the job file's input_topic).
+    /// Input topic name in the archive, for a job with one input (default: the job file's).
     #[arg(long)]
     topic: Option<String>,
     /// Key groups processed in parallel (default: one per core).
@@ -72,17 +79,42 @@ fn compact(ms: i64) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let rules = super::load_rules(a.job_file.as_deref())?;
+    super::with_job(&a.job.clone(), Backfill(a))
+}
+
+struct Backfill(Args);
+
+impl JobVisitor for Backfill {
+    type Output = anyhow::Result<ExitCode>;
+    fn visit<J: Job>(self) -> Self::Output {
+        run_job::<J>(self.0)
+    }
+}
+
+fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
+    let mut rules = super::load_rules::<J>(a.job_file.as_deref())?;
+    let inputs = J::inputs(&rules);
+    if let Some(topic) = &a.topic {
+        anyhow::ensure!(
+            inputs.len() == 1,
+            "--topic names the input topic of a job with one input; the {} job reads {}: their names are in its job file",
+            J::NAME,
+            inputs.iter().map(|i| i.topic.as_str()).collect::<Vec<_>>().join(" and ")
+        );
+        J::set_topic(&mut rules, 0, topic);
+    }
+    anyhow::ensure!(!a.complete || J::COMPLETE_MODE, "--complete applies to the aggregation job's lateness rule; the {} job has none", J::NAME);
     if !a.store_options.is_empty() && !is_s3(&a.source) && !is_s3(&a.sink) {
         anyhow::bail!("--store-option applies to s3:// locations, and neither --source nor --sink is one");
     }
     let rt = super::tokio_runtime()?;
     let source_loc = open(&a.source, &a.store_options, false).map_err(|e| anyhow::anyhow!("--source: {e:#}"))?;
     let sink_loc = open(&a.sink, &a.store_options, true).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;
-    let topic = a.topic.clone().unwrap_or_else(|| rules.input_topic.clone());
-    let source = ParquetArchive::new(source_loc, &topic, rt.handle().clone());
-    let run_name = format!("backfill-{}-{}{}", compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" });
-    let mut sink = HiveParquetSink::new(sink_loc, rt.handle().clone(), run_name);
+    let archives: Vec<ParquetArchive> =
+        J::inputs(&rules).iter().map(|i| ParquetArchive::new(source_loc.clone(), &i.topic, i.format, rt.handle().clone())).collect();
+    let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();
+    let run_name = format!("{}-{}-{}{}", J::NAME, compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" });
+    let mut sink = HiveParquetSink::new(sink_loc, rt.handle().clone(), run_name, J::outputs(&rules));
     let options = BackfillOptions {
         from: a.from,
         to: a.to,
@@ -91,48 +123,65 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         max_rate: a.max_rate,
     };
     let progress = progress::for_stderr(a.quiet);
-    let report = run_backfill(&rules, &source, &mut sink, &options, progress.as_ref())?;
-    print_report(&report, &topic, a.complete);
+    let report = run_backfill::<J>(&rules, &sources, &mut sink, &options, progress.as_ref())?;
+    let tables: Vec<String> = J::outputs(&rules).into_iter().map(|t| t.name).collect();
+    print_report::<J>(&report, &tables, a.complete);
     if let Some(path) = &a.report_json {
-        std::fs::write(path, report_json(&report).to_string())?;
+        std::fs::write(path, report_json::<J>(&report, &tables).to_string())?;
     }
     Ok(if report.audit.balances() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn print_report(r: &BackfillReport, topic: &str, complete: bool) {
+fn print_report<J: Job>(r: &BackfillReport<J::Audit>, tables: &[String], complete: bool) {
     for w in &r.plan.warnings {
         eprintln!("warning: {w}");
     }
     println!(
-        "backfill of {topic} windows [{}, {}){}",
+        "backfill of the {} job, [{}, {}){}",
+        J::NAME,
         rfc3339(r.plan.from),
         rfc3339(r.plan.to),
         if complete { " with --complete" } else { "" }
     );
-    println!(
-        "  read ingest [{}, {}): {} hour partitions, {} files, {:.1} MiB",
-        rfc3339(r.plan.read_from),
-        rfc3339(r.plan.read_to),
-        r.plan.hours.len(),
-        r.files,
-        r.bytes as f64 / (1 << 20) as f64
-    );
+    for input in &r.plan.inputs {
+        let files = input.hours.iter().map(|h| h.files.len()).sum::<usize>();
+        let bytes: u64 = input.hours.iter().flat_map(|h| &h.files).map(|f| f.size).sum();
+        println!(
+            "  read {} ingest [{}, {}): {} hour partitions, {files} files, {:.1} MiB",
+            input.topic,
+            rfc3339(input.read_from),
+            rfc3339(input.read_to),
+            input.hours.len(),
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
+    for f in &r.filtered {
+        println!("  decoded {} rows of {}: {}", f.decoded, r.plan.inputs[f.input].topic, f.describe);
+    }
     print!("  {}", r.audit);
-    println!("  wrote {} ad-metrics records and {} dead letters: {}", r.metrics_written, r.dead_letters_written, r.sink);
-    println!("  {:.2} s, {:.0} events/s", r.elapsed.as_secs_f64(), r.events_per_second());
+    let written: Vec<String> = tables.iter().zip(&r.records_written).map(|(t, n)| format!("{n} {t} records")).collect();
+    println!("  wrote {} and {} dead letters: {}", written.join(", "), r.dead_letters_written, r.sink);
+    println!("  {:.2} s, {:.0} messages/s", r.elapsed.as_secs_f64(), r.events_per_second());
 }
 
-fn report_json(r: &BackfillReport) -> serde_json::Value {
+fn report_json<J: Job>(r: &BackfillReport<J::Audit>, tables: &[String]) -> serde_json::Value {
     serde_json::json!({
+        "job": J::NAME,
         "from": rfc3339(r.plan.from),
         "to": rfc3339(r.plan.to),
+        "inputs": r.plan.inputs.iter().map(|i| serde_json::json!({
+            "topic": i.topic,
+            "read_from": rfc3339(i.read_from),
+            "read_to": rfc3339(i.read_to),
+            "hours": i.hours.len(),
+        })).collect::<Vec<_>>(),
         "files": r.files,
         "bytes": r.bytes,
         "audit": r.audit,
-        "metrics_written": r.metrics_written,
+        "records_written": tables.iter().zip(&r.records_written).map(|(t, n)| (t.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
         "dead_letters_written": r.dead_letters_written,
         "elapsed_s": r.elapsed.as_secs_f64(),
-        "events_per_s": r.events_per_second(),
+        "messages_per_s": r.events_per_second(),
         "warnings": r.plan.warnings,
     })
 }

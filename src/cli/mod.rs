@@ -12,17 +12,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::contract::time::parse_rfc3339;
-use crate::core::config::{AggregationRules, DEFAULT_JOB_FILE};
+use crate::core::job::Job;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "adsproc",
     version,
     about = "Exactly-once ad event processing: the same jobs live from Kafka and in backfill from Parquet archives",
-    long_about = "adsproc counts ad impressions and clicks per region, ad and one-minute event-time window, \
-with validation, dedupe by event_id and a dead-letter output. One implementation of each job runs in two modes: \
-`stream` (from Kafka) and `backfill` (from the Parquet archives of the same topics). Both give every output \
-record a deterministic record_uuid, so a backfill upserts cleanly over what the live job wrote.",
+    long_about = "adsproc runs the jobs of an ads pipeline with exactly-once results: `aggregation` counts ad \
+impressions and clicks per region, ad and one-minute event-time window (validation, dedupe by event_id, a \
+dead-letter output); `attribution` joins orders to the ad clicks and impressions that led to them. One \
+implementation of each job runs in two modes: `stream` (from Kafka) and `backfill` (from the Parquet archives of \
+the same topics). Both give every output record a deterministic record_uuid, so a backfill upserts cleanly over \
+what the live job wrote.",
     after_help = "Start here:\n  adsproc demo                       generate a day of events and backfill it\n  adsproc backfill --help            restate or recompute a time range\n  adsproc replay fixtures/duplicates run a recorded scenario through both runtimes"
 )]
 pub struct Cli {
@@ -44,21 +46,26 @@ enum Command {
     Demo(gen::DemoArgs),
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum JobName {
-    /// Validate, dedupe, count impressions and clicks per (region, ad_id, minute).
-    Aggregation,
+/// `--job`: one of the registered jobs (`crate::jobs`).
+pub fn job_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::jobs::ABOUT.iter().map(|(name, about)| clap::builder::PossibleValue::new(*name).help(*about)))
 }
 
-pub fn load_rules(job_file: Option<&std::path::Path>) -> anyhow::Result<AggregationRules> {
+/// The job's rules: from `job_file`, or the job file compiled in (`jobs/<name>.toml`).
+pub fn load_rules<J: Job>(job_file: Option<&std::path::Path>) -> anyhow::Result<J::Rules> {
     let text = match job_file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read job file {}: {e}", p.display()))?,
-        None => DEFAULT_JOB_FILE.to_string(),
+        None => J::DEFAULT_JOB_FILE.to_string(),
     };
-    AggregationRules::from_toml(&text).map_err(|e| match job_file {
+    J::parse_rules(&text).map_err(|e| match job_file {
         Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
         None => e.into(),
     })
+}
+
+/// Calls `visitor` with the job `name` names (checked by clap against [`job_names`]).
+pub fn with_job<V: crate::jobs::JobVisitor<Output = anyhow::Result<ExitCode>>>(name: &str, visitor: V) -> anyhow::Result<ExitCode> {
+    crate::jobs::with_job(name, visitor).unwrap_or_else(|| anyhow::bail!("no job is named {name:?}"))
 }
 
 pub fn parse_time(s: &str) -> Result<i64, String> {
@@ -103,6 +110,4 @@ fn condensed(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-}
+pub use crate::connector::store::tokio_runtime;

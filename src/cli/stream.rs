@@ -8,26 +8,30 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::connector::checkpoint_store::ObjectCheckpoints;
-use crate::connector::kafka::broker::{KafkaBroker, StreamTopics};
+use crate::connector::kafka::broker::{job_topics, KafkaBroker, StreamTopics};
 use crate::connector::kafka::txn_output::transaction_timeout;
 use crate::connector::kafka::KafkaSettings;
 use crate::connector::store::{open, parse_key_value};
+use crate::core::job::Job;
+use crate::jobs::JobVisitor;
 use crate::runtime::stream::job::{run as run_stream, StreamOptions};
 
 /// Run a job live from Kafka, exactly once.
 #[derive(clap::Args, Debug)]
 #[command(
-    long_about = "Run the job live from Kafka. Reads the input topic read_committed and writes ad-metrics and \
-the dead-letter topic through a transactional producer. Every --checkpoint-interval (and as soon as windows \
+    long_about = "Run a job live from Kafka. Reads its input topics read_committed (aggregation: ad-events; \
+attribution: orders and ad-events) and writes its output topics (ad-metrics; attributed-orders) and the \
+dead-letter topic through a transactional producer. Every --checkpoint-interval (and as soon as windows \
 fire, see --min-checkpoint-pause) it writes each key group's state and source positions to --checkpoint, then \
 commits one transaction holding the outputs since the last checkpoint and the checkpoint numbers (as the group's offsets on the key-group topic). After a crash it restores \
 the committed checkpoints: nothing lost, nothing repeated. Several processes with one --group and distinct \
 --instance ids share the key groups; a group's state moves with it.",
-    after_help = "Examples:\n  adsproc stream --job aggregation --brokers 127.0.0.1:9092 --checkpoint ./checkpoints\n  adsproc stream --job aggregation --brokers kafka:9092 --checkpoint s3://ads-state/agg \\\n      --instance 2 -X security.protocol=ssl --checkpoint-interval 5s\n\nSIGINT or SIGTERM: finish a final checkpoint, commit, exit 0.\nExit status: 0 on a clean stop, 2 on an error."
+    after_help = "Examples:\n  adsproc stream --job aggregation --brokers 127.0.0.1:9092 --checkpoint ./checkpoints\n  adsproc stream --job aggregation --brokers kafka:9092 --checkpoint s3://ads-state/agg \\\n      --instance 2 -X security.protocol=ssl --checkpoint-interval 5s\n  adsproc stream --job attribution --brokers 127.0.0.1:9092 --checkpoint ./checkpoints-attribution\n\nSIGINT or SIGTERM: finish a final checkpoint, commit, exit 0.\nExit status: 0 on a clean stop, 2 on an error."
 )]
 pub struct Args {
-    #[arg(long, value_enum)]
-    job: super::JobName,
+    /// Job to run.
+    #[arg(long, value_parser = super::job_names())]
+    job: String,
     /// Kafka bootstrap servers, host:port[,host:port…].
     #[arg(long)]
     brokers: String,
@@ -45,17 +49,20 @@ pub struct Args {
     /// checkpoint on the interval only.
     #[arg(long, value_parser = humantime::parse_duration)]
     min_checkpoint_pause: Option<Duration>,
-    /// Input topic (default: the job file's input_topic).
+    /// Input topic, for a job with one input (default: the job file's).
     #[arg(long)]
     topic: Option<String>,
-    #[arg(long, default_value = "ad-metrics")]
-    metrics_topic: String,
-    /// Dead-letter topic (default: <topic>-dlq).
+    /// Output topic, for a job with one output table (default: the job file's, e.g.
+    /// ad-metrics).
+    #[arg(long, alias = "metrics-topic")]
+    output_topic: Option<String>,
+    /// Dead-letter topic, for a job that dead-letters one input (default: <input topic>-dlq).
     #[arg(long)]
     dlq_topic: Option<String>,
-    /// Consumer group; also names the key-group topic and prefixes transactional ids.
-    #[arg(long, default_value = "adsproc-aggregation")]
-    group: String,
+    /// Consumer group; also names the key-group topic and prefixes transactional ids
+    /// (default: adsproc-<job>).
+    #[arg(long)]
+    group: Option<String>,
     /// This process's id within the group; must be stable across restarts (it is the
     /// transactional id, which lets a restarted process abort what its predecessor left open).
     #[arg(long, default_value = "0")]
@@ -88,6 +95,8 @@ pub struct Args {
     /// librdkafka property for every client, key=value (repeatable), as in kcat.
     #[arg(short = 'X', value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
+    /// Job definition file (default: the built-in jobs/<job>.toml). The stream job and every
+    /// backfill of its range must run with the same rules.
     #[arg(long)]
     job_file: Option<PathBuf>,
     /// Object store setting, key=value (repeatable), for an s3:// checkpoint location.
@@ -96,24 +105,60 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let mut rules = super::load_rules(a.job_file.as_deref())?;
-    if let Some(t) = &a.topic {
-        rules.input_topic = t.clone();
+    super::with_job(&a.job.clone(), Stream(a))
+}
+
+struct Stream(Args);
+
+impl JobVisitor for Stream {
+    type Output = anyhow::Result<ExitCode>;
+    fn visit<J: Job>(self) -> Self::Output {
+        run_job::<J>(self.0)
     }
+}
+
+/// Applies `--topic` and `--output-topic` to the job's rules: each names the one input or
+/// output of a job that has one.
+fn rename<J: Job>(rules: &mut J::Rules, topic: Option<&str>, output_topic: Option<&str>) -> anyhow::Result<()> {
+    let names = |v: Vec<String>| v.join(" and ");
+    if let Some(t) = topic {
+        let inputs = J::inputs(rules);
+        anyhow::ensure!(
+            inputs.len() == 1,
+            "--topic names the input topic of a job with one input; the {} job reads {}: their names are in its job file",
+            J::NAME,
+            names(inputs.into_iter().map(|i| i.topic).collect())
+        );
+        J::set_topic(rules, 0, t);
+    }
+    if let Some(t) = output_topic {
+        let outputs = J::outputs(rules);
+        anyhow::ensure!(
+            outputs.len() == 1,
+            "--output-topic names the output topic of a job with one output; the {} job writes {}: their names are in its job file",
+            J::NAME,
+            names(outputs.into_iter().map(|o| o.name).collect())
+        );
+        J::set_output(rules, 0, t);
+    }
+    Ok(())
+}
+
+fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
+    let mut rules = super::load_rules::<J>(a.job_file.as_deref())?;
+    rename::<J>(&mut rules, a.topic.as_deref(), a.output_topic.as_deref())?;
+    let (inputs, outputs, dlq) = job_topics::<J>(&rules, a.dlq_topic.as_deref())?;
     anyhow::ensure!(a.key_groups > 0, "--key-groups must be at least 1");
     anyhow::ensure!(!a.checkpoint_interval.is_zero(), "--checkpoint-interval must be positive");
     let transaction_timeout = transaction_timeout(a.checkpoint_interval, &a.kafka_options)?;
     let settings = KafkaSettings::new(&a.brokers, &a.kafka_options);
-    let topic = rules.input_topic.clone();
-    let topics = StreamTopics {
-        input: topic.clone(),
-        metrics: a.metrics_topic.clone(),
-        dlq: a.dlq_topic.clone().unwrap_or_else(|| format!("{topic}-dlq")),
-        group: a.group.clone(),
-        instance: a.instance.clone(),
-        key_groups: a.key_groups,
-        transaction_timeout,
-    };
+    let group = a.group.clone().unwrap_or_else(|| format!("adsproc-{}", J::NAME));
+    let described = format!(
+        "{} → {}",
+        inputs.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(", "),
+        outputs.join(", ")
+    );
+    let topics = StreamTopics { inputs, outputs, dlq, group: group.clone(), instance: a.instance.clone(), key_groups: a.key_groups, transaction_timeout };
     let rt = super::tokio_runtime()?;
     let store = ObjectCheckpoints::new(open(&a.checkpoint, &a.store_options, true)?, rt.handle().clone());
     let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
@@ -135,11 +180,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         max_poll: 50_000,
         max_waiting_per_partition: a.max_waiting_per_partition.get(),
     };
-    tracing::info!("stream: {topic} ({} partitions) → {} on {}, group {}, instance {}", partitions.len(), a.metrics_topic, a.brokers, a.group, a.instance);
-    let summary = run_stream(&rules, &partitions, &mut broker, &store, &opts, &shutdown)?;
+    tracing::info!("stream: the {} job, {described} ({} source partitions) on {}, group {group}, instance {}", J::NAME, partitions.len(), a.brokers, a.instance);
+    let summary = run_stream::<J>(&rules, &partitions, &mut broker, &store, &opts, &shutdown)?;
     eprintln!(
-        "stopped after {} checkpoints: {} ad-metrics records and {} dead letters committed by this process",
-        summary.checkpoints, summary.metrics_sent, summary.dead_letters_sent
+        "stopped after {} checkpoints: {} records and {} dead letters committed by this process",
+        summary.checkpoints, summary.records_sent, summary.dead_letters_sent
     );
     if summary.messages_polled > 0 {
         let secs = summary.busy.as_secs_f64();

@@ -1,4 +1,5 @@
-//! The Parquet archive of a topic (contract §3): `<root>/<topic>/dt=YYYY-MM-DD/hr=HH/*.parquet`.
+//! The Parquet archive of a topic (contract §3): `<root>/<topic>/dt=YYYY-MM-DD/hr=HH/*.parquet`,
+//! in the topic's format.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{GetResult, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter as ParquetRowFilter};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -18,8 +19,9 @@ use tokio::runtime::Handle;
 
 use super::store::Location;
 use crate::contract::columns as c;
-use crate::contract::schema::{archive_schema, canonical_viewed_schema, normalize};
+use crate::contract::format::Format;
 use crate::contract::time::{hive_hour_dir, parse_hive_date, parse_hive_hour, DAY_MS};
+use crate::core::job::RowFilter;
 use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition};
 
 /// Rows per decoded batch: large enough to amortize per-batch work, small enough for cache.
@@ -28,12 +30,13 @@ const BATCH_ROWS: usize = 256 * 1024;
 pub struct ParquetArchive {
     location: Location,
     topic: String,
+    format: Format,
     rt: Handle,
 }
 
 impl ParquetArchive {
-    pub fn new(location: Location, topic: &str, rt: Handle) -> Self {
-        Self { location, topic: topic.to_string(), rt }
+    pub fn new(location: Location, topic: &str, format: Format, rt: Handle) -> Self {
+        Self { location, topic: topic.to_string(), format, rt }
     }
 
     fn topic_dir(&self) -> Path {
@@ -87,6 +90,10 @@ impl ArchiveSource for ParquetArchive {
         format!("{}/{}", self.location.url.trim_end_matches('/'), self.topic)
     }
 
+    fn format(&self) -> Format {
+        self.format
+    }
+
     fn hours(&self, from: i64, to: i64) -> anyhow::Result<Vec<HourPartition>> {
         let mut out = Vec::new();
         for (day, day_path) in self.days()? {
@@ -120,7 +127,7 @@ impl ArchiveSource for ParquetArchive {
         Ok(first.zip(last))
     }
 
-    fn read(&self, file: &ArchiveFile) -> anyhow::Result<Vec<RecordBatch>> {
+    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<Vec<RecordBatch>> {
         let path = Path::parse(&file.path)?;
         let bytes = self
             .rt
@@ -132,7 +139,7 @@ impl ArchiveSource for ParquetArchive {
                 }
             })
             .with_context(|| format!("cannot read {}", file.path))?;
-        decode_parquet(bytes).with_context(|| format!("archive file {}", file.path))
+        decode_parquet(bytes, self.format, filter, &file.path).with_context(|| format!("archive file {}", file.path))
     }
 }
 
@@ -150,15 +157,17 @@ fn read_file_range(mut file: std::fs::File, range: std::ops::Range<u64>) -> anyh
     Ok(Bytes::from(buf))
 }
 
-/// Decodes the archive columns of a Parquet file into canonical batches.
-pub fn decode_parquet(bytes: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
+/// Decodes the archive columns of a Parquet file of `format` into canonical batches; with a
+/// filter, only the rows it keeps (its columns are decoded first, the others only for the rows
+/// kept). `name` names the file in warnings.
+pub fn decode_parquet(bytes: Bytes, format: Format, filter: Option<&RowFilter>, name: &str) -> anyhow::Result<Vec<RecordBatch>> {
     let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new()).context("not a readable Parquet file")?;
-    let meta = match as_views(meta.schema()) {
+    let meta = match format.viewed_schema().and_then(|viewed| as_views(meta.schema(), &viewed)) {
         Some(hint) => ArrowReaderMetadata::try_new(meta.metadata().clone(), ArrowReaderOptions::new().with_schema(hint))?,
         None => meta,
     };
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta);
-    let wanted = archive_schema();
+    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta);
+    let wanted = format.archive_schema();
     let file_schema = builder.schema().clone();
     let indices: Vec<usize> = file_schema
         .fields()
@@ -167,15 +176,26 @@ pub fn decode_parquet(bytes: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
         .filter(|(_, f)| wanted.field_with_name(f.name()).is_ok())
         .map(|(i, _)| i)
         .collect();
+    if let Some(filter) = filter {
+        let columns: Option<Vec<usize>> = filter.columns.iter().map(|c| file_schema.index_of(c).ok()).collect();
+        // A file without the filter's columns is read whole: its rows then reach the job,
+        // which dead-letters or ignores them by its own rules.
+        if let Some(columns) = columns {
+            let keep = filter.keep.clone();
+            let predicate =
+                ArrowPredicateFn::new(ProjectionMask::roots(builder.parquet_schema(), columns), move |batch: RecordBatch| Ok(keep(&batch)));
+            builder = builder.with_row_filter(ParquetRowFilter::new(vec![Box::new(predicate)]));
+        }
+    }
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
     let reader = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()?;
     let mut out = Vec::new();
     let mut warned = false;
     for batch in reader {
         let batch = batch.context("corrupt data in Parquet file")?;
-        let (canonical, missing) = normalize(&batch)?;
+        let (canonical, missing) = format.normalize(&batch)?;
         if !missing.is_empty() && !warned {
-            tracing::warn!("columns {missing:?} are missing; their rows go to the dead-letter output");
+            tracing::warn!("{name}: columns {missing:?} are missing; their rows go to the dead-letter output");
             warned = true;
         }
         out.push(canonical);
@@ -183,11 +203,11 @@ pub fn decode_parquet(bytes: Bytes) -> anyhow::Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
-/// The file's schema with views for its plain string columns that the core takes as views, so
-/// that the reader makes them without copying a value (see [`canonical_viewed_schema`]); None
-/// if there are none. Other types are left to [`normalize`].
-fn as_views(file: &SchemaRef) -> Option<SchemaRef> {
-    let canonical = canonical_viewed_schema();
+/// The file's schema with views for its plain string columns that the core takes as views
+/// (`viewed`, see [`crate::contract::schema::canonical_viewed_schema`]), so that the reader
+/// makes them without copying a value; None if there are none. Other types are left to
+/// normalization.
+fn as_views(file: &SchemaRef, canonical: &SchemaRef) -> Option<SchemaRef> {
     let viewed = |f: &Field| {
         f.data_type() == &DataType::Utf8 && canonical.field_with_name(f.name()).is_ok_and(|c| c.data_type() == &DataType::Utf8View)
     };
@@ -227,12 +247,13 @@ fn archive_properties() -> WriterProperties {
     props.build()
 }
 
-/// Writes one archive file under its ingest hour's directory (used by `gen` and the tests'
-/// archiver). `batch` must hold the archive columns of a single ingest hour.
+/// Writes one archive file under its ingest hour's directory (used by `gen` and the
+/// archiver). `batch` must hold the archive columns of its topic's format, of a single ingest
+/// hour.
 pub fn write_archive_file(location: &Location, rt: &Handle, topic: &str, hour: i64, name: &str, batch: &RecordBatch) -> anyhow::Result<()> {
     let props = archive_properties();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);
-    let mut w = ArrowWriter::try_new(&mut buf, archive_schema(), Some(props))?;
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
     w.write(batch)?;
     w.close()?;
     let path = location.child(&format!("{topic}/{}/{name}", hive_hour_dir(hour)));
@@ -281,10 +302,10 @@ mod tests {
         let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        let decoded = decode_parquet(Bytes::from(buf)).unwrap();
+        let decoded = decode_parquet(Bytes::from(buf), Format::AdEvents, None, "test").unwrap();
         assert_eq!(decoded.len(), 1);
         let out = &decoded[0];
-        assert_eq!(out.schema(), canonical_viewed_schema());
+        assert_eq!(out.schema(), crate::contract::schema::canonical_viewed_schema());
         for name in [c::EVENT_ID, c::USER_ID, c::STORE_ID] {
             let values: Vec<_> = out.column_by_name(name).unwrap().as_string_view().iter().collect();
             assert_eq!(values, ids, "{name}");
@@ -298,7 +319,7 @@ mod tests {
     /// dictionary for the columns unique per row, one for the ids that repeat.
     #[test]
     fn archive_files_are_written_with_their_settings() {
-        let schema = archive_schema();
+        let schema = crate::contract::schema::archive_schema();
         let n = 1000;
         let columns: Vec<ArrayRef> = schema
             .fields()

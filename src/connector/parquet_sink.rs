@@ -1,9 +1,10 @@
 //! Output tables in the Hive layout: `<root>/<table>/dt=…/hr=…/<run>-<n>.parquet`.
 //!
-//! `ad-metrics` is partitioned by the window's start hour (its event time), `dlq` by ingest
-//! hour (a rejected event may have no event time). File names are derived from the run (the
-//! backfilled range), and a run first removes its own earlier files from each partition it
-//! writes, so re-running a backfill replaces its output instead of adding to it.
+//! A job's tables are partitioned by their event-time hour (`ad-metrics` by the window's start,
+//! `attributed-orders` by `order_time`), `dlq` by ingest hour (a rejected message may have no
+//! event time). File names are derived from the run (job and backfilled range), and a run first
+//! removes its own earlier files from each partition it writes, so re-running a backfill
+//! replaces its output instead of adding to it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
@@ -27,39 +28,66 @@ use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use super::store::Location;
-use crate::contract::columns::{AD_METRICS_TABLE, DLQ_TABLE, RECORD_UUID};
+use crate::contract::attributed_orders;
+use crate::contract::columns::{DLQ_TABLE, RECORD_UUID};
 use crate::contract::outputs::{ad_metrics_col, ad_metrics_schema, dead_letter_batch, dead_letter_col, dead_letter_schema, DeadLetter};
+use crate::contract::table::{OutputTable, TableKind};
 use crate::contract::time::{floor_to, hive_hour_dir, HOUR_MS};
 use crate::runtime::backfill::OutputSink;
 
 /// Rows buffered per partition before a file is written.
 const FILE_ROWS: usize = 1 << 20;
 
+/// Where rows go: a job's output table, or the dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dest {
+    Table(usize),
+    DeadLetters,
+}
+
 pub struct HiveParquetSink {
     location: Location,
     rt: Handle,
     run: String,
-    /// Per window-start hour: slices, each ordered by (window_start, region, ad_id).
-    metrics: BTreeMap<i64, Vec<RecordBatch>>,
+    tables: Vec<OutputTable>,
+    /// Per table, per partition hour: slices, each sorted as the table is.
+    buffers: Vec<BTreeMap<i64, Vec<RecordBatch>>>,
     dead: BTreeMap<i64, Vec<DeadLetter>>,
     /// Partitions already cleared of this run's earlier files, with the next file number.
     seq: BTreeMap<(String, i64), usize>,
     files: usize,
-    tables: BTreeSet<&'static str>,
+    written: BTreeSet<String>,
 }
 
 impl HiveParquetSink {
-    /// `run` names this run's files, e.g. `backfill-20260101T0000Z-20260102T0000Z`.
-    pub fn new(location: Location, rt: Handle, run: String) -> Self {
-        Self { location, rt, run, metrics: BTreeMap::new(), dead: BTreeMap::new(), seq: BTreeMap::new(), files: 0, tables: BTreeSet::new() }
+    /// `run` names this run's files, e.g. `aggregation-20260101T0000Z-20260102T0000Z`;
+    /// `tables` are the job's output tables.
+    pub fn new(location: Location, rt: Handle, run: String, tables: Vec<OutputTable>) -> Self {
+        let buffers = tables.iter().map(|_| BTreeMap::new()).collect();
+        Self { location, rt, run, tables, buffers, dead: BTreeMap::new(), seq: BTreeMap::new(), files: 0, written: BTreeSet::new() }
     }
 
-    fn write_file(&mut self, table: &'static str, hour: i64, batch: RecordBatch) -> anyhow::Result<()> {
-        let bytes = encode(batch, table_properties(table))?;
-        self.put_file(table, hour, bytes)
+    fn name(&self, dest: Dest) -> String {
+        match dest {
+            Dest::Table(t) => self.tables[t].name.clone(),
+            Dest::DeadLetters => DLQ_TABLE.to_string(),
+        }
     }
 
-    fn put_file(&mut self, table: &'static str, hour: i64, bytes: Vec<u8>) -> anyhow::Result<()> {
+    fn properties(&self, dest: Dest) -> &'static WriterProperties {
+        match dest {
+            Dest::Table(t) => table_properties(self.tables[t].kind),
+            Dest::DeadLetters => dead_letter_properties(),
+        }
+    }
+
+    fn write_file(&mut self, dest: Dest, hour: i64, batch: RecordBatch) -> anyhow::Result<()> {
+        let bytes = encode(batch, self.properties(dest))?;
+        self.put_file(dest, hour, bytes)
+    }
+
+    fn put_file(&mut self, dest: Dest, hour: i64, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let table = self.name(dest);
         let dir = self.location.child(&format!("{table}/{}", hive_hour_dir(hour)));
         let key = (table.to_string(), hour);
         if !self.seq.contains_key(&key) {
@@ -80,20 +108,21 @@ impl HiveParquetSink {
             .block_on(self.location.store.put(&path, PutPayload::from(bytes)))
             .with_context(|| format!("cannot write {path}"))?;
         self.files += 1;
-        self.tables.insert(table);
+        self.written.insert(table);
         Ok(())
     }
 
-    fn flush_metrics(&mut self, hour: i64) -> anyhow::Result<()> {
-        if let Some(slices) = self.metrics.remove(&hour) {
-            self.write_file(AD_METRICS_TABLE, hour, merge_sorted(slices)?)?;
+    fn flush_table(&mut self, table: usize, hour: i64) -> anyhow::Result<()> {
+        if let Some(slices) = self.buffers[table].remove(&hour) {
+            let kind = self.tables[table].kind;
+            self.write_file(Dest::Table(table), hour, merge_sorted(kind, slices)?)?;
         }
         Ok(())
     }
 
     fn flush_dead(&mut self, hour: i64) -> anyhow::Result<()> {
         if let Some(rows) = self.dead.remove(&hour) {
-            self.write_file(DLQ_TABLE, hour, sorted_dead(rows))?;
+            self.write_file(Dest::DeadLetters, hour, sorted_dead(rows))?;
         }
         Ok(())
     }
@@ -120,15 +149,39 @@ impl<'a> MetricOrder<'a> {
     }
 }
 
-/// Merges slices that are each ordered by (window_start, region, ad_id) into one batch in
-/// that order, so a file's content does not depend on parallelism or on how the rows arrived.
-fn merge_sorted(slices: Vec<RecordBatch>) -> anyhow::Result<RecordBatch> {
+/// (order_time, order_id) of each row: the order of an attributed-orders file.
+struct OrderOrder<'a> {
+    time: &'a TimestampMillisecondArray,
+    order_id: &'a StringArray,
+}
+
+impl<'a> OrderOrder<'a> {
+    fn new(b: &'a RecordBatch) -> Self {
+        Self { time: b.column(attributed_orders::col::ORDER_TIME).as_primitive(), order_id: b.column(attributed_orders::col::ORDER_ID).as_string() }
+    }
+
+    fn key(&self, row: usize) -> (i64, &'a str) {
+        (self.time.value(row), self.order_id.value(row))
+    }
+}
+
+/// Merges slices that are each sorted as the table is into one batch in that order, so a
+/// file's content does not depend on parallelism or on how the rows arrived.
+fn merge_sorted(kind: TableKind, slices: Vec<RecordBatch>) -> anyhow::Result<RecordBatch> {
     if slices.len() == 1 {
         return Ok(slices.into_iter().next().expect("one slice"));
     }
-    let orders: Vec<MetricOrder> = slices.iter().map(MetricOrder::new).collect();
     let lens: Vec<usize> = slices.iter().map(|b| b.num_rows()).collect();
-    let indices = merge_order(&lens, |i, row| orders[i].key(row));
+    let indices = match kind {
+        TableKind::AdMetrics => {
+            let orders: Vec<MetricOrder> = slices.iter().map(MetricOrder::new).collect();
+            merge_order(&lens, |i, row| orders[i].key(row))
+        }
+        TableKind::AttributedOrders => {
+            let orders: Vec<OrderOrder> = slices.iter().map(OrderOrder::new).collect();
+            merge_order(&lens, |i, row| orders[i].key(row))
+        }
+    };
     let refs: Vec<&RecordBatch> = slices.iter().collect();
     Ok(interleave_record_batch(&refs, &indices)?)
 }
@@ -228,11 +281,22 @@ fn table_settings(schema: SchemaRef, no_statistics: &[usize], no_dictionary: &[u
     props.build()
 }
 
-fn table_properties(table: &str) -> &'static WriterProperties {
-    if table == AD_METRICS_TABLE {
-        ad_metrics_properties()
-    } else {
-        dead_letter_properties()
+/// Writer settings of the `attributed-orders` table: the common ones ([`table_defaults`]),
+/// no min/max statistics on the ids of orders, users and events (unique or nearly so per row:
+/// a page's range spans the id space and prunes nothing) and no dictionary for them.
+fn attributed_orders_properties() -> &'static WriterProperties {
+    static PROPERTIES: LazyLock<WriterProperties> = LazyLock::new(|| {
+        use attributed_orders::col as c;
+        let unique = [c::ORDER_ID, c::USER_ID, c::ATTRIBUTED_EVENT_ID];
+        table_settings(attributed_orders::schema(), &unique, &unique)
+    });
+    &PROPERTIES
+}
+
+fn table_properties(kind: TableKind) -> &'static WriterProperties {
+    match kind {
+        TableKind::AdMetrics => ad_metrics_properties(),
+        TableKind::AttributedOrders => attributed_orders_properties(),
     }
 }
 
@@ -285,16 +349,16 @@ fn encode(batch: RecordBatch, props: &WriterProperties) -> anyhow::Result<Vec<u8
 }
 
 impl OutputSink for HiveParquetSink {
-    fn write_metrics(&mut self, batch: RecordBatch) -> anyhow::Result<()> {
-        // Ordered by window_start, so each hour's rows are one contiguous slice.
-        let starts: &TimestampMillisecondArray = batch.column(ad_metrics_col::WINDOW_START).as_primitive();
-        let starts = starts.values();
+    fn write(&mut self, table: usize, batch: RecordBatch) -> anyhow::Result<()> {
+        // Sorted by the partition time first, so each hour's rows are one contiguous slice.
+        let times: &TimestampMillisecondArray = batch.column(self.tables[table].kind.partition_column()).as_primitive();
+        let times = times.values();
         let mut full = Vec::new();
         let mut from = 0;
-        while from < starts.len() {
-            let hour = floor_to(starts[from], HOUR_MS);
-            let to = from + starts[from..].partition_point(|&s| s < hour + HOUR_MS);
-            let buf = self.metrics.entry(hour).or_default();
+        while from < times.len() {
+            let hour = floor_to(times[from], HOUR_MS);
+            let to = from + times[from..].partition_point(|&s| s < hour + HOUR_MS);
+            let buf = self.buffers[table].entry(hour).or_default();
             buf.push(batch.slice(from, to - from));
             if buf.iter().map(|b| b.num_rows()).sum::<usize>() >= FILE_ROWS {
                 full.push(hour);
@@ -302,7 +366,7 @@ impl OutputSink for HiveParquetSink {
             from = to;
         }
         for h in full {
-            self.flush_metrics(h)?;
+            self.flush_table(table, h)?;
         }
         Ok(())
     }
@@ -323,41 +387,49 @@ impl OutputSink for HiveParquetSink {
         Ok(())
     }
 
-    fn complete_before(&mut self, metrics_before: i64, dead_letters_before: i64) -> anyhow::Result<()> {
+    fn complete_before(&mut self, records_before: i64, dead_letters_before: i64) -> anyhow::Result<()> {
         // Partition h is complete once its whole hour is before the limit: h + 1 h <= limit.
         let done = |limit: i64| limit.saturating_sub(HOUR_MS - 1);
-        let later_metrics = self.metrics.split_off(&done(metrics_before));
+        let mut complete: Vec<(Dest, i64, Vec<RecordBatch>)> = Vec::new();
+        for (t, buffer) in self.buffers.iter_mut().enumerate() {
+            let later = buffer.split_off(&done(records_before));
+            complete.extend(std::mem::replace(buffer, later).into_iter().map(|(h, slices)| (Dest::Table(t), h, slices)));
+        }
         let later_dead = self.dead.split_off(&done(dead_letters_before));
-        let metrics = std::mem::replace(&mut self.metrics, later_metrics);
         let dead = std::mem::replace(&mut self.dead, later_dead);
-        self.write_partitions(metrics, dead)
+        self.write_partitions(complete, dead)
     }
 
     fn finish(&mut self) -> anyhow::Result<String> {
         self.complete_before(i64::MAX, i64::MAX)?;
-        Ok(format!(
-            "{} files under {} ({})",
-            self.files,
-            self.location.url,
-            self.tables.iter().copied().collect::<Vec<_>>().join(", ")
-        ))
+        Ok(format!("{} files under {} ({})", self.files, self.location.url, self.written.iter().cloned().collect::<Vec<_>>().join(", ")))
     }
 }
 
 impl HiveParquetSink {
-    fn write_partitions(&mut self, metrics: BTreeMap<i64, Vec<RecordBatch>>, dead: BTreeMap<i64, Vec<DeadLetter>>) -> anyhow::Result<()> {
-        if metrics.is_empty() && dead.is_empty() {
+    fn write_partitions(&mut self, tables: Vec<(Dest, i64, Vec<RecordBatch>)>, dead: BTreeMap<i64, Vec<DeadLetter>>) -> anyhow::Result<()> {
+        if tables.is_empty() && dead.is_empty() {
             return Ok(());
         }
+        let kinds: Vec<TableKind> = self.tables.iter().map(|t| t.kind).collect();
         // Partitions are independent: merge, encode and compress them in parallel.
-        let encoded: Vec<(&'static str, i64, Vec<u8>)> = metrics
+        let encoded: Vec<(Dest, i64, Vec<u8>)> = tables
             .into_par_iter()
-            .map(|(h, slices)| (AD_METRICS_TABLE, h, merge_sorted(slices)))
-            .chain(dead.into_par_iter().map(|(h, rows)| (DLQ_TABLE, h, Ok(sorted_dead(rows)))))
-            .map(|(t, h, batch)| batch.and_then(|b| encode(b, table_properties(t))).map(|bytes| (t, h, bytes)))
+            .map(|(dest, h, slices)| {
+                let Dest::Table(t) = dest else { unreachable!("tables only") };
+                (dest, h, merge_sorted(kinds[t], slices))
+            })
+            .chain(dead.into_par_iter().map(|(h, rows)| (Dest::DeadLetters, h, Ok(sorted_dead(rows)))))
+            .map(|(dest, h, batch)| {
+                let props = match dest {
+                    Dest::Table(t) => table_properties(kinds[t]),
+                    Dest::DeadLetters => dead_letter_properties(),
+                };
+                batch.and_then(|b| encode(b, props)).map(|bytes| (dest, h, bytes))
+            })
             .collect::<anyhow::Result<_>>()?;
-        for (table, hour, bytes) in encoded {
-            self.put_file(table, hour, bytes)?;
+        for (dest, hour, bytes) in encoded {
+            self.put_file(dest, hour, bytes)?;
         }
         Ok(())
     }
@@ -385,7 +457,7 @@ mod tests {
                 payload: format!(r#"{{"event_id":"e{i}"}}"#),
             })
             .collect();
-        let file = encode(sorted_dead(rows), table_properties(DLQ_TABLE)).unwrap();
+        let file = encode(sorted_dead(rows), dead_letter_properties()).unwrap();
         let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
         let group = reader.metadata().row_group(0);
         let column = |name: &str| group.columns().iter().find(|c| c.column_path().string() == name).unwrap();

@@ -87,6 +87,12 @@ pub fn open(url: &str, options: &[(String, String)], create: bool) -> anyhow::Re
     Ok(Location { store: Arc::new(store), prefix: Path::default(), url: url.to_string() })
 }
 
+/// The async runtime object stores run on: two workers, for the round trips of S3 and the
+/// blocking file operations of a local directory.
+pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
 /// Parses `key=value`.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

@@ -1,4 +1,5 @@
-//! Layer 2: the job core. Pure: no I/O, no async, no clocks, no Kafka or Parquet.
+//! Layer 2: what every job shares (the jobs themselves are in [`crate::jobs`]). Pure: no I/O,
+//! no async, no clocks, no Kafka or Parquet.
 //!
 //! The core consumes *epochs*: slices of canonical [`RecordBatch`](arrow::array::RecordBatch)es
 //! that a runtime hands over together (a Kafka poll, or one ingest hour of an archive), and
@@ -8,15 +9,13 @@
 //! never from the order the runtime happened to deliver messages in. That is what makes the
 //! stream job and a backfill of the same messages agree record for record.
 
-pub mod aggregation;
-pub mod audit;
+pub mod ad_event_rules;
 pub mod batch_view;
 pub mod config;
 pub mod dedupe;
 pub mod interner;
-pub mod key_table;
+pub mod job;
 pub mod key_group;
+pub mod key_table;
 pub mod prefetch;
 pub mod reason;
-pub mod window_map;
-pub mod windows;

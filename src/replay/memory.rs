@@ -5,19 +5,38 @@ use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 
-use crate::contract::outputs::{ad_metrics_rows, AdMetric, DeadLetter};
-use crate::contract::schema::normalize;
+use crate::contract::format::Format;
+use crate::contract::outputs::DeadLetter;
+use crate::core::job::{OutputRecord, RowFilter};
 use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition, OutputSink};
 
-#[derive(Default)]
+/// The archive of one topic.
 pub struct MemoryArchive {
+    pub format: Format,
     /// hour → file name → archive rows
     pub hours: BTreeMap<i64, BTreeMap<String, RecordBatch>>,
 }
 
+impl MemoryArchive {
+    pub fn new(format: Format) -> Self {
+        Self { format, hours: BTreeMap::new() }
+    }
+}
+
+impl Default for MemoryArchive {
+    /// An archive of ad events.
+    fn default() -> Self {
+        Self::new(Format::AdEvents)
+    }
+}
+
 impl ArchiveSource for MemoryArchive {
     fn describe(&self) -> String {
-        "memory".into()
+        format!("memory ({})", self.format)
+    }
+
+    fn format(&self) -> Format {
+        self.format
     }
 
     fn hours(&self, from: i64, to: i64) -> anyhow::Result<Vec<HourPartition>> {
@@ -35,22 +54,34 @@ impl ArchiveSource for MemoryArchive {
         Ok(self.hours.keys().next().copied().zip(self.hours.keys().next_back().copied()))
     }
 
-    fn read(&self, file: &ArchiveFile) -> anyhow::Result<Vec<RecordBatch>> {
+    /// A filter is applied to the normalized rows, as the Parquet reader applies it to the
+    /// file's (the filter's columns have the same names in both).
+    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<Vec<RecordBatch>> {
         let (h, name) = file.path.split_once('/').expect("path made by hours()");
-        let batch = &self.hours[&h.parse::<i64>()?][name];
-        Ok(vec![normalize(batch)?.0])
+        let batch = self.format.normalize(&self.hours[&h.parse::<i64>()?][name])?.0;
+        let Some(filter) = filter else { return Ok(vec![batch]) };
+        let columns = filter.columns.iter().map(|c| batch.column_by_name(c).cloned().map(|a| (*c, a))).collect::<Option<Vec<_>>>();
+        let Some(columns) = columns else { return Ok(vec![batch]) };
+        let keep = (filter.keep)(&RecordBatch::try_from_iter(columns)?);
+        Ok(vec![arrow::compute::filter_record_batch(&batch, &keep)?])
     }
 }
 
-#[derive(Default)]
-pub struct MemorySink {
-    pub metrics: Vec<AdMetric>,
+/// Collects what a backfill writes: the job's records and the dead letters.
+pub struct MemorySink<R> {
+    pub records: Vec<R>,
     pub dead: Vec<DeadLetter>,
 }
 
-impl OutputSink for MemorySink {
-    fn write_metrics(&mut self, batch: RecordBatch) -> anyhow::Result<()> {
-        self.metrics.extend(ad_metrics_rows(&batch)?);
+impl<R> Default for MemorySink<R> {
+    fn default() -> Self {
+        Self { records: Vec::new(), dead: Vec::new() }
+    }
+}
+
+impl<R: OutputRecord> OutputSink for MemorySink<R> {
+    fn write(&mut self, table: usize, batch: RecordBatch) -> anyhow::Result<()> {
+        self.records.extend(R::from_batch(table, &batch)?);
         Ok(())
     }
 
@@ -59,11 +90,11 @@ impl OutputSink for MemorySink {
         Ok(())
     }
 
-    fn complete_before(&mut self, _metrics_before: i64, _dead_letters_before: i64) -> anyhow::Result<()> {
+    fn complete_before(&mut self, _records_before: i64, _dead_letters_before: i64) -> anyhow::Result<()> {
         Ok(())
     }
 
     fn finish(&mut self) -> anyhow::Result<String> {
-        Ok(format!("{} records in memory", self.metrics.len() + self.dead.len()))
+        Ok(format!("{} records in memory", self.records.len() + self.dead.len()))
     }
 }

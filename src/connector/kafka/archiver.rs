@@ -18,10 +18,9 @@ use tokio::runtime::Handle;
 use super::reader::TopicReader;
 use crate::connector::archive::write_archive_file;
 use crate::connector::store::Location;
-use crate::contract::raw::to_archive_rows;
-use crate::contract::schema::canonical_input_schema;
-use crate::contract::schema::col;
+use crate::contract::format::Format;
 use crate::contract::time::{floor_to, HOUR_MS};
+use crate::runtime::stream::driver::Source;
 
 #[derive(Debug, Default)]
 pub struct ArchiveSummary {
@@ -30,8 +29,9 @@ pub struct ArchiveSummary {
     pub files: u64,
 }
 
-/// Where each partition's archiving resumes, from the file names already in the archive.
-pub fn archived_positions(location: &Location, topic: &str, rt: &Handle) -> anyhow::Result<BTreeMap<i32, i64>> {
+/// Where each partition's archiving resumes, from the file names already in the archive
+/// (the topic is the reader's input 0).
+pub fn archived_positions(location: &Location, topic: &str, rt: &Handle) -> anyhow::Result<BTreeMap<Source, i64>> {
     let dir = location.child(topic);
     let files: Vec<_> = rt
         .block_on(location.store.list(Some(&dir)).try_collect::<Vec<_>>())
@@ -39,7 +39,7 @@ pub fn archived_positions(location: &Location, topic: &str, rt: &Handle) -> anyh
     let mut out = BTreeMap::new();
     for f in files {
         let Some((p, last)) = f.location.filename().and_then(parse_name) else { continue };
-        let e = out.entry(p).or_insert(last + 1);
+        let e = out.entry(Source::new(0, p)).or_insert(last + 1);
         *e = (*e).max(last + 1);
     }
     Ok(out)
@@ -57,10 +57,19 @@ fn parse_name(name: &str) -> Option<(i32, i64)> {
 /// How often the archiver looks for partitions added to its topic.
 const PARTITION_DISCOVERY: Duration = Duration::from_secs(30);
 
-/// Archives until caught up (every partition at its end), or forever, flushing files every
-/// `flush_every`. Partitions added to the topic meanwhile are archived too, from their
-/// beginning (or where an earlier run stopped).
-pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Handle, until_caught_up: bool, flush_every: Duration) -> anyhow::Result<ArchiveSummary> {
+/// Archives the reader's one topic, of `format`, until caught up (every partition at its end),
+/// or forever, flushing files every `flush_every`. Partitions added to the topic meanwhile are
+/// archived too, from their beginning (or where an earlier run stopped).
+pub fn run(
+    reader: &mut TopicReader,
+    format: Format,
+    location: &Location,
+    rt: &Handle,
+    until_caught_up: bool,
+    flush_every: Duration,
+) -> anyhow::Result<ArchiveSummary> {
+    let topic = reader.topic(0).to_string();
+    let topic = topic.as_str();
     let start = archived_positions(location, topic, rt)?;
     // What retention deleted before it was archived is logged by the reader: gone from
     // Kafka, nothing can archive it any more.
@@ -74,7 +83,7 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
             last_discovery = Instant::now();
             discover(reader, &start);
         }
-        for got in reader.poll(50_000, Duration::from_millis(200))? {
+        for (_, got) in reader.poll(50_000, Duration::from_millis(200))? {
             summary.messages += got.num_rows() as u64;
             buffered.push(got);
         }
@@ -82,7 +91,7 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
         let done = until_caught_up && reader.caught_up() && !discover(reader, &start);
         let buffered_rows: usize = buffered.iter().map(RecordBatch::num_rows).sum();
         if done || last_flush.elapsed() >= flush_every || buffered_rows >= 1_000_000 {
-            flush(&mut buffered, location, topic, rt, &mut summary)?;
+            flush(&mut buffered, format, location, topic, rt, &mut summary)?;
             last_flush = Instant::now();
         }
         if done {
@@ -93,10 +102,11 @@ pub fn run(reader: &mut TopicReader, location: &Location, topic: &str, rt: &Hand
 
 /// Starts reading partitions added to the topic since the last look; whether there were any.
 /// A failed metadata request is only logged: the next look repeats it.
-fn discover(reader: &mut TopicReader, archived: &BTreeMap<i32, i64>) -> bool {
+fn discover(reader: &mut TopicReader, archived: &BTreeMap<Source, i64>) -> bool {
     let found = reader.unread_partitions().and_then(|new| {
         if !new.is_empty() {
-            tracing::info!("partitions {new:?} were added to {:?}: archiving them", reader.topic());
+            let partitions: Vec<i32> = new.iter().map(|s| s.partition).collect();
+            tracing::info!("partitions {partitions:?} were added to {:?}: archiving them", reader.topic(0));
             reader.add_partitions(&new, archived)?;
         }
         Ok(!new.is_empty())
@@ -107,14 +117,22 @@ fn discover(reader: &mut TopicReader, archived: &BTreeMap<i32, i64>) -> bool {
     })
 }
 
-fn flush(buffered: &mut Vec<RecordBatch>, location: &Location, topic: &str, rt: &Handle, summary: &mut ArchiveSummary) -> anyhow::Result<()> {
-    let polled = arrow::compute::concat_batches(&canonical_input_schema(), buffered.iter())?;
+fn flush(
+    buffered: &mut Vec<RecordBatch>,
+    format: Format,
+    location: &Location,
+    topic: &str,
+    rt: &Handle,
+    summary: &mut ArchiveSummary,
+) -> anyhow::Result<()> {
+    let polled = arrow::compute::concat_batches(&format.canonical_schema(), buffered.iter())?;
     buffered.clear();
     if polled.num_rows() == 0 {
         return Ok(());
     }
-    let parts = polled.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>();
-    let offsets = polled.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>();
+    let meta = format.meta_columns();
+    let parts = polled.column(meta.partition).as_primitive::<Int32Type>();
+    let offsets = polled.column(meta.offset).as_primitive::<Int64Type>();
     let mut by_partition: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
     for r in 0..polled.num_rows() {
         by_partition.entry(parts.value(r)).or_default().push(r as u32);
@@ -124,8 +142,8 @@ fn flush(buffered: &mut Vec<RecordBatch>, location: &Location, topic: &str, rt: 
         // the archive) included: that is how a restarted archiver knows where it stopped.
         let (first, last) = (offsets.value(ix[0] as usize), offsets.value(ix[ix.len() - 1] as usize));
         let msgs = arrow::compute::take_record_batch(&polled, &arrow::array::UInt32Array::from(ix))?;
-        let rows = to_archive_rows(&msgs);
-        for (hour, batch) in split_by_hour(&rows) {
+        let rows = format.to_archive_rows(&msgs);
+        for (hour, batch) in split_by_hour(&rows, meta.timestamp) {
             write_archive_file(location, rt, topic, hour, &format!("p{p}-{first}-{last}.parquet"), &batch)?;
             summary.files += 1;
             summary.rows += batch.num_rows() as u64;
@@ -134,8 +152,10 @@ fn flush(buffered: &mut Vec<RecordBatch>, location: &Location, topic: &str, rt: 
     Ok(())
 }
 
-fn split_by_hour(rows: &RecordBatch) -> Vec<(i64, RecordBatch)> {
-    let ts = rows.column(col::KAFKA_TIMESTAMP).as_primitive::<TimestampMillisecondType>();
+/// `timestamp`: the Kafka timestamp column (an archive row has the canonical columns' positions
+/// up to the in-memory extras).
+fn split_by_hour(rows: &RecordBatch, timestamp: usize) -> Vec<(i64, RecordBatch)> {
+    let ts = rows.column(timestamp).as_primitive::<TimestampMillisecondType>();
     let mut idx: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
     for r in 0..rows.num_rows() {
         idx.entry(floor_to(ts.value(r), HOUR_MS)).or_default().push(r as u32);

@@ -2,9 +2,9 @@
 //! output per owned key group, with the contract's JSON records keyed by `record_uuid`.
 //!
 //! Key group `g` writes to partition `g mod n` of each output topic (a record_uuid belongs to
-//! one ad, hence to one key group, hence always to the same partition, which is what a
-//! compacted topic or an upsert store needs). With at least as many partitions as key groups,
-//! no two producers ever write the same partition.
+//! one key (an ad, an order's eater and store), hence to one key group, hence always to the
+//! same partition, which is what a compacted topic or an upsert store needs). With at least as
+//! many partitions as key groups, no two producers ever write the same partition.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -13,11 +13,16 @@ use super::membership::Membership;
 use super::reader::TopicReader;
 use super::txn_output::TxnOutput;
 use super::{admin, KafkaSettings};
-use anyhow::Context;
-use crate::contract::outputs::{AdMetric, DeadLetter};
-use arrow::array::RecordBatch;
-use crate::runtime::stream::driver::GroupRecords;
+use crate::contract::format::Format;
+use crate::contract::outputs::DeadLetter;
+use crate::core::job::{Job, OutputRecord};
+use crate::runtime::stream::driver::{GroupRecords, Source};
 use crate::runtime::stream::job::Broker;
+use anyhow::Context;
+use arrow::array::RecordBatch;
+
+/// A topic written to, with its partition count.
+type OutTopic = (String, i32);
 
 pub struct KafkaBroker {
     pub settings: KafkaSettings,
@@ -27,8 +32,10 @@ pub struct KafkaBroker {
     pub membership: Membership,
     pub reader: TopicReader,
     pub outputs: BTreeMap<u32, TxnOutput>,
-    pub metrics_topic: (String, i32),
-    pub dlq_topic: (String, i32),
+    /// The output tables' topics, by table index.
+    pub output_topics: Vec<OutTopic>,
+    /// The dead-letter topic of each dead-lettered input, by the input's topic name.
+    pub dlq_topics: BTreeMap<String, OutTopic>,
     /// The record being sent, encoded (reused).
     value: Vec<u8>,
 }
@@ -36,9 +43,12 @@ pub struct KafkaBroker {
 /// Names and sizes of what a stream job uses on the broker.
 #[derive(Debug, Clone)]
 pub struct StreamTopics {
-    pub input: String,
-    pub metrics: String,
-    pub dlq: String,
+    /// The input topics and their formats, by input index.
+    pub inputs: Vec<(String, Format)>,
+    /// The output tables' topics, by table index.
+    pub outputs: Vec<String>,
+    /// Per input topic that the job dead-letters: (input topic, dead-letter topic).
+    pub dlq: Vec<(String, String)>,
     /// Consumer group; also names the key-group topic and prefixes transactional ids.
     pub group: String,
     pub instance: String,
@@ -47,6 +57,31 @@ pub struct StreamTopics {
     pub transaction_timeout: Duration,
 }
 
+/// A job's topics on the broker: its inputs (name, format), its output tables' topics, and per
+/// dead-lettered input its dead-letter topic (`<topic>-dlq`, or `dlq_override` for a job that
+/// dead-letters one input).
+pub fn job_topics<J: Job>(rules: &J::Rules, dlq_override: Option<&str>) -> anyhow::Result<JobTopics> {
+    let inputs = J::inputs(rules);
+    let dead_lettered: Vec<&str> = inputs.iter().filter(|i| i.dead_letters).map(|i| i.topic.as_str()).collect();
+    let dlq: Vec<(String, String)> = match dlq_override {
+        Some(d) => {
+            anyhow::ensure!(
+                dead_lettered.len() == 1,
+                "--dlq-topic names the dead-letter topic of a job that dead-letters one input; the {} job dead-letters {}",
+                J::NAME,
+                dead_lettered.len()
+            );
+            vec![(dead_lettered[0].to_string(), d.to_string())]
+        }
+        None => dead_lettered.iter().map(|t| (t.to_string(), format!("{t}-dlq"))).collect(),
+    };
+    let outputs = J::outputs(rules).into_iter().map(|o| o.name).collect();
+    Ok((inputs.into_iter().map(|i| (i.topic, i.format)).collect(), outputs, dlq))
+}
+
+/// Inputs (topic, format), output topics, and (input topic, dead-letter topic) pairs.
+pub type JobTopics = (Vec<(String, Format)>, Vec<String>, Vec<(String, String)>);
+
 impl StreamTopics {
     pub fn key_group_topic(&self) -> String {
         format!("{}.key-groups", self.group)
@@ -54,12 +89,16 @@ impl StreamTopics {
 }
 
 impl KafkaBroker {
-    /// Checks the input topic, creates the output and key-group topics if missing (one output
-    /// partition per key group), and joins the group. Returns the broker and the input's
+    /// Checks the input topics, creates the output and key-group topics if missing (one output
+    /// partition per key group), and joins the group. Returns the broker and the inputs'
     /// partitions.
-    pub fn connect(settings: &KafkaSettings, t: &StreamTopics) -> anyhow::Result<(Self, Vec<i32>)> {
-        let partitions = admin::partitions(settings, &t.input)?
-            .with_context(|| format!("input topic {:?} does not exist on {}", t.input, settings.brokers))?;
+    pub fn connect(settings: &KafkaSettings, t: &StreamTopics) -> anyhow::Result<(Self, Vec<Source>)> {
+        let mut partitions = Vec::new();
+        for (input, (topic, _)) in t.inputs.iter().enumerate() {
+            let ps = admin::partitions(settings, topic)?
+                .with_context(|| format!("input topic {topic:?} does not exist on {}", settings.brokers))?;
+            partitions.extend(ps.into_iter().map(|p| Source::new(input, p)));
+        }
         let kg_topic = t.key_group_topic();
         let kg = admin::ensure_topic(settings, &kg_topic, t.key_groups as i32)?;
         anyhow::ensure!(
@@ -75,17 +114,18 @@ impl KafkaBroker {
             }
             Ok((topic.to_string(), n))
         };
-        let (metrics_topic, dlq_topic) = (out(&t.metrics)?, out(&t.dlq)?);
+        let output_topics = t.outputs.iter().map(|o| out(o)).collect::<anyhow::Result<Vec<_>>>()?;
+        let dlq_topics = t.dlq.iter().map(|(input, dlq)| Ok((input.clone(), out(dlq)?))).collect::<anyhow::Result<_>>()?;
         let client_id = format!("{}-{}", t.group, t.instance);
         let broker = KafkaBroker {
             settings: settings.clone(),
             transactional_prefix: t.group.clone(),
             transaction_timeout: t.transaction_timeout,
-            reader: TopicReader::new(settings, &t.input, partitions.clone(), &client_id)?,
+            reader: TopicReader::new(settings, &t.inputs, partitions.clone(), &client_id)?,
             membership: Membership::join(settings, &t.group, &kg_topic, &client_id)?,
             outputs: BTreeMap::new(),
-            metrics_topic,
-            dlq_topic,
+            output_topics,
+            dlq_topics,
             value: Vec::new(),
         };
         Ok((broker, partitions))
@@ -96,33 +136,34 @@ impl KafkaBroker {
     }
 
     fn sender(&mut self) -> Sender<'_> {
-        Sender { outputs: &mut self.outputs, metrics_topic: &self.metrics_topic, dlq_topic: &self.dlq_topic, value: &mut self.value }
+        Sender { outputs: &mut self.outputs, output_topics: &self.output_topics, dlq_topics: &self.dlq_topics, value: &mut self.value }
     }
 }
 
 /// The output half of the broker, borrowed apart from the reader.
 struct Sender<'a> {
     outputs: &'a mut BTreeMap<u32, TxnOutput>,
-    metrics_topic: &'a (String, i32),
-    dlq_topic: &'a (String, i32),
+    output_topics: &'a [OutTopic],
+    dlq_topics: &'a BTreeMap<String, OutTopic>,
     value: &'a mut Vec<u8>,
 }
 
 impl Sender<'_> {
-    fn metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
+    fn record<R: OutputRecord>(&mut self, g: u32, r: &R) -> anyhow::Result<()> {
         self.value.clear();
-        m.write_json(self.value);
-        send_encoded(self.outputs, self.value, self.metrics_topic, g, &m.record_uuid)
+        r.write_json(self.value);
+        send_encoded(self.outputs, self.value, &self.output_topics[r.table()], g, &r.record_uuid())
     }
 
     fn dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
-        send_json(self.outputs, self.value, self.dlq_topic, g, &d.record_uuid, d)
+        let topic = self.dlq_topics.get(&*d.topic).with_context(|| format!("a dead letter of {:?}, which has no dead-letter topic", d.topic))?;
+        send_json(self.outputs, self.value, topic, g, &d.record_uuid, d)
     }
 
-    fn all(&mut self, records: &[GroupRecords]) -> anyhow::Result<()> {
-        for (g, metrics, dead) in records {
-            for m in metrics {
-                self.metric(*g, m)?;
+    fn all<R: OutputRecord>(&mut self, records: &[GroupRecords<R>]) -> anyhow::Result<()> {
+        for (g, out, dead) in records {
+            for r in out {
+                self.record(*g, r)?;
             }
             for d in dead {
                 self.dead_letter(*g, d)?;
@@ -138,8 +179,8 @@ fn output_of(outputs: &mut BTreeMap<u32, TxnOutput>, g: u32) -> anyhow::Result<&
 
 /// Sends one contract record of key group `g` to its partition of `topic`, keyed by its
 /// `record_uuid`: encoded into the reused `value` buffer, the key on the stack (the producer
-/// copies both), so that nothing is allocated per record. (Ad-metrics, nearly all of the
-/// output, are encoded by [`AdMetric::write_json`] instead.)
+/// copies both), so that nothing is allocated per record. (Output records, nearly all of the
+/// output, are encoded by [`OutputRecord::write_json`] instead.)
 fn send_json(
     outputs: &mut BTreeMap<u32, TxnOutput>,
     value: &mut Vec<u8>,
@@ -164,7 +205,7 @@ fn send_encoded(
     output_of(outputs, g)?.send(topic, g as i32 % n, record_uuid.hyphenated().encode_lower(&mut key).as_bytes(), value)
 }
 
-impl Broker for KafkaBroker {
+impl<R: OutputRecord> Broker<R> for KafkaBroker {
     fn poll_membership(&mut self, wait: Duration) -> anyhow::Result<Option<BTreeSet<u32>>> {
         self.membership.poll(wait)
     }
@@ -198,25 +239,25 @@ impl Broker for KafkaBroker {
         self.membership.committed(groups)
     }
 
-    fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    fn seek(&mut self, offsets: &BTreeMap<Source, i64>) -> anyhow::Result<()> {
         // The reader logs what was lost to retention; the job goes on with what is left.
         self.reader.seek(offsets).map(drop)
     }
 
-    fn unread_partitions(&mut self) -> anyhow::Result<Vec<i32>> {
+    fn unread_partitions(&mut self) -> anyhow::Result<Vec<Source>> {
         self.reader.unread_partitions()
     }
 
-    fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    fn add_partitions(&mut self, new: &[Source], offsets: &BTreeMap<Source, i64>) -> anyhow::Result<()> {
         // As for seek: the reader logs what was lost to retention.
         self.reader.add_partitions(new, offsets).map(drop)
     }
 
-    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<(usize, RecordBatch)>> {
         self.reader.poll(max, wait)
     }
 
-    fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32> {
+    fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<Source> {
         self.reader.idle_partitions(for_at_least)
     }
 
@@ -224,11 +265,11 @@ impl Broker for KafkaBroker {
         self.reader.caught_up()
     }
 
-    fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()> {
+    fn pause_only(&mut self, partitions: &BTreeSet<Source>) -> anyhow::Result<()> {
         self.reader.pause_only(partitions)
     }
 
-    fn paused(&self) -> &BTreeSet<i32> {
+    fn paused(&self) -> &BTreeSet<Source> {
         self.reader.paused()
     }
 
@@ -236,8 +277,8 @@ impl Broker for KafkaBroker {
         self.output(g)?.begin()
     }
 
-    fn send_metric(&mut self, g: u32, m: &AdMetric) -> anyhow::Result<()> {
-        self.sender().metric(g, m)
+    fn send_record(&mut self, g: u32, r: &R) -> anyhow::Result<()> {
+        self.sender().record(g, r)
     }
 
     fn send_dead_letter(&mut self, g: u32, d: &DeadLetter) -> anyhow::Result<()> {
@@ -246,12 +287,12 @@ impl Broker for KafkaBroker {
 
     /// Sends on this thread while another reads and decodes the poll: the producers and the
     /// consumer are separate librdkafka clients.
-    fn send_and_poll(&mut self, records: &[GroupRecords], max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+    fn send_and_poll(&mut self, records: &[GroupRecords<R>], max: usize, wait: Duration) -> anyhow::Result<Vec<(usize, RecordBatch)>> {
         if records.iter().all(|(_, m, d)| m.is_empty() && d.is_empty()) {
             return self.reader.poll(max, wait);
         }
-        let Self { reader, outputs, metrics_topic, dlq_topic, value, .. } = self;
-        let mut sender = Sender { outputs, metrics_topic, dlq_topic, value };
+        let Self { reader, outputs, output_topics, dlq_topics, value, .. } = self;
+        let mut sender = Sender { outputs, output_topics, dlq_topics, value };
         std::thread::scope(|s| {
             let polling = s.spawn(|| reader.poll(max, wait));
             let sent = sender.all(records);

@@ -1,5 +1,6 @@
-//! Reads every partition of a topic from given positions, read_committed, without a consumer
-//! group: positions are the caller's (they live in checkpoints), never committed here.
+//! Reads every partition of a job's input topics from given positions, read_committed, with one
+//! consumer and without a consumer group: positions are the caller's (they live in
+//! checkpoints), never committed here. Each message is decoded by its topic's format.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
@@ -18,7 +19,8 @@ use arrow::array::RecordBatch;
 
 use rayon::prelude::*;
 
-use crate::contract::raw::MessageDecoder;
+use crate::contract::format::{Decoder, Format};
+use crate::runtime::stream::driver::Source;
 
 /// Reaching a partition's end is how the reader knows it is caught up, not an error worth a
 /// log line.
@@ -100,7 +102,7 @@ impl Drop for Taken {
 /// Offsets `from..to` of a partition, deleted before they were read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostRange {
-    pub partition: i32,
+    pub source: Source,
     pub from: i64,
     pub to: i64,
 }
@@ -108,24 +110,30 @@ pub struct LostRange {
 pub struct TopicReader {
     queue: ConsumerQueue,
     consumer: BaseConsumer<QuietEof>,
-    topic: String,
-    partitions: Vec<i32>,
+    /// The topics read and their formats, by input index.
+    topics: Vec<(String, Format)>,
+    /// librdkafka's topic handles seen so far and their input: a message names its topic by
+    /// its handle.
+    handles: Vec<(usize, usize)>,
+    partitions: Vec<Source>,
     /// Partitions whose end the last poll reached, and since when.
-    at_end: BTreeMap<i32, Instant>,
+    at_end: BTreeMap<Source, Instant>,
     /// Partitions not being fetched (see [`Self::pause_only`]).
-    paused: BTreeSet<i32>,
+    paused: BTreeSet<Source>,
     /// Per partition, the offset of the next message to deliver, where known: set by a seek,
     /// by each delivered message and by each end of partition (see [`Self::pause_only`]).
-    next: BTreeMap<i32, i64>,
+    next: BTreeMap<Source, i64>,
     /// Whether the partitions have been assigned (by the first [`seek`](Self::seek)).
     assigned: bool,
     /// Positions set by a seek that no message or end of partition has confirmed yet (see
     /// [`Self::confirm_position`]).
-    sought: BTreeMap<i32, i64>,
+    sought: BTreeMap<Source, i64>,
 }
 
 impl TopicReader {
-    pub fn new(settings: &KafkaSettings, topic: &str, partitions: Vec<i32>, client_id: &str) -> anyhow::Result<Self> {
+    /// A reader of `topics` (name and format, by input index) whose partitions are
+    /// `partitions` (input index, partition).
+    pub fn new(settings: &KafkaSettings, topics: &[(String, Format)], partitions: Vec<Source>, client_id: &str) -> anyhow::Result<Self> {
         let consumer: BaseConsumer<QuietEof> = settings
             .config(&[
                 ("group.id", &format!("{client_id}-reader")),
@@ -144,19 +152,24 @@ impl TopicReader {
             ])
             .create_with_context(QuietEof)
             .context("cannot create the Kafka reader")?;
-        // The topic's leaders in the client's metadata cache before the first assign: without
+        // The topics' leaders in the client's metadata cache before the first assign: without
         // them librdkafka starts each partition's offset query only after a fixed 500 ms retry
         // (`rd_kafka_toppar_offset_retry`), half a second before the first message on start-up.
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).with_context(|| format!("cannot read the metadata of {topic:?}"))?;
+        for (topic, _) in topics {
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).with_context(|| format!("cannot read the metadata of {topic:?}"))?;
+        }
         // SAFETY: a live consumer with a group.id has a consumer queue (rust-rdkafka forwards
         // its main queue there); the handle is released before the consumer (field order).
         let queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) })
             .map(ConsumerQueue)
             .context("the Kafka reader has no consumer queue")?;
+        let mut partitions = partitions;
+        partitions.sort_unstable();
         Ok(Self {
             queue,
             consumer,
-            topic: topic.to_string(),
+            topics: topics.to_vec(),
+            handles: Vec::new(),
             partitions,
             at_end: BTreeMap::new(),
             paused: BTreeSet::new(),
@@ -166,24 +179,32 @@ impl TopicReader {
         })
     }
 
-    pub fn partitions(&self) -> &[i32] {
+    pub fn partitions(&self) -> &[Source] {
         &self.partitions
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
+    /// The name of input `input`'s topic.
+    pub fn topic(&self, input: usize) -> &str {
+        &self.topics[input].0
     }
 
-    /// The topic's partitions that this reader does not read, from fresh metadata. Kafka adds
+    fn name(&self, s: Source) -> &str {
+        &self.topics[s.input as usize].0
+    }
+
+    /// The topics' partitions that this reader does not read, from fresh metadata. Kafka adds
     /// partitions to a live topic (it never removes any), and a reader that kept the list it
     /// started with would never read the new ones.
-    pub fn unread_partitions(&self) -> anyhow::Result<Vec<i32>> {
-        let md = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .with_context(|| format!("cannot read the metadata of {:?}", self.topic))?;
-        let Some(t) = md.topics().iter().find(|t| t.name() == self.topic) else { return Ok(Vec::new()) };
-        let mut new: Vec<i32> = t.partitions().iter().map(|p| p.id()).filter(|p| !self.partitions.contains(p)).collect();
+    pub fn unread_partitions(&self) -> anyhow::Result<Vec<Source>> {
+        let mut new = Vec::new();
+        for (input, (topic, _)) in self.topics.iter().enumerate() {
+            let md = self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .with_context(|| format!("cannot read the metadata of {topic:?}"))?;
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { continue };
+            new.extend(t.partitions().iter().map(|p| Source::new(input, p.id())).filter(|p| !self.partitions.contains(p)));
+        }
         new.sort_unstable();
         Ok(new)
     }
@@ -192,24 +213,24 @@ impl TopicReader {
     /// beginning, without touching the positions of the others (before the first
     /// [`seek`](Self::seek), that seek assigns them). Returns, as `seek` does, the offsets
     /// deleted before they were read.
-    pub fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
-        let new: Vec<i32> = new.iter().copied().filter(|p| !self.partitions.contains(p)).collect();
+    pub fn add_partitions(&mut self, new: &[Source], offsets: &BTreeMap<Source, i64>) -> anyhow::Result<Vec<LostRange>> {
+        let new: Vec<Source> = new.iter().copied().filter(|p| !self.partitions.contains(p)).collect();
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let mut offsets: BTreeMap<i32, i64> = offsets.iter().filter(|(p, _)| new.contains(p)).map(|(p, o)| (*p, *o)).collect();
+        let mut offsets: BTreeMap<Source, i64> = offsets.iter().filter(|(p, _)| new.contains(p)).map(|(p, o)| (*p, *o)).collect();
         // Before the first seek, that seek checks them with the others.
         let lost = if self.assigned { self.skip_deleted(&mut offsets) } else { Vec::new() };
         let mut tpl = TopicPartitionList::new();
         for p in &new {
-            tpl.add_partition_offset(&self.topic, *p, offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))?;
+            tpl.add_partition_offset(self.name(*p), p.partition, offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)))?;
             if let Some(o) = offsets.get(p) {
                 self.next.insert(*p, *o);
                 self.sought.insert(*p, *o);
             }
         }
         if self.assigned {
-            self.consumer.incremental_assign(&tpl).with_context(|| format!("cannot assign new partitions {new:?} of {:?}", self.topic))?;
+            self.consumer.incremental_assign(&tpl).with_context(|| format!("cannot assign new partitions {new:?} (input:partition)"))?;
         }
         self.partitions.extend(new);
         self.partitions.sort_unstable();
@@ -223,13 +244,13 @@ impl TopicReader {
     /// beyond the partition's end is an error when the first message comes
     /// (`confirm_position`); asking the broker for the end instead would not do on
     /// Nisshi 0.7.0, which lists a partition's end as its last batch's base offset + 1.
-    pub fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
-        let mut offsets: BTreeMap<i32, i64> = offsets.iter().filter(|(p, _)| self.partitions.contains(p)).map(|(p, o)| (*p, *o)).collect();
+    pub fn seek(&mut self, offsets: &BTreeMap<Source, i64>) -> anyhow::Result<Vec<LostRange>> {
+        let mut offsets: BTreeMap<Source, i64> = offsets.iter().filter(|(p, _)| self.partitions.contains(p)).map(|(p, o)| (*p, *o)).collect();
         let lost = self.skip_deleted(&mut offsets);
         let mut tpl = TopicPartitionList::new();
         for p in &self.partitions {
             let o = offsets.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            tpl.add_partition_offset(&self.topic, *p, o)?;
+            tpl.add_partition_offset(self.name(*p), p.partition, o)?;
         }
         self.next = offsets;
         self.sought = self.next.clone();
@@ -242,7 +263,7 @@ impl TopicReader {
             // followed by another or by closing the consumer could do.
             self.seek_assigned(tpl)?;
         } else {
-            self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic))?;
+            self.consumer.assign(&tpl).with_context(|| format!("cannot assign partitions of {:?}", self.topic_names()))?;
             self.assigned = true;
         }
         self.at_end.clear();
@@ -253,31 +274,40 @@ impl TopicReader {
     /// offset up to it, and logs and returns what was skipped. Only a diagnosis: the reader is
     /// right without it (librdkafka moves such a position up as well), so a failed request
     /// does not stop it.
-    fn skip_deleted(&self, offsets: &mut BTreeMap<i32, i64>) -> Vec<LostRange> {
+    fn skip_deleted(&self, offsets: &mut BTreeMap<Source, i64>) -> Vec<LostRange> {
         let lost = self.deleted_before(offsets).unwrap_or_else(|e| {
-            tracing::warn!("cannot check {:?} for messages deleted before they were read: {e:#}", self.topic);
+            tracing::warn!("cannot check {:?} for messages deleted before they were read: {e:#}", self.topic_names());
             Vec::new()
         });
         for l in &lost {
             tracing::warn!(
                 "{:?} partition {}: offsets {}..{} were deleted (retention or DeleteRecords) before they were read; \
-                 their events are lost to this reader (a backfill restates their windows if the archive holds them)",
-                self.topic,
-                l.partition,
+                 their messages are lost to this reader (a backfill restates their results if the archive holds them)",
+                self.name(l.source),
+                l.source.partition,
                 l.from,
                 l.to
             );
-            offsets.insert(l.partition, l.to);
+            offsets.insert(l.source, l.to);
         }
         lost
     }
 
+    fn topic_names(&self) -> Vec<&str> {
+        self.topics.iter().map(|(t, _)| t.as_str()).collect()
+    }
+
+    /// The input whose topic `name` is.
+    fn input_named(&self, name: &str) -> Option<usize> {
+        self.topics.iter().position(|(t, _)| t == name)
+    }
+
     /// The positions in `offsets` below their partition's first retained offset (one
     /// ListOffsets request for all of them).
-    fn deleted_before(&self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<Vec<LostRange>> {
+    fn deleted_before(&self, offsets: &BTreeMap<Source, i64>) -> anyhow::Result<Vec<LostRange>> {
         let mut tpl = TopicPartitionList::new();
         for p in offsets.keys() {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
+            tpl.add_partition_offset(self.name(*p), p.partition, Offset::Beginning)?;
         }
         if tpl.count() == 0 {
             return Ok(Vec::new());
@@ -285,16 +315,17 @@ impl TopicReader {
         let first = self
             .consumer
             .offsets_for_times(tpl, Duration::from_secs(30))
-            .with_context(|| format!("cannot list the offsets of {:?}", self.topic))?;
+            .with_context(|| format!("cannot list the offsets of {:?}", self.topic_names()))?;
         let mut lost = Vec::new();
         for e in first.elements() {
-            let p = e.partition();
-            e.error().with_context(|| format!("cannot list the offsets of {:?} partition {p}", self.topic))?;
+            let (topic, p) = (e.topic(), e.partition());
+            e.error().with_context(|| format!("cannot list the offsets of {topic:?} partition {p}"))?;
             let Offset::Offset(first) = e.offset() else {
-                anyhow::bail!("{:?} partition {p}: the broker listed no first offset ({:?})", self.topic, e.offset())
+                anyhow::bail!("{topic:?} partition {p}: the broker listed no first offset ({:?})", e.offset())
             };
-            if offsets[&p] < first {
-                lost.push(LostRange { partition: p, from: offsets[&p], to: first });
+            let source = Source::new(self.input_named(topic).context("a topic this reader reads")?, p);
+            if offsets[&source] < first {
+                lost.push(LostRange { source, from: offsets[&source], to: first });
             }
         }
         Ok(lost)
@@ -308,7 +339,7 @@ impl TopicReader {
     /// Messages are taken with librdkafka's batch consume: one call per poll instead of one
     /// per message, which halves the reading thread's CPU (measured against this broker:
     /// 0.56-0.62 s → 0.30-0.33 s per 1M messages).
-    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<(usize, RecordBatch)>> {
         let mut taken = Vec::with_capacity(max.min(65_536));
         self.take(&mut taken, max, Duration::ZERO);
         if taken.is_empty() {
@@ -318,12 +349,14 @@ impl TopicReader {
                 self.take(&mut taken, max, Duration::ZERO);
             }
         }
-        let mut held: Vec<Taken> = Vec::with_capacity(taken.len());
+        let mut held: Vec<(usize, Taken)> = Vec::with_capacity(taken.len());
         // Messages come in runs per partition: bookkeeping once per run.
-        let mut run: Option<(i32, i64)> = None;
+        let mut run: Option<(Source, i64)> = None;
         for m in taken {
-            let (err, p, offset) = (m.msg().err, m.msg().partition, m.msg().offset);
+            let (err, partition, offset) = (m.msg().err, m.msg().partition, m.msg().offset);
+            let input = self.input_of(&m);
             if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                let p = Source::new(input.context("a message of a topic this reader does not read")?, partition);
                 match run {
                     Some((rp, _)) if rp == p => {}
                     _ => {
@@ -333,20 +366,24 @@ impl TopicReader {
                     }
                 }
                 run = Some((p, offset));
-                held.push(m);
+                held.push((p.input as usize, m));
                 continue;
             }
             self.end_run(run.take());
-            if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                // Its offset is the partition's end: the next message to come.
-                self.confirm_position(p, offset)?;
-                self.next.insert(p, offset);
-                self.at_end.entry(p).or_insert_with(Instant::now);
-            } else if RDKafkaErrorCode::from(err) == RDKafkaErrorCode::UnknownTopicOrPartition {
-                anyhow::bail!("topic {:?} does not exist", self.topic)
-            } else {
+            match input {
+                Some(input) if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
+                    // Its offset is the partition's end: the next message to come.
+                    let p = Source::new(input, partition);
+                    self.confirm_position(p, offset)?;
+                    self.next.insert(p, offset);
+                    self.at_end.entry(p).or_insert_with(Instant::now);
+                }
+                _ if RDKafkaErrorCode::from(err) == RDKafkaErrorCode::UnknownTopicOrPartition => {
+                    let topic = input.map_or_else(|| format!("{:?}", self.topic_names()), |i| format!("{:?}", self.topic(i)));
+                    anyhow::bail!("topic {topic} does not exist")
+                }
                 // Transient broker errors are retried by librdkafka; report and go on.
-                tracing::warn!("reading {}: {}", self.topic, RDKafkaErrorCode::from(err));
+                _ => tracing::warn!("reading {:?}: {}", self.topic_names(), RDKafkaErrorCode::from(err)),
             }
         }
         self.end_run(run);
@@ -355,25 +392,50 @@ impl TopicReader {
         // librdkafka there: destroying them (an op, a buffer reference and a free each) was 7 %
         // of the job loop's thread. librdkafka's reference counts are atomic (or locked), so
         // any thread may destroy a message.
-        let mut slices: Vec<Vec<Taken>> = Vec::with_capacity(held.len().div_ceil(slice));
+        let mut slices: Vec<Vec<(usize, Taken)>> = Vec::with_capacity(held.len().div_ceil(slice));
         let mut held = held.into_iter();
         while held.len() > 0 {
             slices.push(held.by_ref().take(slice).collect());
         }
-        Ok(slices
+        let formats: Vec<Format> = self.topics.iter().map(|(_, f)| *f).collect();
+        let decoded: Vec<Vec<(usize, RecordBatch)>> = slices
             .into_par_iter()
             .map(|slice| {
                 // Sized exactly: a builder that outgrows its buffer copies it into a fresh one
                 // (see `MessageDecoder::with_capacity_for`).
-                let bytes = slice.iter().map(|m| m.msg().len).sum();
-                let mut out = MessageDecoder::with_capacity_for(slice.len(), bytes);
-                for m in &slice {
-                    out.append(m.msg().partition, m.msg().offset, m.timestamp_ms(), m.payload());
+                let mut sizes = vec![(0usize, 0usize); formats.len()];
+                for (input, m) in &slice {
+                    sizes[*input].0 += 1;
+                    sizes[*input].1 += m.msg().len;
+                }
+                let mut decoders: Vec<Option<Decoder>> =
+                    sizes.iter().zip(&formats).map(|(&(n, bytes), f)| (n > 0).then(|| f.decoder(n, bytes))).collect();
+                for (input, m) in &slice {
+                    let d = decoders[*input].as_mut().expect("sized for every input present");
+                    d.append(m.msg().partition, m.msg().offset, m.timestamp_ms(), m.payload());
                 }
                 drop(slice);
-                out.finish()
+                decoders.into_iter().enumerate().filter_map(|(i, d)| d.map(|d| (i, d.finish()))).collect()
             })
-            .collect())
+            .collect();
+        Ok(decoded.into_iter().flatten().collect())
+    }
+
+    /// The input of a message's topic, from librdkafka's topic handle (cached by address).
+    fn input_of(&mut self, m: &Taken) -> Option<usize> {
+        let rkt = m.msg().rkt;
+        if rkt.is_null() {
+            return None;
+        }
+        if let Some(&(_, input)) = self.handles.iter().find(|(h, _)| *h == rkt as usize) {
+            return Some(input);
+        }
+        // SAFETY: a message's topic handle is valid while the message lives; the name is a
+        // NUL-terminated string owned by the handle.
+        let name = unsafe { std::ffi::CStr::from_ptr(rd::rd_kafka_topic_name(rkt)) }.to_string_lossy().into_owned();
+        let input = self.input_named(&name)?;
+        self.handles.push((rkt as usize, input));
+        Some(input)
     }
 
     /// Takes up to `max` − `into.len()` more messages, waiting up to `wait` for them all.
@@ -398,21 +460,22 @@ impl TopicReader {
     /// topic was deleted and created again since the position was stored. Its messages below
     /// the position would then be skipped as already processed (the stream job's key groups
     /// ignore messages before their positions), so this is an error, not a warning.
-    fn confirm_position(&mut self, p: i32, at: i64) -> anyhow::Result<()> {
+    fn confirm_position(&mut self, p: Source, at: i64) -> anyhow::Result<()> {
         if let Some(sought) = self.sought.remove(&p) {
             anyhow::ensure!(
                 at >= sought,
-                "{:?} partition {p}: read from offset {at} after seeking to {sought}, so the partition no longer holds that \
+                "{:?} partition {}: read from offset {at} after seeking to {sought}, so the partition no longer holds that \
                  position (the topic was deleted and created again?) and its messages below it would be skipped as already \
                  read; to start over, use a new --group and --checkpoint (stream) or a new --sink (archive)",
-                self.topic
+                self.name(p),
+                p.partition
             );
         }
         Ok(())
     }
 
     /// Records the end of a run of delivered messages of one partition.
-    fn end_run(&mut self, run: Option<(i32, i64)>) {
+    fn end_run(&mut self, run: Option<(Source, i64)>) {
         if let Some((p, last)) = run {
             self.next.insert(p, last + 1);
         }
@@ -421,22 +484,22 @@ impl TopicReader {
     /// Stops fetching `partitions` and fetches every other one. A paused partition resumes
     /// from the message after the last one it delivered (librdkafka drops what it had
     /// fetched beyond that).
-    pub fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()> {
-        let list = |ps: &mut dyn Iterator<Item = &i32>| {
+    pub fn pause_only(&mut self, partitions: &BTreeSet<Source>) -> anyhow::Result<()> {
+        let list = |ps: &mut dyn Iterator<Item = &Source>| {
             let mut tpl = TopicPartitionList::new();
             for p in ps {
-                tpl.add_partition(&self.topic, *p);
+                tpl.add_partition(self.name(*p), p.partition);
             }
             tpl
         };
         let resume = list(&mut self.paused.difference(partitions));
         let pause = list(&mut partitions.difference(&self.paused));
         if resume.count() > 0 {
-            self.consumer.resume(&resume).with_context(|| format!("cannot resume partitions of {:?}", self.topic))?;
+            self.consumer.resume(&resume).with_context(|| format!("cannot resume partitions of {:?}", self.topic_names()))?;
             self.reposition(&resume)?;
         }
         if pause.count() > 0 {
-            self.consumer.pause(&pause).with_context(|| format!("cannot pause partitions of {:?}", self.topic))?;
+            self.consumer.pause(&pause).with_context(|| format!("cannot pause partitions of {:?}", self.topic_names()))?;
         }
         self.paused = partitions.clone();
         Ok(())
@@ -450,8 +513,9 @@ impl TopicReader {
     fn reposition(&mut self, resumed: &TopicPartitionList) -> anyhow::Result<()> {
         let mut at = TopicPartitionList::new();
         for e in resumed.elements() {
-            if let Some(o) = self.next.get(&e.partition()) {
-                at.add_partition_offset(&self.topic, e.partition(), Offset::Offset(*o))?;
+            let Some(input) = self.input_named(e.topic()) else { continue };
+            if let Some(o) = self.next.get(&Source::new(input, e.partition())) {
+                at.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*o))?;
             }
         }
         if at.count() == 0 {
@@ -465,21 +529,21 @@ impl TopicReader {
         let done = self
             .consumer
             .seek_partitions(to, Duration::from_secs(30))
-            .with_context(|| format!("cannot seek partitions of {:?}", self.topic))?;
+            .with_context(|| format!("cannot seek partitions of {:?}", self.topic_names()))?;
         for e in done.elements() {
             if let Err(err) = e.error() {
-                anyhow::bail!("cannot seek partition {} of {:?}: {err}", e.partition(), self.topic);
+                anyhow::bail!("cannot seek partition {} of {:?}: {err}", e.partition(), e.topic());
             }
         }
         Ok(())
     }
 
-    pub fn paused(&self) -> &BTreeSet<i32> {
+    pub fn paused(&self) -> &BTreeSet<Source> {
         &self.paused
     }
 
     /// Partitions that have been at their end for at least `for_at_least`.
-    pub fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32> {
+    pub fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<Source> {
         self.at_end.iter().filter(|(_, since)| since.elapsed() >= for_at_least).map(|(p, _)| *p).collect()
     }
 
@@ -511,12 +575,12 @@ mod tests {
         producer.flush(Duration::from_secs(10)).unwrap();
 
         let read = |from: i64| -> anyhow::Result<usize> {
-            let mut reader = TopicReader::new(&settings, "t", vec![0], "reader-test")?;
-            reader.seek(&BTreeMap::from([(0, from)]))?;
+            let mut reader = TopicReader::new(&settings, &[("t".to_string(), Format::AdEvents)], vec![Source::new(0, 0)], "reader-test")?;
+            reader.seek(&BTreeMap::from([(Source::new(0, 0), from)]))?;
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut n = 0;
             while !reader.caught_up() && Instant::now() < deadline {
-                n += reader.poll(100, Duration::from_millis(100))?.iter().map(RecordBatch::num_rows).sum::<usize>();
+                n += reader.poll(100, Duration::from_millis(100))?.iter().map(|(_, b)| b.num_rows()).sum::<usize>();
             }
             Ok(n)
         };

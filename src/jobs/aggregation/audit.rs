@@ -1,4 +1,4 @@
-//! The job's accounting: every event read lands in exactly one bucket.
+//! The aggregation job's accounting: every event read lands in exactly one bucket.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +29,7 @@ fn static_codes<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<&'static str
     let m = BTreeMap::<String, u64>::deserialize(d)?;
     m.into_iter()
         .map(|(k, v)| {
-            super::reason::static_code(&k).map(|c| (c, v)).ok_or_else(|| serde::de::Error::custom(format!("unknown reason code {k:?}")))
+            crate::core::reason::static_code(&k).map(|c| (c, v)).ok_or_else(|| serde::de::Error::custom(format!("unknown reason code {k:?}")))
         })
         .collect()
 }
@@ -50,6 +50,27 @@ impl Audit {
     /// The audit identity: nothing read is unaccounted for.
     pub fn balances(&self) -> bool {
         self.read == self.counted + self.duplicates + self.invalid + self.dropped_late + self.outside_range
+    }
+}
+
+impl crate::core::job::JobAudit for Audit {
+    fn merge(&mut self, other: &Self) {
+        Audit::merge(self, other);
+    }
+
+    fn balances(&self) -> bool {
+        Audit::balances(self)
+    }
+
+    fn read(&self) -> u64 {
+        self.read
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "read {} counted {} duplicates {} invalid {} late {}",
+            self.read, self.counted, self.duplicates, self.invalid, self.dropped_late
+        )
     }
 }
 

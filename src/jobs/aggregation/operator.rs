@@ -12,28 +12,22 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 
 use super::audit::Audit;
-use super::batch_view::{BatchView, ABSENT, CLICK, OTHER_TYPE};
-use super::config::{AggregationRules, OptionalField};
-use super::dedupe::{self, DedupeState, Position};
-use super::interner::Interner;
-use super::reason::Reject;
+use super::rules::AggregationRules;
 use super::window_map::Window;
 use super::windows::{window_count, Acc, Counted, WindowKey, WindowTable, WindowValue, WindowsByStart};
-use crate::contract::columns as c;
 use crate::contract::outputs::{AdMetric, AdMetricsBuilder, DeadLetter};
-use crate::contract::raw::NOT_JSON;
 use crate::contract::record_uuid;
-use crate::contract::time::floor_to;
+use crate::contract::time::{floor_to, HOUR_MS};
+use crate::core::ad_event_rules;
+use crate::core::batch_view::{BatchView, ABSENT};
+use crate::core::dedupe::{self, DedupeState, Position};
+use crate::core::interner::Interner;
+use crate::core::job::{Emit, EpochInput, Operator, RunSettings, StateSize};
+use crate::core::reason::Reject;
 
 /// How many windows ahead [`AggregationOperator::drain_batch`] prefetches the names of the
 /// windows' strings.
 const NAMES_AHEAD: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Emit {
-    Updates,
-    FinalOnly,
-}
 
 /// How late an event may be ingested and still count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,11 +74,32 @@ pub struct OperatorState {
     pub audit: Audit,
 }
 
+impl StateSize for OperatorState {
+    /// Varints take at most 5 bytes (u32) or 10 (i64): a string is its bytes and a length, a
+    /// window at most 75 bytes. The rest (audit, watermarks) fits in 4 KiB.
+    fn encoded_len_bound(&self) -> usize {
+        let strings: usize = self.strings.iter().map(|s| s.len() + 5).sum();
+        4096 + strings + self.dedupe.encoded_len() + self.windows.len() * 80
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub emit: Emit,
     pub lateness: Lateness,
     pub scope: Scope,
+}
+
+impl Settings {
+    /// A runtime's settings as this job reads them: `complete` lifts the lateness rule, a
+    /// range scopes what is emitted.
+    pub fn of(run: &RunSettings) -> Self {
+        Self {
+            emit: run.emit,
+            lateness: if run.complete { Lateness::Unbounded } else { Lateness::Bounded },
+            scope: run.range.map_or_else(Scope::everything, |(from, to)| Scope::range(from, to)),
+        }
+    }
 }
 
 /// Window results as the window table hands them out: updates as a list, purges as the
@@ -172,20 +187,6 @@ impl AggregationOperator {
         &self.rules
     }
 
-    pub fn audit(&self) -> &Audit {
-        &self.audit
-    }
-
-    pub fn ingest_watermark(&self) -> i64 {
-        self.ingest_watermark
-    }
-
-    /// Makes room in the dedupe state for `arrivals` more distinct events, when the runtime
-    /// can estimate them: one allocation instead of a table that doubles its way there.
-    pub fn reserve(&mut self, arrivals: usize) {
-        self.dedupe.reserve(arrivals);
-    }
-
     /// Sizes of the keyed state: (dedupe entries, open windows).
     pub fn state_size(&self) -> (usize, usize) {
         (self.dedupe.len(), self.windows.len())
@@ -193,7 +194,7 @@ impl AggregationOperator {
 
     /// Processes one epoch: canonical batches delivered together. `rows[i]`, when given,
     /// selects the rows of `batches[i]` that belong to this operator's key group.
-    pub fn process_epoch(&mut self, batches: &[RecordBatch], rows: Option<&[Vec<u32>]>) {
+    pub fn process_batches(&mut self, batches: &[RecordBatch], rows: Option<&[Vec<u32>]>) {
         self.epoch += 1;
         let (mut cands, mut arrivals) = std::mem::take(&mut self.scratch);
         for (bi, batch) in batches.iter().enumerate() {
@@ -278,10 +279,8 @@ impl AggregationOperator {
         debug_assert_eq!(cands.len(), arrivals.len(), "a candidate per arrival");
     }
 
-    /// Validates one row; a valid row's candidate is pushed onto `cands` and its event_id
-    /// returned. Pushed in place rather than returned beside the event_id: returned, the
-    /// candidate went through the stack, written a field at a time and read back a word at a
-    /// time, which the CPU cannot forward from store to load (a fifth of `admit`'s samples).
+    /// Validates one row (`core::ad_event_rules`); a valid row's candidate is pushed onto
+    /// `cands` in place and its event_id returned.
     fn validate<'b>(
         &mut self,
         v: &mut BatchView<'b>,
@@ -289,67 +288,11 @@ impl AggregationOperator {
         ingest: Option<i64>,
         cands: &mut Vec<Candidate>,
     ) -> Result<&'b str, Reject> {
-        if !BatchView::null(v.decode_error, row) {
-            let e = v.decode_error.value(row);
-            return Err(match e.strip_prefix(NOT_JSON) {
-                Some(why) => Reject::NotJson(why.to_string()),
-                None => Reject::WrongType(e.to_string()),
-            });
-        }
-        let Some(event_id) = v.event_id.present(row) else {
-            return Err(Reject::MissingField(c::EVENT_ID));
-        };
-        let click = match v.event_type.key(row) {
-            None => return Err(Reject::MissingField(c::EVENT_TYPE)),
-            Some(k) if v.event_type_codes[k] == OTHER_TYPE => {
-                return Err(match v.event_type.str(row) {
-                    None | Some("") => Reject::MissingField(c::EVENT_TYPE),
-                    Some(t) => Reject::UnknownEventType(t.to_string()),
-                });
-            }
-            Some(k) => v.event_type_codes[k] == CLICK,
-        };
-        let ad = v.ad.resolved(row);
-        if ad == ABSENT {
-            return Err(Reject::MissingField(c::AD_ID));
-        }
-        let Some(event_time) = BatchView::opt(v.event_time, row) else {
-            return Err(Reject::MissingField(c::EVENT_TIME));
-        };
-        let region = v.region.resolved(row);
-        if region == ABSENT {
-            return Err(Reject::MissingField(c::REGION));
-        }
-        let Some(ingest) = ingest else {
-            return Err(Reject::MissingField(c::KAFKA_TIMESTAMP));
-        };
-        let campaign = v.campaign.resolved(row);
-        let advertiser = v.advertiser.resolved(row);
-        for f in &self.rules.also_required {
-            let present = match f {
-                OptionalField::CampaignId => campaign != ABSENT,
-                OptionalField::AdvertiserId => advertiser != ABSENT,
-                OptionalField::UserId => v.user_id.present(row).is_some(),
-                OptionalField::StoreId => v.store_id.present(row).is_some(),
-            };
-            if !present {
-                return Err(Reject::MissingField(match f {
-                    OptionalField::CampaignId => c::CAMPAIGN_ID,
-                    OptionalField::AdvertiserId => c::ADVERTISER_ID,
-                    OptionalField::UserId => c::USER_ID,
-                    OptionalField::StoreId => c::STORE_ID,
-                }));
-            }
-        }
-        if event_time > ingest.saturating_add(self.rules.max_future_ms) {
-            return Err(Reject::InFuture { event_time, ingest });
-        }
-        if event_time < ingest.saturating_sub(self.rules.max_past_ms) {
-            return Err(Reject::TooOld { event_time, ingest });
-        }
-        let window_start = floor_to(event_time, self.rules.window_ms);
-        cands.push(Candidate { window_start, ad, region, click, campaign, advertiser });
-        Ok(event_id)
+        let window_ms = self.rules.window_ms;
+        ad_event_rules::validate(&self.rules.ad_events, v, row, ingest, |e| {
+            let window_start = floor_to(e.event_time, window_ms);
+            cands.push(Candidate { window_start, ad: e.ad, region: e.region, click: e.click, campaign: e.campaign, advertiser: e.advertiser });
+        })
     }
 
     fn reject(&mut self, v: &BatchView, row: usize, ingest: Option<i64>, reject: Reject) {
@@ -380,75 +323,8 @@ impl AggregationOperator {
         });
     }
 
-    /// The runtime's promise that no message ingested before `t` will follow. Fires windows
-    /// the event-time watermark (`t` − out-of-orderness) has passed, purges those past allowed
-    /// lateness, and expires dedupe state no future arrival can hit.
-    pub fn advance_ingest_watermark(&mut self, t: i64) {
-        if t <= self.ingest_watermark {
-            return;
-        }
-        self.ingest_watermark = t;
-        let event_wm = event_watermark(&self.rules, t);
-        // Window [s, s + size) has ended once event_wm >= s + size.
-        let fire_limit = event_wm.saturating_sub(self.rules.window_ms).saturating_add(1);
-        if self.settings.emit == Emit::Updates {
-            let fired = self.windows.fire_before(fire_limit);
-            self.metrics.push(Emitted::Values(fired));
-        }
-        let purge_limit = match self.settings.lateness {
-            Lateness::Bounded => fire_limit.saturating_sub(self.rules.allowed_lateness_ms),
-            // Every valid arrival from now on has event_time >= t - max_past, so windows that
-            // end at or before that are final: without this a long --complete backfill would
-            // hold every window of its range until the end.
-            Lateness::Unbounded => t.saturating_sub(self.rules.max_past_ms).saturating_sub(self.rules.window_ms).saturating_add(1),
-        };
-        if purge_limit > self.purged_before {
-            let purged = self.windows.purge_before(purge_limit);
-            if self.settings.emit == Emit::FinalOnly {
-                self.metrics.push(Emitted::Purged(purged));
-            }
-            self.purged_before = purge_limit;
-        }
-        let ttl = self.rules.dedupe_ttl_ms;
-        if t.saturating_sub(self.last_expiry) >= ttl / 4 {
-            self.dedupe.expire(t, ttl);
-            self.last_expiry = t;
-        }
-    }
-
-    /// End of a bounded input: every open window's value is final.
-    pub fn finish(&mut self) {
-        let rest = match self.settings.emit {
-            Emit::Updates => {
-                let mut v = self.windows.fire_before(i64::MAX);
-                v.extend(self.windows.take_updates());
-                Emitted::Values(v)
-            }
-            Emit::FinalOnly => Emitted::Purged(self.windows.purge_before(i64::MAX)),
-        };
-        self.metrics.push(rest);
-    }
-
     fn name(&self, id: u32) -> Option<&Arc<str>> {
         (id != ABSENT).then(|| self.strings.name(id))
-    }
-
-    /// The keyed state between epochs, for a checkpoint. Everything emitted must have been
-    /// drained: a snapshot describes the state *after* its outputs.
-    pub fn snapshot(&self) -> OperatorState {
-        assert!(self.metrics.is_empty() && self.dead.is_empty(), "snapshot before drain");
-        let (windows, fired_before) = self.windows.entries();
-        OperatorState {
-            strings: self.strings.names().map(str::to_string).collect(),
-            dedupe: self.dedupe.snapshot(),
-            windows,
-            fired_before,
-            epoch: self.epoch,
-            ingest_watermark: self.ingest_watermark,
-            purged_before: self.purged_before,
-            last_expiry: self.last_expiry,
-            audit: self.audit.clone(),
-        }
     }
 
     /// The operator a snapshot describes, under the given rules and settings.
@@ -465,41 +341,6 @@ impl AggregationOperator {
         op.last_expiry = state.last_expiry;
         op.audit = state.audit;
         op
-    }
-
-    /// Takes the records emitted so far, in emission order.
-    pub fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
-        let emitted = std::mem::take(&mut self.metrics);
-        // Sized up front: grown as it was filled, the vector of records (112 bytes each)
-        // doubled into fresh memory on the way.
-        let mut metrics = Vec::with_capacity(emitted.iter().map(Emitted::len).sum());
-        let metric = |(start, (ad, region), acc): WindowValue| {
-            let (region, ad) = (self.strings.name(region).clone(), self.strings.name(ad).clone());
-            AdMetric {
-                record_uuid: record_uuid::ad_metric(&region, &ad, start),
-                region,
-                ad_id: ad,
-                campaign_id: self.name(acc.campaign).cloned(),
-                advertiser_id: self.name(acc.advertiser).cloned(),
-                window_start: start,
-                window_end: start + self.rules.window_ms,
-                impressions: acc.impressions(),
-                clicks: acc.clicks(),
-            }
-        };
-        for e in emitted {
-            match e {
-                Emitted::Values(v) => metrics.extend(v.into_iter().map(metric)),
-                Emitted::Purged(p) => metrics.extend(p.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(k, a)| metric((s, k, a))))),
-            }
-        }
-        (metrics, std::mem::take(&mut self.dead))
-    }
-
-    /// Windows starting before this have been purged: in [`Emit::FinalOnly`] mode their final
-    /// values have been emitted and nothing will follow them.
-    pub fn final_before(&self) -> i64 {
-        self.purged_before
     }
 
     /// The earliest window start among the results emitted and not yet drained.
@@ -611,10 +452,149 @@ impl AggregationOperator {
     }
 }
 
+impl Operator for AggregationOperator {
+    type Record = AdMetric;
+    type Audit = Audit;
+    type State = OperatorState;
+
+    fn process_epoch(&mut self, epoch: &[EpochInput<'_>]) {
+        let [input] = epoch else { panic!("the aggregation job has one input, given {}", epoch.len()) };
+        self.process_batches(input.batches, input.rows);
+    }
+
+    /// The runtime's promise that no message ingested before `t` will follow. Fires windows
+    /// the event-time watermark (`t` − out-of-orderness) has passed, purges those past allowed
+    /// lateness, and expires dedupe state no future arrival can hit.
+    fn advance_ingest_watermark(&mut self, t: i64) {
+        if t <= self.ingest_watermark {
+            return;
+        }
+        self.ingest_watermark = t;
+        let event_wm = event_watermark(&self.rules, t);
+        // Window [s, s + size) has ended once event_wm >= s + size.
+        let fire_limit = event_wm.saturating_sub(self.rules.window_ms).saturating_add(1);
+        if self.settings.emit == Emit::Updates {
+            let fired = self.windows.fire_before(fire_limit);
+            self.metrics.push(Emitted::Values(fired));
+        }
+        let purge_limit = match self.settings.lateness {
+            Lateness::Bounded => fire_limit.saturating_sub(self.rules.allowed_lateness_ms),
+            // Every valid arrival from now on has event_time >= t - max_past, so windows that
+            // end at or before that are final: without this a long --complete backfill would
+            // hold every window of its range until the end.
+            Lateness::Unbounded => t.saturating_sub(self.rules.ad_events.max_past_ms).saturating_sub(self.rules.window_ms).saturating_add(1),
+        };
+        if purge_limit > self.purged_before {
+            let purged = self.windows.purge_before(purge_limit);
+            if self.settings.emit == Emit::FinalOnly {
+                self.metrics.push(Emitted::Purged(purged));
+            }
+            self.purged_before = purge_limit;
+        }
+        let ttl = self.rules.dedupe_ttl_ms;
+        if t.saturating_sub(self.last_expiry) >= ttl / 4 {
+            self.dedupe.expire(t, ttl);
+            self.last_expiry = t;
+        }
+    }
+
+    /// End of a bounded input: every open window's value is final.
+    fn finish(&mut self) {
+        let rest = match self.settings.emit {
+            Emit::Updates => {
+                let mut v = self.windows.fire_before(i64::MAX);
+                v.extend(self.windows.take_updates());
+                Emitted::Values(v)
+            }
+            Emit::FinalOnly => Emitted::Purged(self.windows.purge_before(i64::MAX)),
+        };
+        self.metrics.push(rest);
+    }
+
+    fn ingest_watermark(&self) -> i64 {
+        self.ingest_watermark
+    }
+
+    fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Makes room in the dedupe state once: one allocation instead of a table that doubles its
+    /// way there. It holds at most a TTL's worth of the rows to come (plus the quarter-TTL
+    /// between expiries).
+    fn reserve(&mut self, rows: f64, rows_per_hour: f64) {
+        let ttl_hours = (self.rules.dedupe_ttl_ms as f64 * 1.25 / HOUR_MS as f64).ceil() + 1.0;
+        self.dedupe.reserve(rows.min(rows_per_hour * ttl_hours) as usize);
+    }
+
+    /// Takes the records emitted so far, in emission order.
+    fn drain(&mut self) -> (Vec<AdMetric>, Vec<DeadLetter>) {
+        let emitted = std::mem::take(&mut self.metrics);
+        // Sized up front: grown as it was filled, the vector of records (112 bytes each)
+        // doubled into fresh memory on the way.
+        let mut metrics = Vec::with_capacity(emitted.iter().map(Emitted::len).sum());
+        let metric = |(start, (ad, region), acc): WindowValue| {
+            let (region, ad) = (self.strings.name(region).clone(), self.strings.name(ad).clone());
+            AdMetric {
+                record_uuid: record_uuid::ad_metric(&region, &ad, start),
+                region,
+                ad_id: ad,
+                campaign_id: self.name(acc.campaign).cloned(),
+                advertiser_id: self.name(acc.advertiser).cloned(),
+                window_start: start,
+                window_end: start + self.rules.window_ms,
+                impressions: acc.impressions(),
+                clicks: acc.clicks(),
+            }
+        };
+        for e in emitted {
+            match e {
+                Emitted::Values(v) => metrics.extend(v.into_iter().map(metric)),
+                Emitted::Purged(p) => metrics.extend(p.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(k, a)| metric((s, k, a))))),
+            }
+        }
+        (metrics, std::mem::take(&mut self.dead))
+    }
+
+    fn drain_tables(&mut self, before: i64) -> (Vec<(usize, RecordBatch)>, Vec<DeadLetter>) {
+        let (metrics, dead) = self.drain_batch(before);
+        (metrics.map(|b| (0, b)).into_iter().collect(), dead)
+    }
+
+    /// Windows starting before this have been purged: in [`Emit::FinalOnly`] mode their final
+    /// values have been emitted and nothing will follow them.
+    fn final_before(&self) -> i64 {
+        self.purged_before
+    }
+
+    fn first_emitted(&self) -> Option<i64> {
+        self.first_emitted_start()
+    }
+
+    /// The keyed state between epochs, for a checkpoint. Everything emitted must have been
+    /// drained: a snapshot describes the state *after* its outputs.
+    fn snapshot(&self) -> OperatorState {
+        assert!(self.metrics.is_empty() && self.dead.is_empty(), "snapshot before drain");
+        let (windows, fired_before) = self.windows.entries();
+        OperatorState {
+            strings: self.strings.names().map(str::to_string).collect(),
+            dedupe: self.dedupe.snapshot(),
+            windows,
+            fired_before,
+            epoch: self.epoch,
+            ingest_watermark: self.ingest_watermark,
+            purged_before: self.purged_before,
+            last_expiry: self.last_expiry,
+            audit: self.audit.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::contract::schema::normalize;
+    use crate::core::ad_event_rules::OptionalField;
     use crate::gen::{rows_to_batch, Row};
 
     const T0: i64 = 1_767_225_600_000;
@@ -650,16 +630,16 @@ mod tests {
         let settings = Settings { emit: Emit::FinalOnly, lateness: Lateness::Unbounded, scope: Scope::everything() };
         let mut op = AggregationOperator::new(AggregationRules::defaults(), settings);
         let last_event_time = T0 + 59_999;
-        op.process_epoch(&[event("a", T0 + 5_000, 0, T0 + 10_000)], None);
+        op.process_batches(&[event("a", T0 + 5_000, 0, T0 + 10_000)], None);
         // The latest valid arrival for the window [T0, T0 + 1 min) is ingested at its last
         // millisecond + max_past; up to that instant the window must stay open.
         op.advance_ingest_watermark(last_event_time + WEEK);
         assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![]);
-        op.process_epoch(&[event("b", last_event_time, 1, last_event_time + WEEK)], None);
+        op.process_batches(&[event("b", last_event_time, 1, last_event_time + WEEK)], None);
         op.advance_ingest_watermark(last_event_time + WEEK + 1);
         assert_eq!(impressions(op.drain_batch(i64::MAX).0), vec![(T0, 2)]);
         // One millisecond later the same event time is too old: dead-lettered, never counted.
-        op.process_epoch(&[event("c", last_event_time, 2, last_event_time + WEEK + 1)], None);
+        op.process_batches(&[event("c", last_event_time, 2, last_event_time + WEEK + 1)], None);
         let (metrics, dead) = op.drain_batch(i64::MAX);
         assert_eq!(impressions(metrics), vec![]);
         assert_eq!(dead.iter().map(|d| d.reason_code()).collect::<Vec<_>>(), vec!["event_time_too_old"]);
@@ -673,7 +653,7 @@ mod tests {
     fn required_user_and_store_ids_must_be_present_and_non_empty() {
         use crate::contract::schema::viewed;
         let mut rules = AggregationRules::defaults();
-        rules.also_required = vec![OptionalField::UserId, OptionalField::StoreId];
+        rules.ad_events.also_required = vec![OptionalField::UserId, OptionalField::StoreId];
         let ids = [(Some("u"), Some("s")), (None, Some("s")), (Some(""), Some("s")), (Some("u"), None), (Some("u"), Some(""))];
         let rows: Vec<Row> = ids
             .iter()
@@ -698,7 +678,7 @@ mod tests {
         for batch in [plain, viewed] {
             let settings = Settings { emit: Emit::FinalOnly, lateness: Lateness::Bounded, scope: Scope::everything() };
             let mut op = AggregationOperator::new(rules.clone(), settings);
-            op.process_epoch(&[batch], None);
+            op.process_batches(&[batch], None);
             op.finish();
             let (metrics, dead) = op.drain_batch(i64::MAX);
             assert_eq!(impressions(metrics), vec![(T0, 1)]);
@@ -724,7 +704,7 @@ mod tests {
         let mut op = AggregationOperator::new(rules.clone(), settings);
         let minutes = 4;
         let batches: Vec<RecordBatch> = (0..minutes).map(|i| event(&format!("e{i}"), T0 + 60_000 * i + 5_000, i, T0)).collect();
-        op.process_epoch(&batches, None);
+        op.process_batches(&batches, None);
         // The windows end at window ends number T0 / window + 1, + 2, …
         let first = T0 / rules.window_ms;
         let mut fired = 0;
@@ -747,7 +727,7 @@ mod tests {
         let mut op = AggregationOperator::new(AggregationRules::defaults(), settings);
         let batches: Vec<RecordBatch> =
             (0..4).map(|i| event(&format!("e{i}"), T0 + 3_600_000 * (i % 2) + 60_000 * i, i, T0 + 2 * 3_600_000)).collect();
-        op.process_epoch(&batches, None);
+        op.process_batches(&batches, None);
         op.finish();
         assert_eq!(op.first_emitted_start(), Some(T0));
         assert_eq!(impressions(op.drain_batch(T0 + 3_600_000).0), vec![(T0, 1), (T0 + 120_000, 1)]);

@@ -4,19 +4,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::contract::columns as c;
-use crate::contract::time::{HOUR_MS, MINUTE_MS};
+use crate::contract::time::HOUR_MS;
+use crate::core::ad_event_rules::{AdEventRules, ValidationSection};
+use crate::core::config::{check_name, ms, ConfigError};
 
 /// The job file shipped in the repository, compiled in as the default.
-pub const DEFAULT_JOB_FILE: &str = include_str!("../../jobs/aggregation.toml");
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid job file: {0}")]
-    Parse(#[from] toml::de::Error),
-    #[error("invalid job file: {0}")]
-    Rule(String),
-}
+pub const DEFAULT_JOB_FILE: &str = include_str!("../../../jobs/aggregation.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,16 +30,6 @@ struct JobSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ValidationSection {
-    required_fields: Vec<String>,
-    #[serde(with = "humantime_serde")]
-    max_future: Duration,
-    #[serde(with = "humantime_serde")]
-    max_past: Duration,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DedupeSection {
     #[serde(with = "humantime_serde")]
     ttl: Duration,
@@ -63,66 +46,27 @@ struct WindowSection {
     allowed_lateness: Duration,
 }
 
-/// Optional string fields that a job file may additionally require.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptionalField {
-    CampaignId,
-    AdvertiserId,
-    UserId,
-    StoreId,
-}
-
 /// The rules of the aggregation job, all times in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AggregationRules {
     pub input_topic: String,
     pub output_table: String,
-    pub also_required: Vec<OptionalField>,
-    pub max_future_ms: i64,
-    pub max_past_ms: i64,
+    /// When an ad event is valid (shared with the attribution job's candidates).
+    pub ad_events: AdEventRules,
     pub dedupe_ttl_ms: i64,
     pub window_ms: i64,
     pub out_of_orderness_ms: i64,
     pub allowed_lateness_ms: i64,
 }
 
-const ALWAYS_REQUIRED: [&str; 5] = [c::EVENT_ID, c::EVENT_TYPE, c::AD_ID, c::EVENT_TIME, c::REGION];
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl AggregationRules {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let f: JobFile = toml::from_str(text)?;
-        if f.job.name != "aggregation" {
-            return Err(ConfigError::Rule(format!("job.name is '{}'; this file must define 'aggregation'", f.job.name)));
-        }
-        for r in ALWAYS_REQUIRED {
-            if !f.validation.required_fields.iter().any(|x| x == r) {
-                return Err(ConfigError::Rule(format!(
-                    "validation.required_fields must include '{r}': the job cannot key, dedupe or window an event without it"
-                )));
-            }
-        }
-        let mut also_required = Vec::new();
-        for name in &f.validation.required_fields {
-            let field = match name.as_str() {
-                n if ALWAYS_REQUIRED.contains(&n) => continue,
-                c::CAMPAIGN_ID => OptionalField::CampaignId,
-                c::ADVERTISER_ID => OptionalField::AdvertiserId,
-                c::USER_ID => OptionalField::UserId,
-                c::STORE_ID => OptionalField::StoreId,
-                other => return Err(ConfigError::Rule(format!("validation.required_fields names '{other}', which is not an ad-event field"))),
-            };
-            also_required.push(field);
-        }
+        check_name(&f.job.name, "aggregation")?;
         let rules = Self {
             input_topic: f.job.input_topic,
             output_table: f.job.output_table,
-            also_required,
-            max_future_ms: ms(f.validation.max_future),
-            max_past_ms: ms(f.validation.max_past),
+            ad_events: AdEventRules::from_section(f.validation, "validation")?,
             dedupe_ttl_ms: ms(f.dedupe.ttl),
             window_ms: ms(f.window.size),
             out_of_orderness_ms: ms(f.window.out_of_orderness),
@@ -136,9 +80,6 @@ impl AggregationRules {
         if rules.dedupe_ttl_ms < HOUR_MS {
             return Err(ConfigError::Rule("dedupe.ttl must be at least 1h".into()));
         }
-        if rules.max_past_ms < MINUTE_MS {
-            return Err(ConfigError::Rule("validation.max_past must be at least 1m".into()));
-        }
         Ok(rules)
     }
 
@@ -149,24 +90,25 @@ impl AggregationRules {
     /// Ingest-time span before `from` whose arrivals can change a dedupe decision for an
     /// event in a window at or after `from` (see docs/backfill.md, "Warm-up").
     pub fn warm_up_ms(&self) -> i64 {
-        self.max_future_ms + self.dedupe_ttl_ms
+        self.ad_events.max_future_ms + self.dedupe_ttl_ms
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::time::MINUTE_MS;
 
     #[test]
     fn shipped_defaults_are_the_issue_defaults() {
         let r = AggregationRules::defaults();
-        assert_eq!(r.max_future_ms, 5 * MINUTE_MS);
-        assert_eq!(r.max_past_ms, 7 * 24 * HOUR_MS);
+        assert_eq!(r.ad_events.max_future_ms, 5 * MINUTE_MS);
+        assert_eq!(r.ad_events.max_past_ms, 7 * 24 * HOUR_MS);
         assert_eq!(r.dedupe_ttl_ms, 24 * HOUR_MS);
         assert_eq!(r.window_ms, MINUTE_MS);
         assert_eq!(r.out_of_orderness_ms, 10_000);
         assert_eq!(r.allowed_lateness_ms, 10 * MINUTE_MS);
-        assert!(r.also_required.is_empty());
+        assert!(r.ad_events.also_required.is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! is empty: the interner hands out ids below [`ABSENT`](super::batch_view::ABSENT), one
 //! below it.
 
-use super::prefetch::prefetch;
+use crate::core::prefetch::prefetch;
 use super::windows::{Acc, WindowKey};
 
 /// The region of an empty slot.

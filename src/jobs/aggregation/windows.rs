@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::batch_view::ABSENT;
-use super::dedupe::Position;
+use crate::core::batch_view::ABSENT;
+use crate::core::dedupe::Position;
 use super::window_map::WindowMap;
 
 /// (ad id, region id), interned.

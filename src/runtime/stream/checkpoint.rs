@@ -8,17 +8,22 @@
 //! the previous checkpoint, whose state and source positions match what the outside world saw.
 //!
 //! Layout: `"ADSPCKPT"`, format version (u32 LE), payload length (u64 LE), CRC-32 of the
-//! payload (u32 LE), payload (postcard-encoded [`GroupSnapshot`]). A file whose length,
-//! checksum or version does not match is reported as corrupt, never used.
+//! payload (u32 LE), payload (postcard-encoded [`GroupSnapshot`] of the job's state). A file
+//! whose length, checksum or version does not match is reported as corrupt, never used; one of
+//! another job is refused when restored.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use thiserror::Error;
 
 use super::driver::GroupSnapshot;
+use crate::core::job::StateSize;
 
 const MAGIC: &[u8; 8] = b"ADSPCKPT";
 /// 2: dedupe entries hold the counted arrival's ingest time only.
 /// 3: dedupe entries as one byte string of fixed-width entries.
-const VERSION: u32 = 3;
+/// 4: any job's state; the job's name and input topics; clocks per (input, partition).
+const VERSION: u32 = 4;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -40,7 +45,7 @@ pub enum CheckpointError {
 /// pass over fresh memory, which the kernel zeroes). The interned strings come before the
 /// dedupe entries, so they count too: with 10,000 ads they ran past a fixed margin, and the
 /// buffer doubled as the entries, most of a snapshot's bytes, were appended.
-pub fn encode(snap: &GroupSnapshot) -> Vec<u8> {
+pub fn encode<S: Serialize + StateSize>(snap: &GroupSnapshot<S>) -> Vec<u8> {
     let mut out = Vec::with_capacity(encoded_len_bound(snap));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -54,15 +59,14 @@ pub fn encode(snap: &GroupSnapshot) -> Vec<u8> {
 }
 
 /// At least the length of [`encode`]'s output.
-fn encoded_len_bound(snap: &GroupSnapshot) -> usize {
-    let op = &snap.operator;
+fn encoded_len_bound<S: StateSize>(snap: &GroupSnapshot<S>) -> usize {
     // Varints take at most 5 bytes (u32) or 10 (i64): a string is its bytes and a length, a
-    // window at most 75 bytes, a partition's clock 27. The rest (audit, watermarks) fits in 4 KiB.
-    let strings: usize = op.strings.iter().map(|s| s.len() + 5).sum();
-    HEADER + 4096 + snap.topic.len() + snap.clocks.len() * 32 + strings + op.dedupe.encoded_len() + op.windows.len() * 80
+    // partition's clock with its key 37 bytes. The rest (names, counts) fits in 4 KiB.
+    let names: usize = snap.job.len() + snap.topics.iter().map(|t| t.len() + 5).sum::<usize>();
+    HEADER + 4096 + names + snap.clocks.len() * 40 + snap.operator.encoded_len_bound()
 }
 
-pub fn decode(bytes: &[u8]) -> Result<GroupSnapshot, CheckpointError> {
+pub fn decode<S: DeserializeOwned>(bytes: &[u8]) -> Result<GroupSnapshot<S>, CheckpointError> {
     if bytes.len() < HEADER {
         return Err(if bytes.starts_with(&MAGIC[..bytes.len().min(8)]) {
             CheckpointError::Truncated { got: bytes.len(), want: HEADER }
@@ -105,15 +109,21 @@ pub trait CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::config::AggregationRules;
-    use crate::runtime::stream::driver::StreamDriver;
     use crate::contract::raw::RawMessage;
+    use crate::jobs::aggregation::operator::OperatorState;
+    use crate::jobs::aggregation::rules::AggregationRules;
+    use crate::jobs::aggregation::Aggregation;
+    use crate::runtime::stream::driver::{Source, StreamDriver};
 
-    fn snapshot() -> GroupSnapshot {
-        let mut d = StreamDriver::new(AggregationRules::defaults(), [0]);
+    fn driver(partitions: &[i32]) -> StreamDriver<Aggregation> {
+        StreamDriver::new(AggregationRules::defaults(), partitions.iter().map(|p| Source::new(0, *p)))
+    }
+
+    fn snapshot() -> GroupSnapshot<OperatorState> {
+        let mut d = driver(&[0]);
         let payload = br#"{"event_id":"e1","event_type":"click","ad_id":"ad-1","event_time":1767225600000,"region":"r"}"#;
-        d.on_poll(&[RawMessage { partition: 0, offset: 0, timestamp: 1767225601000, payload: payload.to_vec() }]);
-        d.on_poll(&[RawMessage { partition: 0, offset: 1, timestamp: 1767225602000, payload: b"nope".to_vec() }]);
+        d.on_poll(0, &[RawMessage { partition: 0, offset: 0, timestamp: 1767225601000, payload: payload.to_vec() }]);
+        d.on_poll(0, &[RawMessage { partition: 0, offset: 1, timestamp: 1767225602000, payload: b"nope".to_vec() }]);
         d.drain();
         d.snapshot_group(0).unwrap()
     }
@@ -123,29 +133,28 @@ mod tests {
         let snap = snapshot();
         assert_eq!(snap.operator.dedupe.len(), 1);
         let bytes = encode(&snap);
-        assert_eq!(decode(&bytes).unwrap(), snap);
+        assert_eq!(decode::<OperatorState>(&bytes).unwrap(), snap);
 
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
-        assert!(matches!(decode(&flipped), Err(CheckpointError::Checksum { .. })));
-        assert!(matches!(decode(&bytes[..bytes.len() - 3]), Err(CheckpointError::Truncated { .. })));
-        assert_eq!(decode(b"PAR1 not a checkpoint at all"), Err(CheckpointError::NotACheckpoint));
-        // A checkpoint of the previous format (full dedupe positions) is refused, not misread.
-        let mut v1 = bytes.clone();
-        v1[8] = 1;
-        assert_eq!(decode(&v1), Err(CheckpointError::Version(1)));
-        // Nor one whose dedupe entries are varints (format 2).
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
-        assert_eq!(decode(&v2), Err(CheckpointError::Version(2)));
+        assert!(matches!(decode::<OperatorState>(&flipped), Err(CheckpointError::Checksum { .. })));
+        assert!(matches!(decode::<OperatorState>(&bytes[..bytes.len() - 3]), Err(CheckpointError::Truncated { .. })));
+        assert_eq!(decode::<OperatorState>(b"PAR1 not a checkpoint at all"), Err(CheckpointError::NotACheckpoint));
+        // A checkpoint of an earlier format (full dedupe positions, varint dedupe entries, one
+        // input per job) is refused, not misread.
+        for version in 1..VERSION {
+            let mut old = bytes.clone();
+            old[8] = version as u8;
+            assert_eq!(decode::<OperatorState>(&old), Err(CheckpointError::Version(version)));
+        }
     }
 
     /// The buffer is sized before encoding (a doubling would copy the dedupe entries into fresh
     /// memory); with many long strings the old fixed margin was exceeded.
     #[test]
     fn the_buffer_is_sized_for_the_whole_snapshot() {
-        let mut d = StreamDriver::new(AggregationRules::defaults(), [0, 1, 2]);
+        let mut d = driver(&[0, 1, 2]);
         let msgs: Vec<RawMessage> = (0..3_000i64)
             .map(|i| {
                 let payload = format!(
@@ -157,13 +166,13 @@ mod tests {
                 RawMessage { partition: (i % 3) as i32, offset: i, timestamp: 1_767_225_600_000 + i * 1_000, payload: payload.into_bytes() }
             })
             .collect();
-        d.on_poll(&msgs);
+        d.on_poll(0, &msgs);
         d.drain();
         let snap = d.snapshot_group(0).unwrap();
         assert!(snap.operator.strings.len() > 8_000 && !snap.operator.windows.is_empty());
         let bytes = encode(&snap);
         assert!(bytes.len() <= encoded_len_bound(&snap), "{} bytes, bound {}", bytes.len(), encoded_len_bound(&snap));
-        assert_eq!(decode(&bytes).unwrap(), snap);
+        assert_eq!(decode::<OperatorState>(&bytes).unwrap(), snap);
     }
 
     #[test]
@@ -182,23 +191,23 @@ mod tests {
                 .into_bytes(),
             })
             .collect();
-        let mut whole = StreamDriver::new(AggregationRules::defaults(), [0, 1]);
+        let mut whole = driver(&[0, 1]);
         let (all, _) = whole.replay(msgs.chunks(5));
 
         // Same polls, but stop after 4, checkpoint, restore into a fresh driver, resume from
         // the checkpoint's offsets (re-reading what was pending), go on.
-        let mut first = StreamDriver::new(AggregationRules::defaults(), [0, 1]);
+        let mut first = driver(&[0, 1]);
         let mut out = Vec::new();
         for poll in msgs.chunks(5).take(4) {
-            first.on_poll(poll);
+            first.on_poll(0, poll);
             out.extend(first.drain().0);
         }
-        let snap = decode(&encode(&first.snapshot_group(0).unwrap())).unwrap();
-        let mut second = StreamDriver::with_key_groups(AggregationRules::defaults(), [0, 1], 1);
+        let snap = decode::<OperatorState>(&encode(&first.snapshot_group(0).unwrap())).unwrap();
+        let mut second = StreamDriver::<Aggregation>::with_key_groups(AggregationRules::defaults(), [0, 1].map(|p| Source::new(0, p)), 1);
         second.restore_group(snap).unwrap();
         let resume = second.resume_offsets();
         let rest: Vec<RawMessage> = msgs[20..].iter().cloned().chain(msgs[..20].iter().cloned())
-            .filter(|m| m.offset >= resume[&m.partition])
+            .filter(|m| m.offset >= resume[&Source::new(0, m.partition)])
             .collect::<Vec<_>>();
         let mut rest = rest;
         rest.sort_by_key(|m| (m.offset, m.partition));

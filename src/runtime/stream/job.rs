@@ -31,17 +31,16 @@ use anyhow::Context;
 use arrow::array::RecordBatch;
 
 use super::checkpoint::{self, CheckpointStore};
-use super::driver::{GroupRecords, StreamDriver};
+use super::driver::{GroupRecords, Source, StreamDriver};
 use super::trigger::CheckpointTrigger;
-use crate::contract::outputs::{AdMetric, DeadLetter};
+use crate::contract::outputs::DeadLetter;
 use crate::contract::time::rfc3339;
-use crate::core::audit::Audit;
-use crate::core::config::AggregationRules;
+use crate::core::job::{Job, JobAudit, OutputRecord};
 
 /// What the loop needs from a broker: group membership for key groups, a positioned reader of
-/// the source topic, and per key group a transactional output whose commit carries the group's
-/// checkpoint number.
-pub trait Broker {
+/// the source topics, and per key group a transactional output whose commit carries the
+/// group's checkpoint number. `R`: the job's output records.
+pub trait Broker<R: OutputRecord> {
     /// Serves the group protocol; the owned key groups, if they changed.
     fn poll_membership(&mut self, wait: Duration) -> anyhow::Result<Option<BTreeSet<u32>>>;
     /// Aborts every open transaction, drops the outputs of groups not in `owned` and opens
@@ -49,30 +48,31 @@ pub trait Broker {
     fn take_ownership(&mut self, owned: &BTreeSet<u32>) -> anyhow::Result<()>;
     /// The committed checkpoint number of each group (None: none yet).
     fn committed(&self, groups: &BTreeSet<u32>) -> anyhow::Result<Vec<(u32, Option<u64>)>>;
-    fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
-    /// Partitions of the source topic that are not read yet, from fresh metadata: partitions
-    /// added to the topic since the reader started.
-    fn unread_partitions(&mut self) -> anyhow::Result<Vec<i32>>;
+    fn seek(&mut self, offsets: &BTreeMap<Source, i64>) -> anyhow::Result<()>;
+    /// Partitions of the source topics that are not read yet, from fresh metadata: partitions
+    /// added to a topic since the reader started.
+    fn unread_partitions(&mut self) -> anyhow::Result<Vec<Source>>;
     /// Starts reading more source partitions, each at its offset in `offsets` or else from its
     /// beginning; the others keep their positions.
-    fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()>;
-    /// Up to `max` messages in offset order per partition, decoded into canonical batches
-    /// ([`crate::contract::raw::MessageDecoder`]): consecutive slices of the poll, in order.
-    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>>;
-    fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32>;
+    fn add_partitions(&mut self, new: &[Source], offsets: &BTreeMap<Source, i64>) -> anyhow::Result<()>;
+    /// Up to `max` messages in offset order per partition, decoded into canonical batches of
+    /// their input's format ([`crate::contract::format::Decoder`]): `(input, batch)`,
+    /// consecutive slices of the poll, in order.
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<(usize, RecordBatch)>>;
+    fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<Source>;
     fn caught_up(&self) -> bool;
     /// Stops fetching these source partitions and fetches every other one.
-    fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()>;
+    fn pause_only(&mut self, partitions: &BTreeSet<Source>) -> anyhow::Result<()>;
     /// The source partitions paused now (none after a `seek`).
-    fn paused(&self) -> &BTreeSet<i32>;
+    fn paused(&self) -> &BTreeSet<Source>;
     fn begin(&mut self, group: u32) -> anyhow::Result<()>;
-    fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()>;
+    fn send_record(&mut self, group: u32, r: &R) -> anyhow::Result<()>;
     fn send_dead_letter(&mut self, group: u32, d: &DeadLetter) -> anyhow::Result<()>;
     /// Sends key groups' records into their open transactions.
-    fn send_records(&mut self, records: &[GroupRecords]) -> anyhow::Result<()> {
-        for (g, metrics, dead) in records {
-            for m in metrics {
-                self.send_metric(*g, m)?;
+    fn send_records(&mut self, records: &[GroupRecords<R>]) -> anyhow::Result<()> {
+        for (g, out, dead) in records {
+            for r in out {
+                self.send_record(*g, r)?;
             }
             for d in dead {
                 self.send_dead_letter(*g, d)?;
@@ -82,7 +82,7 @@ pub trait Broker {
     }
     /// [`send_records`](Self::send_records), then [`poll`](Self::poll). An implementation may
     /// do the two at once: the records are in their transactions when it returns.
-    fn send_and_poll(&mut self, records: &[GroupRecords], max: usize, wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+    fn send_and_poll(&mut self, records: &[GroupRecords<R>], max: usize, wait: Duration) -> anyhow::Result<Vec<(usize, RecordBatch)>> {
         self.send_records(records)?;
         self.poll(max, wait)
     }
@@ -113,9 +113,9 @@ pub struct StreamOptions {
 }
 
 #[derive(Debug, Default)]
-pub struct StreamSummary {
+pub struct StreamSummary<A> {
     pub checkpoints: u64,
-    pub metrics_sent: u64,
+    pub records_sent: u64,
     pub dead_letters_sent: u64,
     /// Messages this process polled (a rebalance can make it read some twice).
     pub messages_polled: u64,
@@ -123,29 +123,30 @@ pub struct StreamSummary {
     /// input, without start-up and group join, for a sustained rate.
     pub busy: Duration,
     /// Audit of the owned groups since their creation (it is part of their checkpoints).
-    pub audit: Audit,
+    pub audit: A,
 }
 
-pub fn run(
-    rules: &AggregationRules,
-    partitions: &[i32],
-    broker: &mut dyn Broker,
+/// `partitions`: the source partitions of every input when the job starts.
+pub fn run<J: Job>(
+    rules: &J::Rules,
+    partitions: &[Source],
+    broker: &mut dyn Broker<J::Record>,
     store: &dyn CheckpointStore,
     opts: &StreamOptions,
     shutdown: &AtomicBool,
-) -> anyhow::Result<StreamSummary> {
-    // Grows when partitions are added to the topic (`discover`); Kafka never removes any.
+) -> anyhow::Result<StreamSummary<J::Audit>> {
+    // Grows when partitions are added to a topic (`discover`); Kafka never removes any.
     let mut partitions = partitions.to_vec();
     let mut last_discovery = Instant::now();
-    let mut driver = StreamDriver::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
+    let mut driver = StreamDriver::<J>::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
     let mut seqs: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut summary = StreamSummary::default();
+    let mut summary = StreamSummary { checkpoints: 0, records_sent: 0, dead_letters_sent: 0, messages_polled: 0, busy: Duration::ZERO, audit: J::Audit::default() };
     let mut last_checkpoint = Instant::now();
-    let mut trigger = CheckpointTrigger::new(opts.checkpoint_interval, opts.min_checkpoint_pause, rules);
+    let mut trigger = CheckpointTrigger::<J>::new(opts.checkpoint_interval, opts.min_checkpoint_pause, rules);
     let mut first_message: Option<Instant> = None;
     // Records drained after a poll are sent while the next poll is read and decoded
     // (`send_and_poll`): sending is serial, and the cores would otherwise wait for it.
-    let mut unsent: Vec<GroupRecords> = Vec::new();
+    let mut unsent: Vec<GroupRecords<J::Record>> = Vec::new();
     loop {
         let owned = driver.owned_groups().next().is_some();
         let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
@@ -154,14 +155,14 @@ pub fn run(
             broker.take_ownership(&groups)?;
             // Their transactions were just aborted; the restored checkpoints recompute them.
             unsent.clear();
-            driver = StreamDriver::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
+            driver = StreamDriver::<J>::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
             seqs.clear();
             for (g, seq) in broker.committed(&groups)? {
                 match seq {
                     None => driver.start_group(g),
                     Some(n) => {
                         let bytes = store.get(g, n)?;
-                        let snap = checkpoint::decode(&bytes).with_context(|| format!("checkpoint {n} of key group {g}"))?;
+                        let snap = checkpoint::decode::<J::State>(&bytes).with_context(|| format!("checkpoint {n} of key group {g}"))?;
                         driver.restore_group(snap).map_err(anyhow::Error::msg).with_context(|| format!("checkpoint {n} of key group {g}"))?;
                         seqs.insert(g, n);
                     }
@@ -174,10 +175,10 @@ pub fn run(
             // found yet: they are read too. Added after the seek, which positions (and checks
             // against retention) only the partitions already read, so that each partition is
             // positioned and checked once.
-            let found: Vec<i32> = driver.partitions().iter().copied().filter(|p| !partitions.contains(p)).collect();
+            let found: Vec<Source> = driver.sources().iter().copied().filter(|p| !partitions.contains(p)).collect();
             if !found.is_empty() {
                 broker.add_partitions(&found, &resume)?;
-                partitions = driver.partitions().to_vec();
+                partitions = driver.sources().to_vec();
             }
             for g in &groups {
                 broker.begin(*g)?;
@@ -198,13 +199,13 @@ pub fn run(
         }
         let batches = broker.send_and_poll(&unsent, opts.max_poll, Duration::from_millis(100))?;
         count_sent(&mut summary, &mut unsent);
-        let polled: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let polled: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         if polled > 0 {
             first_message.get_or_insert_with(Instant::now);
             summary.messages_polled += polled as u64;
         }
-        for batch in &batches {
-            driver.on_batch(batch);
+        for (input, batch) in &batches {
+            driver.on_batch(*input, batch);
         }
         for p in broker.idle_partitions(opts.idle_timeout) {
             driver.mark_idle(p);
@@ -244,15 +245,10 @@ pub fn run(
                 "checkpoint took {:?} (encoding {encoding:?}, writing {writing:?}, committing {committing:?})",
                 started.elapsed()
             );
-            let a = driver.audit();
             tracing::info!(
-                "checkpoint {:?}: read {} counted {} duplicates {} invalid {} late {}; watermark {}; {} rows waiting",
+                "checkpoint {:?}: {}; watermark {}; {} rows waiting",
                 seqs.values().max(),
-                a.read,
-                a.counted,
-                a.duplicates,
-                a.invalid,
-                a.dropped_late,
+                driver.audit().line(),
                 driver.ingest_watermark().filter(|w| *w > i64::MIN).map(rfc3339).unwrap_or_else(|| "none yet".into()),
                 driver.buffered()
             );
@@ -268,10 +264,10 @@ pub fn run(
     Ok(summary)
 }
 
-/// Starts reading partitions added to the source topic since the last look, from their
+/// Starts reading partitions added to the source topics since the last look, from their
 /// beginning; whether there were any. A failed metadata request is a warning, not an error:
 /// the next look repeats it, and nothing is read out of order meanwhile.
-fn discover(driver: &mut StreamDriver, partitions: &mut Vec<i32>, broker: &mut dyn Broker) -> anyhow::Result<bool> {
+fn discover<J: Job>(driver: &mut StreamDriver<J>, partitions: &mut Vec<Source>, broker: &mut dyn Broker<J::Record>) -> anyhow::Result<bool> {
     let new = match broker.unread_partitions() {
         Ok(new) => new,
         Err(e) => {
@@ -282,16 +278,16 @@ fn discover(driver: &mut StreamDriver, partitions: &mut Vec<i32>, broker: &mut d
     if new.is_empty() {
         return Ok(false);
     }
-    tracing::info!("partitions {new:?} were added to the source topic: reading them from their beginning");
+    tracing::info!("partitions {new:?} (input:partition) were added to the source topics: reading them from their beginning");
     driver.add_partitions(&new);
     broker.add_partitions(&new, &driver.resume_offsets())?;
-    *partitions = driver.partitions().to_vec();
+    *partitions = driver.sources().to_vec();
     Ok(true)
 }
 
-fn count_sent(summary: &mut StreamSummary, sent: &mut Vec<GroupRecords>) {
-    for (_, metrics, dead) in sent.drain(..) {
-        summary.metrics_sent += metrics.len() as u64;
+fn count_sent<R, A>(summary: &mut StreamSummary<A>, sent: &mut Vec<GroupRecords<R>>) {
+    for (_, records, dead) in sent.drain(..) {
+        summary.records_sent += records.len() as u64;
         summary.dead_letters_sent += dead.len() as u64;
     }
 }
@@ -305,8 +301,14 @@ fn count_sent(summary: &mut StreamSummary, sent: &mut Vec<GroupRecords>) {
 /// its fetches on the partitions that hold the watermark back. Never all of them: when every
 /// partition that is not paused is at its end, nothing is paused (the watermark then moves
 /// only by idleness, and a paused partition could otherwise never reach its end).
-fn aligned(waiting: &BTreeMap<i32, usize>, paused: &BTreeSet<i32>, partitions: &[i32], at_end: &BTreeSet<i32>, limit: usize) -> BTreeSet<i32> {
-    let want: BTreeSet<i32> = waiting
+fn aligned(
+    waiting: &BTreeMap<Source, usize>,
+    paused: &BTreeSet<Source>,
+    partitions: &[Source],
+    at_end: &BTreeSet<Source>,
+    limit: usize,
+) -> BTreeSet<Source> {
+    let want: BTreeSet<Source> = waiting
         .iter()
         .filter(|(p, n)| **n > limit || (paused.contains(p) && **n > limit / 2))
         .map(|(p, _)| *p)
@@ -318,10 +320,10 @@ fn aligned(waiting: &BTreeMap<i32, usize>, paused: &BTreeSet<i32>, partitions: &
 }
 
 /// Returns where the time went, for the debug log: encoding, writing, committing.
-fn checkpoint_now(
-    driver: &StreamDriver,
+fn checkpoint_now<J: Job>(
+    driver: &StreamDriver<J>,
     seqs: &mut BTreeMap<u32, u64>,
-    broker: &mut dyn Broker,
+    broker: &mut dyn Broker<J::Record>,
     store: &dyn CheckpointStore,
 ) -> anyhow::Result<(Duration, Duration, Duration)> {
     let t0 = Instant::now();
@@ -354,24 +356,39 @@ fn checkpoint_now(
 mod tests {
     use super::super::memory_broker::{MemoryBroker, MemoryCheckpoints, Topics};
     use super::*;
-    use crate::contract::raw::RawMessage;
+    use crate::contract::format::Format;
+    use crate::contract::outputs::AdMetric;
+    use crate::jobs::aggregation::rules::AggregationRules;
+    use crate::jobs::aggregation::Aggregation;
 
-    fn set(ps: &[i32]) -> BTreeSet<i32> {
-        ps.iter().copied().collect()
+    fn src(p: i32) -> Source {
+        Source::new(0, p)
+    }
+
+    fn set(ps: &[i32]) -> BTreeSet<Source> {
+        ps.iter().map(|p| src(*p)).collect()
+    }
+
+    fn by<const N: usize>(entries: [(i32, usize); N]) -> BTreeMap<Source, usize> {
+        entries.into_iter().map(|(p, n)| (src(p), n)).collect()
+    }
+
+    fn parts(ps: &[i32]) -> Vec<Source> {
+        ps.iter().map(|p| src(*p)).collect()
     }
 
     #[test]
     fn alignment_pauses_partitions_ahead_with_hysteresis() {
-        let parts = [0, 1, 2];
+        let parts = parts(&[0, 1, 2]);
         let none = BTreeSet::new();
         // Partition 1 holds 101 rows waiting: paused; 0 and 2 keep fetching.
-        let waiting = BTreeMap::from([(0, 3), (1, 101), (2, 50)]);
+        let waiting = by([(0, 3), (1, 101), (2, 50)]);
         assert_eq!(aligned(&waiting, &none, &parts, &none, 100), set(&[1]));
         // Paused, it stays paused until it has half the limit or fewer...
-        let waiting = BTreeMap::from([(1, 51), (2, 60)]);
+        let waiting = by([(1, 51), (2, 60)]);
         assert_eq!(aligned(&waiting, &set(&[1]), &parts, &none, 100), set(&[1]));
         // ...and a partition that was not paused is not paused below the limit.
-        let waiting = BTreeMap::from([(1, 50), (2, 60)]);
+        let waiting = by([(1, 50), (2, 60)]);
         assert_eq!(aligned(&waiting, &set(&[1]), &parts, &none, 100), none);
     }
 
@@ -397,7 +414,7 @@ mod tests {
 
     /// Events on partitions 0-2, ingested from `from` every 5 s, and then a message on each
     /// partition ingested at `tick`, whose watermark fires every window before it.
-    fn append_events(topics: &mut Topics, from: i64, tag: &str, tick: i64) {
+    fn append_events(topics: &mut Topics<AdMetric>, from: i64, tag: &str, tick: i64) {
         for i in 0..12 {
             let t = from + 5_000 * i;
             topics.append((i % 3) as i32, t, &impression(&format!("{tag}{i}"), ["a", "b"][i as usize % 2], t - 1_000));
@@ -415,27 +432,16 @@ mod tests {
         metrics.iter().filter(|(_, m)| &*m.ad_id != "tick").map(|(u, m)| (*u, (m.impressions, m.clicks))).collect()
     }
 
-    fn reference(topics: &Topics) -> BTreeMap<uuid::Uuid, (i64, i64)> {
-        let all: Vec<RawMessage> = topics
-            .source
-            .iter()
-            .flat_map(|(p, log)| {
-                log.iter().enumerate().map(|(o, (t, payload))| RawMessage {
-                    partition: *p,
-                    offset: o as i64,
-                    timestamp: *t,
-                    payload: payload.clone(),
-                })
-            })
-            .collect();
-        let mut d = StreamDriver::new(AggregationRules::defaults(), topics.source.keys().copied());
-        let (metrics, _) = d.replay([all]);
+    fn reference(topics: &Topics<AdMetric>) -> BTreeMap<uuid::Uuid, (i64, i64)> {
+        let mut d = StreamDriver::<Aggregation>::new(AggregationRules::defaults(), topics.source.keys().copied());
+        let (metrics, _) = d.replay([topics.messages(0)]);
         windows(&metrics.into_iter().map(|m| (m.record_uuid, m)).collect())
     }
 
-    fn run_job(topics: &mut Topics, store: &MemoryCheckpoints, partitions: &[i32], opts: &StreamOptions) {
-        let mut broker = MemoryBroker::new(topics, partitions, opts.key_groups);
-        run(&AggregationRules::defaults(), partitions, &mut broker, store, opts, &AtomicBool::new(false)).unwrap();
+    fn run_job(topics: &mut Topics<AdMetric>, store: &MemoryCheckpoints, partitions: &[i32], opts: &StreamOptions) {
+        let partitions = parts(partitions);
+        let mut broker = MemoryBroker::new(topics, &partitions, opts.key_groups);
+        run::<Aggregation>(&AggregationRules::defaults(), &partitions, &mut broker, store, opts, &AtomicBool::new(false)).unwrap();
     }
 
     /// Partition 2 is added to the topic while the job reads it, after the other partitions'
@@ -446,14 +452,14 @@ mod tests {
     #[test]
     fn partitions_added_to_the_topic_are_found_and_counted() {
         let every_poll = Some(Duration::ZERO);
-        let mut topics = Topics::default();
+        let mut topics = Topics::new(vec![Format::AdEvents]);
         append_events(&mut topics, T0, "e", T0 + 300_000);
-        topics.added_at_poll.insert(2, 3);
+        topics.added_at_poll.insert(src(2), 3);
         let expected = reference(&topics);
         assert_eq!(expected.values().map(|(i, _)| i).sum::<i64>(), 12, "every event once, the retry not");
 
         // The control: a job that never looks for new partitions misses partition 2's events.
-        let mut blind = Topics { source: topics.source.clone(), added_at_poll: topics.added_at_poll.clone(), ..Topics::default() };
+        let mut blind = Topics { source: topics.source.clone(), added_at_poll: topics.added_at_poll.clone(), ..Topics::new(vec![Format::AdEvents]) };
         run_job(&mut blind, &MemoryCheckpoints::default(), &[0, 1], &options(None));
         assert_eq!(windows(&blind.upserted()).values().map(|(i, _)| i).sum::<i64>(), 8);
 
@@ -461,7 +467,7 @@ mod tests {
         run_job(&mut topics, &store, &[0, 1], &options(every_poll));
         assert_eq!(windows(&topics.upserted()), expected);
         // Windows were fired before partition 2 was found, and corrected after.
-        assert!(topics.metrics.len() > expected.len() + 1, "{} records for {} windows", topics.metrics.len(), expected.len());
+        assert!(topics.records.len() > expected.len() + 1, "{} records for {} windows", topics.records.len(), expected.len());
 
         append_events(&mut topics, T0 + 120_000, "f", T0 + 600_000);
         topics.added_at_poll.clear();
@@ -473,8 +479,8 @@ mod tests {
 
     #[test]
     fn alignment_never_starves_the_reader() {
-        let parts = [0, 1, 2];
-        let waiting = BTreeMap::from([(1, 500), (2, 500)]);
+        let parts = parts(&[0, 1, 2]);
+        let waiting = by([(1, 500), (2, 500)]);
         // Partition 0 still delivers: 1 and 2 wait for it.
         assert_eq!(aligned(&waiting, &BTreeSet::new(), &parts, &BTreeSet::new(), 100), set(&[1, 2]));
         // Partition 0 is at its end: nothing else to read, so nothing is paused (the paused

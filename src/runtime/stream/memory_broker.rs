@@ -1,7 +1,7 @@
-//! An in-memory [`Broker`] and [`CheckpointStore`] for tests of the job loop: a topic whose
-//! partitions can be added while the job reads it, which the test broker (Nisshi 0.7.0, no
-//! CreatePartitions) cannot do. Transactions are buffers moved to the output topic on commit,
-//! so an aborted transaction leaves nothing behind; what reaches the output is what a
+//! An in-memory [`Broker`] and [`CheckpointStore`] for tests of the job loop: source topics
+//! whose partitions can be added while the job reads them, which the test broker (Nisshi
+//! 0.7.0, no CreatePartitions) cannot do. Transactions are buffers moved to the output on
+//! commit, so an aborted transaction leaves nothing behind; what reaches the output is what a
 //! read_committed consumer of Apache Kafka would read.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,52 +11,89 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 
 use super::checkpoint::CheckpointStore;
+use super::driver::Source;
 use super::job::Broker;
-use crate::contract::outputs::{AdMetric, DeadLetter};
-use crate::contract::raw::{decode_messages, RawMessage};
+use crate::contract::format::{decode, Format};
+use crate::contract::outputs::DeadLetter;
+use crate::contract::raw::RawMessage;
+use crate::core::job::OutputRecord;
 
 /// The broker's side: what survives the job process.
-#[derive(Default)]
-pub struct Topics {
-    /// The source topic: per partition, (timestamp, payload) in offset order.
-    pub source: BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
+pub struct Topics<R> {
+    /// The formats of the source topics, by input index.
+    pub formats: Vec<Format>,
+    /// The source topics: per partition, (timestamp, payload) in offset order.
+    pub source: BTreeMap<Source, Vec<(i64, Vec<u8>)>>,
     /// Partitions of `source` the metadata shows only from this poll of a reader on (the poll
     /// count of the [`MemoryBroker`] asking): a partition added to the topic then.
-    pub added_at_poll: BTreeMap<i32, usize>,
-    /// Committed ad-metrics, in commit order.
-    pub metrics: Vec<AdMetric>,
+    pub added_at_poll: BTreeMap<Source, usize>,
+    /// Committed records, in commit order.
+    pub records: Vec<R>,
     pub dead_letters: Vec<DeadLetter>,
     /// Committed checkpoint number per key group.
     pub committed: BTreeMap<u32, u64>,
 }
 
-impl Topics {
+impl<R: OutputRecord> Topics<R> {
+    pub fn new(formats: Vec<Format>) -> Self {
+        Self {
+            formats,
+            source: BTreeMap::new(),
+            added_at_poll: BTreeMap::new(),
+            records: Vec::new(),
+            dead_letters: Vec::new(),
+            committed: BTreeMap::new(),
+        }
+    }
+
+    /// Appends a message to partition `partition` of input `input`.
+    pub fn append_to(&mut self, input: usize, partition: i32, timestamp: i64, payload: &str) {
+        self.source.entry(Source::new(input, partition)).or_default().push((timestamp, payload.as_bytes().to_vec()));
+    }
+
+    /// Appends a message to partition `partition` of input 0.
     pub fn append(&mut self, partition: i32, timestamp: i64, payload: &str) {
-        self.source.entry(partition).or_default().push((timestamp, payload.as_bytes().to_vec()));
+        self.append_to(0, partition, timestamp, payload);
+    }
+
+    /// Every message of input `input`, as read from the beginning.
+    pub fn messages(&self, input: usize) -> Vec<RawMessage> {
+        self.source
+            .iter()
+            .filter(|(s, _)| s.input as usize == input)
+            .flat_map(|(s, log)| {
+                log.iter().enumerate().map(|(o, (t, payload))| RawMessage {
+                    partition: s.partition,
+                    offset: o as i64,
+                    timestamp: *t,
+                    payload: payload.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The last value of each record_uuid in commit order: what an upsert store keeps.
-    pub fn upserted(&self) -> BTreeMap<uuid::Uuid, AdMetric> {
-        self.metrics.iter().map(|m| (m.record_uuid, m.clone())).collect()
+    pub fn upserted(&self) -> BTreeMap<uuid::Uuid, R> {
+        self.records.iter().map(|r| (r.record_uuid(), r.clone())).collect()
     }
 }
 
 /// One process's client: it owns every key group and reads the partitions it is given.
-pub struct MemoryBroker<'a> {
-    topics: &'a mut Topics,
+pub struct MemoryBroker<'a, R> {
+    topics: &'a mut Topics<R>,
     key_groups: u32,
     joined: bool,
     polls: usize,
     /// Partitions read, and the next offset of each.
-    reading: BTreeMap<i32, i64>,
-    paused: BTreeSet<i32>,
-    at_end: BTreeMap<i32, Instant>,
-    open: BTreeMap<u32, (Vec<AdMetric>, Vec<DeadLetter>)>,
+    reading: BTreeMap<Source, i64>,
+    paused: BTreeSet<Source>,
+    at_end: BTreeMap<Source, Instant>,
+    open: BTreeMap<u32, (Vec<R>, Vec<DeadLetter>)>,
 }
 
-impl<'a> MemoryBroker<'a> {
+impl<'a, R: OutputRecord> MemoryBroker<'a, R> {
     /// A process that found `partitions` in the metadata when it started.
-    pub fn new(topics: &'a mut Topics, partitions: &[i32], key_groups: u32) -> Self {
+    pub fn new(topics: &'a mut Topics<R>, partitions: &[Source], key_groups: u32) -> Self {
         Self {
             topics,
             key_groups,
@@ -69,12 +106,12 @@ impl<'a> MemoryBroker<'a> {
         }
     }
 
-    fn visible(&self, p: i32) -> bool {
+    fn visible(&self, p: Source) -> bool {
         self.topics.added_at_poll.get(&p).is_none_or(|at| self.polls >= *at)
     }
 }
 
-impl Broker for MemoryBroker<'_> {
+impl<R: OutputRecord> Broker<R> for MemoryBroker<'_, R> {
     fn poll_membership(&mut self, _wait: Duration) -> anyhow::Result<Option<BTreeSet<u32>>> {
         if self.joined {
             return Ok(None);
@@ -92,7 +129,7 @@ impl Broker for MemoryBroker<'_> {
         Ok(groups.iter().map(|g| (*g, self.topics.committed.get(g).copied())).collect())
     }
 
-    fn seek(&mut self, offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    fn seek(&mut self, offsets: &BTreeMap<Source, i64>) -> anyhow::Result<()> {
         for (p, next) in self.reading.iter_mut() {
             *next = offsets.get(p).copied().unwrap_or(0);
         }
@@ -101,34 +138,42 @@ impl Broker for MemoryBroker<'_> {
         Ok(())
     }
 
-    fn unread_partitions(&mut self) -> anyhow::Result<Vec<i32>> {
+    fn unread_partitions(&mut self) -> anyhow::Result<Vec<Source>> {
         Ok(self.topics.source.keys().copied().filter(|p| self.visible(*p) && !self.reading.contains_key(p)).collect())
     }
 
-    fn add_partitions(&mut self, new: &[i32], offsets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    fn add_partitions(&mut self, new: &[Source], offsets: &BTreeMap<Source, i64>) -> anyhow::Result<()> {
         for p in new {
             self.reading.entry(*p).or_insert_with(|| offsets.get(p).copied().unwrap_or(0));
         }
         Ok(())
     }
 
-    /// Up to `max` messages, taken round-robin one at a time from the partitions not paused.
-    fn poll(&mut self, max: usize, _wait: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+    /// Up to `max` messages, taken round-robin one at a time from the partitions not paused;
+    /// one batch per input.
+    fn poll(&mut self, max: usize, _wait: Duration) -> anyhow::Result<Vec<(usize, RecordBatch)>> {
         self.polls += 1;
-        let mut taken = Vec::new();
+        let mut taken: BTreeMap<u32, Vec<RawMessage>> = BTreeMap::new();
+        let mut n = 0;
         loop {
-            let before = taken.len();
+            let before = n;
             for (p, next) in self.reading.iter_mut() {
                 let log = self.topics.source.get(p).map_or(&[][..], Vec::as_slice);
-                if taken.len() == max || self.paused.contains(p) || *next as usize >= log.len() {
+                if n == max || self.paused.contains(p) || *next as usize >= log.len() {
                     continue;
                 }
                 let (timestamp, payload) = &log[*next as usize];
-                taken.push(RawMessage { partition: *p, offset: *next, timestamp: *timestamp, payload: payload.clone() });
+                taken.entry(p.input).or_default().push(RawMessage {
+                    partition: p.partition,
+                    offset: *next,
+                    timestamp: *timestamp,
+                    payload: payload.clone(),
+                });
+                n += 1;
                 *next += 1;
                 self.at_end.remove(p);
             }
-            if taken.len() == before {
+            if n == before {
                 break;
             }
         }
@@ -137,10 +182,10 @@ impl Broker for MemoryBroker<'_> {
                 self.at_end.entry(*p).or_insert_with(Instant::now);
             }
         }
-        Ok(if taken.is_empty() { Vec::new() } else { vec![decode_messages(&taken)] })
+        Ok(taken.into_iter().map(|(input, msgs)| (input as usize, decode(self.topics.formats[input as usize], &msgs))).collect())
     }
 
-    fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<i32> {
+    fn idle_partitions(&self, for_at_least: Duration) -> BTreeSet<Source> {
         self.at_end.iter().filter(|(_, t)| t.elapsed() >= for_at_least).map(|(p, _)| *p).collect()
     }
 
@@ -148,12 +193,12 @@ impl Broker for MemoryBroker<'_> {
         self.reading.keys().all(|p| self.at_end.contains_key(p))
     }
 
-    fn pause_only(&mut self, partitions: &BTreeSet<i32>) -> anyhow::Result<()> {
+    fn pause_only(&mut self, partitions: &BTreeSet<Source>) -> anyhow::Result<()> {
         self.paused = partitions.clone();
         Ok(())
     }
 
-    fn paused(&self) -> &BTreeSet<i32> {
+    fn paused(&self) -> &BTreeSet<Source> {
         &self.paused
     }
 
@@ -161,8 +206,8 @@ impl Broker for MemoryBroker<'_> {
         Ok(())
     }
 
-    fn send_metric(&mut self, group: u32, m: &AdMetric) -> anyhow::Result<()> {
-        self.open.get_mut(&group).expect("owned").0.push(m.clone());
+    fn send_record(&mut self, group: u32, r: &R) -> anyhow::Result<()> {
+        self.open.get_mut(&group).expect("owned").0.push(r.clone());
         Ok(())
     }
 
@@ -173,8 +218,8 @@ impl Broker for MemoryBroker<'_> {
 
     fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
         for (g, seq) in seqs {
-            let (metrics, dead) = std::mem::take(self.open.get_mut(g).expect("owned"));
-            self.topics.metrics.extend(metrics);
+            let (records, dead) = std::mem::take(self.open.get_mut(g).expect("owned"));
+            self.topics.records.extend(records);
             self.topics.dead_letters.extend(dead);
             self.topics.committed.insert(*g, *seq);
         }

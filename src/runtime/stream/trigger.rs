@@ -12,20 +12,20 @@
 
 use std::time::Duration;
 
-use crate::core::aggregation::window_ends_fired;
-use crate::core::config::AggregationRules;
+use crate::core::job::Job;
 
+/// A job without firings ([`Job::firings`] is None) checkpoints on the interval only.
 #[derive(Debug, Clone)]
-pub struct CheckpointTrigger {
+pub struct CheckpointTrigger<J: Job> {
     interval: Duration,
     min_pause: Duration,
-    rules: AggregationRules,
-    /// [`window_ends_fired`] at the ingest watermark of the last checkpoint.
+    rules: J::Rules,
+    /// [`Job::firings`] at the ingest watermark of the last checkpoint.
     fired_at_last: Option<i64>,
 }
 
-impl CheckpointTrigger {
-    pub fn new(interval: Duration, min_pause: Duration, rules: &AggregationRules) -> Self {
+impl<J: Job> CheckpointTrigger<J> {
+    pub fn new(interval: Duration, min_pause: Duration, rules: &J::Rules) -> Self {
         Self { interval, min_pause, rules: rules.clone(), fired_at_last: None }
     }
 
@@ -47,18 +47,20 @@ impl CheckpointTrigger {
     }
 
     fn fired(&self, watermark: Option<i64>) -> Option<i64> {
-        watermark.filter(|w| *w > i64::MIN).map(|w| window_ends_fired(&self.rules, w))
+        watermark.filter(|w| *w > i64::MIN).and_then(|w| J::firings(&self.rules, w))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::aggregation::rules::AggregationRules;
+    use crate::jobs::aggregation::Aggregation;
 
     const MIN: i64 = 60_000;
     const OOO: i64 = 10_000;
 
-    fn trigger() -> CheckpointTrigger {
+    fn trigger() -> CheckpointTrigger<Aggregation> {
         let rules = AggregationRules::defaults();
         assert_eq!((rules.window_ms, rules.out_of_orderness_ms), (MIN, OOO));
         CheckpointTrigger::new(Duration::from_secs(10), Duration::from_secs(5), &rules)
