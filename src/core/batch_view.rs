@@ -149,7 +149,8 @@ pub enum Strings<'a> {
 }
 
 impl<'a> Strings<'a> {
-    fn new(a: &'a ArrayRef) -> Self {
+    /// A column of plain strings or views.
+    pub fn new(a: &'a ArrayRef) -> Self {
         match a.as_string_opt::<i32>() {
             Some(plain) => Self::Plain(plain),
             None => Self::Views(a.as_string_view()),

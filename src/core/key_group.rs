@@ -1,13 +1,59 @@
 //! Key groups: the unit of parallelism and of state ownership.
 //!
-//! State is partitioned by a hash of `ad_id`, so all windows of an ad and all arrivals of its
-//! events sit in one group: a group can run on any thread or process and move between them
-//! with its state. Rows whose ad_id is missing are invalid; they go to group 0.
+//! A job partitions its state by a key: the aggregation by `ad_id`, so all windows of an ad and
+//! all arrivals of its events sit in one group; the attribution by the eater and the store
+//! (`user_id`, `store_id`), so an order and the ad events it can match sit in one group. A group
+//! can run on any thread or process and move between them with its state. Rows whose key is
+//! missing are invalid or irrelevant; they go to group 0.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int32Type;
+use std::borrow::Cow;
 
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int32Type};
+
+use super::batch_view::Strings;
 use crate::contract::schema::col;
+
+/// The key of an eater at a store: the xxh3-128 hash of the user's length, the user and the
+/// store (the length makes the split between the two unambiguous). A collision between two
+/// pairs would need ~2⁶⁴ pairs.
+pub fn pair_key(user: &str, store: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(user.len() as u64).to_le_bytes());
+    h.update(user.as_bytes());
+    h.update(store.as_bytes());
+    h.digest128()
+}
+
+/// The key group of a pair's key.
+pub fn group_of_pair(key: u128, groups: usize) -> usize {
+    ((key >> 64) as u64 % groups as u64) as usize
+}
+
+/// A string column of any Arrow string type (a file's, before normalization) as [`Strings`]:
+/// plain strings and views as they are, others cast to views.
+pub fn any_strings(array: &ArrayRef) -> Cow<'_, ArrayRef> {
+    match array.data_type() {
+        DataType::Utf8 | DataType::Utf8View => Cow::Borrowed(array),
+        _ => Cow::Owned(arrow::compute::cast(array, &DataType::Utf8View).expect("a string column casts to views")),
+    }
+}
+
+/// Rows per key group of a batch whose `users` and `stores` columns (plain strings or views)
+/// key it by pair; rows missing either go to group 0.
+pub fn split_rows_by_pair(users: &ArrayRef, stores: &ArrayRef, groups: usize) -> Vec<Vec<u32>> {
+    let n = users.len();
+    let mut out: Vec<Vec<u32>> = (0..groups).map(|_| Vec::with_capacity(n / groups + 1)).collect();
+    let (users, stores) = (Strings::new(users), Strings::new(stores));
+    for row in 0..n {
+        let g = match (users.present(row), stores.present(row)) {
+            (Some(u), Some(s)) if groups > 1 => group_of_pair(pair_key(u, s), groups),
+            _ => 0,
+        };
+        out[g].push(row as u32);
+    }
+    out
+}
 
 pub fn group_of(ad_id: &str, groups: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(ad_id.as_bytes()) % groups as u64) as usize

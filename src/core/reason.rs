@@ -17,11 +17,30 @@ pub enum Reject {
     /// Counts by the lateness rule, but its window was already purged: the runtime's ingest
     /// watermark had passed the message's own timestamp (non-monotonic Kafka timestamps).
     AfterPurge { window_end: i64, ingest: i64 },
+    /// An order's status is none of placed, completed, cancelled.
+    InvalidStatus(String),
+    NegativeAmount(i64),
+    /// An order's currency is not three upper-case ASCII letters.
+    InvalidCurrency(String),
+    OrderTimeInFuture { order_time: i64, ingest: i64 },
+    OrderTimeTooOld { order_time: i64, ingest: i64 },
 }
 
 /// Every reason code, so that counts by code survive a checkpoint as `&'static str`.
-pub const CODES: [&str; 7] =
-    ["not_json", "wrong_type", "missing_field", "unknown_event_type", "event_time_in_future", "event_time_too_old", "late"];
+pub const CODES: [&str; 12] = [
+    "not_json",
+    "wrong_type",
+    "missing_field",
+    "unknown_event_type",
+    "event_time_in_future",
+    "event_time_too_old",
+    "late",
+    "invalid_status",
+    "negative_amount",
+    "invalid_currency",
+    "order_time_in_future",
+    "order_time_too_old",
+];
 
 pub fn static_code(code: &str) -> Option<&'static str> {
     CODES.iter().copied().find(|c| *c == code)
@@ -38,6 +57,11 @@ impl Reject {
             Reject::TooOld { .. } => "event_time_too_old",
             Reject::Late { .. } => "late",
             Reject::AfterPurge { .. } => "late",
+            Reject::InvalidStatus(_) => "invalid_status",
+            Reject::NegativeAmount(_) => "negative_amount",
+            Reject::InvalidCurrency(_) => "invalid_currency",
+            Reject::OrderTimeInFuture { .. } => "order_time_in_future",
+            Reject::OrderTimeTooOld { .. } => "order_time_too_old",
         }
     }
 
@@ -79,6 +103,23 @@ impl fmt::Display for Reject {
                 "ingested at {} but delivered after the watermark purged its window (ended {}): the partition's timestamps went backwards",
                 rfc3339(*ingest),
                 rfc3339(*window_end)
+            ),
+            Reject::InvalidStatus(s) => write!(f, "status {s:?} is none of placed, completed, cancelled"),
+            Reject::NegativeAmount(a) => write!(f, "amount_cents {a} is negative"),
+            Reject::InvalidCurrency(c) => write!(f, "currency {c:?} is not three upper-case letters (ISO 4217)"),
+            Reject::OrderTimeInFuture { order_time, ingest } => write!(
+                f,
+                "order_time {} is {} ms after ingest time {}",
+                rfc3339(*order_time),
+                order_time - ingest,
+                rfc3339(*ingest)
+            ),
+            Reject::OrderTimeTooOld { order_time, ingest } => write!(
+                f,
+                "order_time {} is {} ms before ingest time {}",
+                rfc3339(*order_time),
+                ingest - order_time,
+                rfc3339(*ingest)
             ),
         }
     }

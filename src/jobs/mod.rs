@@ -4,6 +4,7 @@
 //! (`jobs/<name>.toml`) and one line in [`registered!`].
 
 pub mod aggregation;
+pub mod attribution;
 
 use crate::core::job::Job;
 
@@ -32,4 +33,4 @@ macro_rules! registered {
     };
 }
 
-registered!(aggregation::Aggregation);
+registered!(aggregation::Aggregation, attribution::Attribution);

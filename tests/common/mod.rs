@@ -2,6 +2,7 @@
 //! written from the rules' text and sharing no code with the job core, plus helpers.
 #![allow(dead_code)]
 
+pub mod attribution;
 pub mod kafka;
 pub mod parquet_out;
 
