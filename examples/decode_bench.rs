@@ -28,6 +28,10 @@ fn main() {
         malformed_fraction: 0.01,
         seed: 3,
         topic: "ad-events".into(),
+        orders: 0,
+        order_hours: 0,
+        order_partitions: 1,
+        orders_topic: "orders".into(),
     };
     let payloads: Vec<Vec<u8>> = spec.hour_rows(0).iter().map(|r| r.to_json().into_bytes()).collect();
     let bytes: usize = payloads.iter().map(Vec::len).sum();

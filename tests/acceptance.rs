@@ -30,6 +30,10 @@ fn spec(seed: u64) -> GenSpec {
         malformed_fraction: 0.02,
         seed,
         topic: "ad-events".into(),
+        orders: 0,
+        order_hours: 0,
+        order_partitions: 1,
+        orders_topic: "orders".into(),
     }
 }
 

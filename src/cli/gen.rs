@@ -5,9 +5,16 @@ use crate::connector::store::{is_s3, open, parse_key_value};
 use crate::contract::time::{rfc3339, DAY_MS, HOUR_MS};
 use crate::gen::GenSpec;
 
-/// Write a deterministic synthetic archive of the ad-events topic.
+/// Write a deterministic synthetic archive of the ad-events and orders topics.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  adsproc gen --out ./archive --events 1000000 --hours 24\n  adsproc gen --out s3://bucket/archive --events 10000000 --duplicate-fraction 0.05 --seed 7")]
+#[command(
+    long_about = "Write a deterministic synthetic archive of the ad-events and orders topics, as the contract's \
+archiver would have written it (Parquet, Hive layout by ingest hour). Ad events have Zipf-skewed ads, client-retry \
+duplicates, late arrivals and malformed rows. Orders follow ad events of the archive (the same user, at the store \
+the ad promotes, minutes to days later) or none, and come with status updates, client retries and malformed rows. \
+Every message is a function of --seed: the same knobs write the same archive.",
+    after_help = "Examples:\n  adsproc gen --out ./archive --events 1000000 --hours 24\n  adsproc gen --out ./archive --events 10000000 --hours 168 --orders 200000 --order-hours 24\n  adsproc gen --out s3://bucket/archive --events 10000000 --duplicate-fraction 0.05 --seed 7"
+)]
 pub struct Args {
     /// Archive root (directory or s3:// prefix); files go to `<out>/<topic>/dt=…/hr=…/`.
     #[arg(long)]
@@ -36,6 +43,7 @@ pub struct Knobs {
     /// Zipf exponent of ad popularity.
     #[arg(long, default_value_t = 1.1)]
     zipf_exponent: f64,
+    /// Regions the events are spread over (region-a, region-b, …).
     #[arg(long, default_value_t = 2)]
     regions: u32,
     /// Kafka partitions of the topic.
@@ -44,6 +52,7 @@ pub struct Knobs {
     /// Parquet files per ingest hour (each holds a subset of partitions).
     #[arg(long, default_value_t = 4)]
     files_per_hour: u32,
+    /// Fraction of ad events that are clicks (the others are impressions).
     #[arg(long, default_value_t = 0.1)]
     click_fraction: f64,
     /// Fraction of messages that are client retries of an earlier event.
@@ -52,13 +61,28 @@ pub struct Knobs {
     /// Fraction of events that arrive late (15 s to 25 min after their event time).
     #[arg(long, default_value_t = 0.02)]
     late_fraction: f64,
-    /// Fraction of messages with a missing, wrong or out-of-range field.
+    /// Fraction of messages (of both topics) with a missing, wrong or out-of-range field.
     #[arg(long, default_value_t = 0.01)]
     malformed_fraction: f64,
+    /// Seed of every random choice: the same seed and knobs give the same messages.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Name of the ad-events topic (its archive's directory).
     #[arg(long, default_value = "ad-events")]
     topic: String,
+    /// Order messages (placed orders, status updates, client retries, malformed ones).
+    /// Default: one per 50 ad-event messages.
+    #[arg(long)]
+    orders: Option<u64>,
+    /// Orders are placed over the last this many ingest hours (default: all of --hours).
+    #[arg(long)]
+    order_hours: Option<u32>,
+    /// Kafka partitions of the orders topic.
+    #[arg(long, default_value_t = 4)]
+    order_partitions: u32,
+    /// Name of the orders topic (its archive's directory).
+    #[arg(long, default_value = "orders")]
+    orders_topic: String,
 }
 
 impl Knobs {
@@ -73,6 +97,8 @@ impl Knobs {
         }
         anyhow::ensure!(self.duplicate_fraction + self.malformed_fraction <= 1.0, "--duplicate-fraction plus --malformed-fraction exceed 1");
         anyhow::ensure!(self.zipf_exponent > 0.0, "--zipf-exponent must be positive");
+        anyhow::ensure!(self.order_hours != Some(0), "--order-hours must be at least 1");
+        anyhow::ensure!(self.topic != self.orders_topic, "--topic and --orders-topic must differ");
         Ok(GenSpec {
             events: self.events,
             start: crate::contract::time::floor_to(self.start, HOUR_MS),
@@ -88,6 +114,10 @@ impl Knobs {
             malformed_fraction: self.malformed_fraction,
             seed: self.seed,
             topic: self.topic.clone(),
+            orders: self.orders.unwrap_or(self.events / 50),
+            order_hours: self.order_hours.unwrap_or(self.hours).min(self.hours),
+            order_partitions: self.order_partitions,
+            orders_topic: self.orders_topic.clone(),
         })
     }
 }
@@ -102,9 +132,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let (files, rows) = spec.write(&loc, rt.handle())?;
     println!(
-        "wrote {rows} messages in {files} files to {}/{} (ingest hours {} to {}) in {:.1} s",
+        "wrote {rows} messages in {files} files to {}/{{{},{}}} (ingest hours {} to {}) in {:.1} s",
         a.out.trim_end_matches('/'),
         spec.topic,
+        spec.orders_topic,
         rfc3339(spec.start),
         rfc3339(spec.start + i64::from(spec.hours) * HOUR_MS),
         started.elapsed().as_secs_f64()
@@ -112,7 +143,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Generate a day of synthetic events into a local archive and backfill it (no broker needed).
+/// Generate a day of synthetic ad events and orders into a local archive and backfill it with
+/// both jobs (no broker needed).
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Working directory for the archive and the output.
@@ -127,7 +159,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let archive = a.dir.join("archive");
     let output = a.dir.join("output");
     let start = "2026-01-01T00:00:00Z";
-    println!("1/2 generating {} messages over one day into {}", a.events, archive.display());
+    println!("1/3 generating {} ad-event messages and {} orders over one day into {}", a.events, a.events / 50, archive.display());
     let code = run(Args {
         out: archive.display().to_string(),
         knobs: Knobs {
@@ -145,6 +177,10 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             malformed_fraction: 0.01,
             seed: 42,
             topic: "ad-events".into(),
+            orders: None,
+            order_hours: None,
+            order_partitions: 4,
+            orders_topic: "orders".into(),
         },
         store_options: vec![],
     })?;
@@ -152,23 +188,31 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let from = super::parse_time(start).expect("valid literal");
-    println!("2/2 backfilling the day's windows into {}", output.display());
-    let argv = [
-        "backfill".to_string(),
-        "--job".into(),
-        "aggregation".into(),
-        "--source".into(),
-        archive.display().to_string(),
-        "--sink".into(),
-        output.display().to_string(),
-        "--from".into(),
-        rfc3339(from),
-        "--to".into(),
-        rfc3339(from + DAY_MS),
-    ];
-    let parsed = <super::Cli as clap::Parser>::try_parse_from(std::iter::once("adsproc".to_string()).chain(argv))?;
-    match parsed.command {
-        super::Command::Backfill(b) => super::backfill::run(b),
-        _ => unreachable!("parsed a backfill command"),
+    let backfill = |job: &str| -> anyhow::Result<ExitCode> {
+        let argv = [
+            "backfill".to_string(),
+            "--job".into(),
+            job.into(),
+            "--source".into(),
+            archive.display().to_string(),
+            "--sink".into(),
+            output.display().to_string(),
+            "--from".into(),
+            rfc3339(from),
+            "--to".into(),
+            rfc3339(from + DAY_MS),
+        ];
+        let parsed = <super::Cli as clap::Parser>::try_parse_from(std::iter::once("adsproc".to_string()).chain(argv))?;
+        match parsed.command {
+            super::Command::Backfill(b) => super::backfill::run(b),
+            _ => unreachable!("parsed a backfill command"),
+        }
+    };
+    println!("2/3 aggregation: backfilling the day's windows into {}", output.display());
+    let aggregated = backfill("aggregation")?;
+    if aggregated != ExitCode::SUCCESS {
+        return Ok(aggregated);
     }
+    println!("3/3 attribution: backfilling the day's orders into {}", output.display());
+    backfill("attribution")
 }

@@ -1,4 +1,5 @@
-//! `adsproc gen`: a deterministic synthetic archive of the `ad-events` topic.
+//! `adsproc gen`: a deterministic synthetic archive of the `ad-events` and `orders` topics
+//! (orders: [`orders`]).
 //!
 //! Every message is a pure function of (seed, hour, index), so hours are generated in parallel
 //! and a duplicate can re-create the event it repeats without coordination. Knobs cover what
@@ -15,6 +16,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
 use rayon::prelude::*;
 use tokio::runtime::Handle;
+
+pub mod orders;
+
+pub use orders::{order_rows_to_batch, OrderRow};
 
 use crate::connector::archive::write_archive_file;
 use crate::connector::store::Location;
@@ -37,6 +42,12 @@ pub struct GenSpec {
     pub malformed_fraction: f64,
     pub seed: u64,
     pub topic: String,
+    /// Order messages (placed, status updates, retries, malformed), over the last
+    /// `order_hours` hours.
+    pub orders: u64,
+    pub order_hours: u32,
+    pub order_partitions: u32,
+    pub orders_topic: String,
 }
 
 /// One archived message.
@@ -145,15 +156,25 @@ impl GenSpec {
         rows
     }
 
-    /// Writes the archive; returns (files, rows).
+    /// Writes the archive of both topics; returns (files, rows).
     pub fn write(&self, location: &Location, rt: &Handle) -> anyhow::Result<(u64, u64)> {
-        anyhow::ensure!(self.hours > 0 && self.ads > 0 && self.regions > 0 && self.partitions > 0 && self.files_per_hour > 0, "hours, ads, regions, partitions and files per hour must be positive");
+        anyhow::ensure!(
+            self.hours > 0 && self.ads > 0 && self.regions > 0 && self.partitions > 0 && self.files_per_hour > 0 && self.order_partitions > 0,
+            "hours, ads, regions, partitions and files per hour must be positive"
+        );
         let results: Vec<(u64, u64)> = (0..self.hours)
             .into_par_iter()
             .map(|hour| -> anyhow::Result<(u64, u64)> {
                 let rows = self.hour_rows(hour);
                 let hour_start = self.start + i64::from(hour) * HOUR_MS;
+                let orders = self.order_rows(hour);
                 let mut files = 0;
+                if !orders.is_empty() {
+                    let all: Vec<&OrderRow> = orders.iter().collect();
+                    let name = format!("part-000-seed{}.parquet", self.seed);
+                    write_archive_file(location, rt, &self.orders_topic, hour_start, &name, &order_rows_to_batch(&all))?;
+                    files += 1;
+                }
                 for f in 0..self.files_per_hour {
                     // A file holds some partitions, in arrival order per partition.
                     let part: Vec<&Row> = rows.iter().filter(|r| r.partition as u32 % self.files_per_hour == f).collect();
@@ -164,7 +185,7 @@ impl GenSpec {
                     write_archive_file(location, rt, &self.topic, hour_start, &format!("part-{f:03}-seed{}.parquet", self.seed), &batch)?;
                     files += 1;
                 }
-                Ok((files, rows.len() as u64))
+                Ok((files, (rows.len() + orders.len()) as u64))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(results.into_iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)))

@@ -28,7 +28,7 @@ fn tick(format: Format, partition: i32, at: i64) -> String {
             r#"{{"event_id":"tick-{partition}","event_type":"impression","ad_id":"tick","event_time":{at},"region":"tick","user_id":"tick","store_id":"tick"}}"#
         ),
         Format::Orders => format!(
-            r#"{{"order_id":"tick-{partition}","user_id":"tick","store_id":"tick","order_time":{at},"status":"placed","amount_cents":0,"currency":"XXX","region":"tick"}}"#
+            r#"{{"order_id":"tick-{partition}","user_id":"tick-orders","store_id":"tick","order_time":{at},"status":"placed","amount_cents":0,"currency":"XXX","region":"tick"}}"#
         ),
     }
 }
