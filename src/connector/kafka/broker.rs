@@ -36,6 +36,8 @@ pub struct KafkaBroker {
     pub output_topics: Vec<OutTopic>,
     /// The dead-letter topic of each dead-lettered input, by the input's topic name.
     pub dlq_topics: BTreeMap<String, OutTopic>,
+    /// Where each checkpoint's transaction writes its marker (see [`KafkaBroker::commit`]).
+    pub checkpoint_topic: OutTopic,
     /// The record being sent, encoded (reused).
     value: Vec<u8>,
 }
@@ -86,6 +88,11 @@ impl StreamTopics {
     pub fn key_group_topic(&self) -> String {
         format!("{}.key-groups", self.group)
     }
+
+    /// One marker record per checkpoint and key group: see [`KafkaBroker::commit`].
+    pub fn checkpoint_topic(&self) -> String {
+        format!("{}.checkpoints", self.group)
+    }
 }
 
 impl KafkaBroker {
@@ -116,6 +123,7 @@ impl KafkaBroker {
         };
         let output_topics = t.outputs.iter().map(|o| out(o)).collect::<anyhow::Result<Vec<_>>>()?;
         let dlq_topics = t.dlq.iter().map(|(input, dlq)| Ok((input.clone(), out(dlq)?))).collect::<anyhow::Result<_>>()?;
+        let checkpoint_topic = out(&t.checkpoint_topic())?;
         let client_id = format!("{}-{}", t.group, t.instance);
         let broker = KafkaBroker {
             settings: settings.clone(),
@@ -126,6 +134,7 @@ impl KafkaBroker {
             outputs: BTreeMap::new(),
             output_topics,
             dlq_topics,
+            checkpoint_topic,
             value: Vec::new(),
         };
         Ok((broker, partitions))
@@ -302,9 +311,23 @@ impl<R: OutputRecord> Broker<R> for KafkaBroker {
         })
     }
 
+    /// Each group's transaction also carries a marker record, `{"key_group": g,
+    /// "checkpoint": n}` on partition g of `<group>.checkpoints`, so that no checkpoint's
+    /// transaction is empty. Nisshi 0.7.0 commits a transaction's offsets only if the
+    /// transaction produced a record (AddOffsetsToTxn leaves the transaction's state where the
+    /// producer's previous commit left it, and its EndTxn then skips the offsets): a
+    /// checkpoint without output (no window fired, nothing dead-lettered, an attribution job
+    /// waiting for orders) lost its number, and a restart restored an older checkpoint, or
+    /// found it pruned and could not start. Apache Kafka needs no marker; it costs a record
+    /// per group and checkpoint.
     fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
         let topic = self.membership.topic().to_string();
         let cgm = self.membership.group_metadata()?;
+        let (marker_topic, n) = self.checkpoint_topic.clone();
+        for (g, seq) in seqs {
+            let marker = format!(r#"{{"key_group":{g},"checkpoint":{seq}}}"#);
+            self.output(*g)?.send(&marker_topic, *g as i32 % n, format!("kg-{g}").as_bytes(), marker.as_bytes())?;
+        }
         // One after the other (a few ms each), although each group has its own producer:
         // committing them concurrently made Nisshi's committed offsets of the consumer group
         // go backwards under rebalances (the multi-process test then
