@@ -102,3 +102,28 @@ pub fn dead_letters(addr: &str, topic: &str) -> BTreeMap<String, DeadLetter> {
         .map(|(_, _, k, v)| (String::from_utf8(k).unwrap(), serde_json::from_slice(&v).expect("dlq value is JSON")))
         .collect()
 }
+
+/// What an upsert store keyed by record_uuid keeps of an output topic: the last value of each
+/// key in offset order (a key is always in one partition), and how many records the topic
+/// holds. Checks that every record is keyed by its own record_uuid, derived as documented.
+pub fn upsert<R: adsproc::core::job::OutputRecord>(addr: &str, topic: &str) -> (BTreeMap<uuid::Uuid, R>, usize) {
+    let records = read_all(addr, topic);
+    let n = records.len();
+    let mut last = BTreeMap::new();
+    for (_, _, key, value) in records {
+        let r: R = serde_json::from_slice(&value).unwrap_or_else(|e| panic!("a record of {topic} that is not the contract's JSON: {e}"));
+        assert_eq!(String::from_utf8(key).unwrap(), r.record_uuid().to_string(), "keyed by record_uuid");
+        assert_eq!(r.record_uuid(), r.derived_uuid(), "the record_uuid its identity derives");
+        last.insert(r.record_uuid(), r);
+    }
+    (last, n)
+}
+
+/// Waits until `topic` exists (a producer started in the background creates it).
+pub fn wait_for_topic(addr: &str, topic: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read_all_partitions(addr, topic) == 0 {
+        assert!(std::time::Instant::now() < deadline, "topic {topic} was not created within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -111,3 +111,37 @@ pub fn backfill(archive: &Path, out: &Path, from: i64, to: i64, extra: &[&str]) 
     stdout
 }
 
+
+/// Every record of a job's output table under a backfill's sink, each checked to sit in the
+/// hour partition of its partition time.
+pub fn read_table<R: adsproc::core::job::OutputRecord>(root: &Path, table: &str) -> Vec<R> {
+    let mut out = Vec::new();
+    for f in parquet_files(&root.join(table)) {
+        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap()).unwrap().build().unwrap() {
+            for r in R::from_batch(0, &b.unwrap()).unwrap() {
+                assert!(f.to_string_lossy().contains(&hive_hour_dir(r.partition_time())), "{} holds {r:?}", f.display());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// (topic, partition, offset) of every dead letter under a backfill's sink.
+pub fn read_dead_of(root: &Path, topic: &str) -> BTreeSet<(i32, i64)> {
+    let mut out = BTreeSet::new();
+    for f in parquet_files(&root.join("dlq")) {
+        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap()).unwrap().build().unwrap() {
+            let b = b.unwrap();
+            let t = b.column_by_name("topic").unwrap().as_string::<i32>().clone();
+            let p = b.column_by_name("partition").unwrap().as_primitive::<Int32Type>().clone();
+            let o = b.column_by_name("offset").unwrap().as_primitive::<Int64Type>().clone();
+            for i in 0..b.num_rows() {
+                if t.value(i) == topic {
+                    assert!(out.insert((p.value(i), o.value(i))), "dead letter written twice");
+                }
+            }
+        }
+    }
+    out
+}
