@@ -225,3 +225,20 @@ fn several_processes_share_the_key_groups_and_converge_on_the_backfill() {
     assert!(shared >= 2, "at least two processes held a share of the key groups:\n{}", logs.join("\n----\n"));
     assert!(logs[3].contains("restored checkpoints {") && !logs[3].contains("restored checkpoints {})"), "the late joiner restored moved state");
 }
+
+/// The orders topic missing: a clear error at once, not a job waiting forever for it.
+#[test]
+fn a_missing_orders_topic_is_a_clear_error() {
+    let broker = Broker::start("memory");
+    let work = tempfile::tempdir().unwrap();
+    adsproc(&["produce", "--brokers", &broker.addr, "--events", "100", "--hours", "1", "--orders", "0"]);
+    let started = Instant::now();
+    let o = Command::new(bin())
+        .args(["stream", "--job", "attribution", "--brokers", &broker.addr, "--checkpoint", work.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains(&format!("input topic \"orders\" does not exist on {}", broker.addr)), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+}

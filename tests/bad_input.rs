@@ -232,3 +232,92 @@ fn an_unreachable_s3_endpoint_fails_quickly_with_the_endpoint_in_the_message() {
     assert!(!t.contains("scheme is not allowed"), "{t}");
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
+
+/// An attribution backfill of [FROM, TO) over `root`, which holds an ad-events archive.
+fn attribution(root: &Path) -> Output {
+    adsproc(&["backfill", "--job", "attribution", "--quiet", "--source", root.to_str().unwrap(), "--sink", root.join("out").to_str().unwrap(), "--from", FROM, "--to", TO])
+}
+
+fn orders_dir(root: &Path) -> std::path::PathBuf {
+    let d = root.join("orders/dt=2026-01-01/hr=00");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Two orders with every archive column; `amount` replaces the amount column.
+fn orders(amount: ArrayRef) -> RecordBatch {
+    let s = |v: [&str; 2]| -> ArrayRef { Arc::new(StringArray::from(v.to_vec())) };
+    RecordBatch::try_from_iter(vec![
+        ("order_id", s(["o1", "o2"])),
+        ("user_id", s(["u", "u"])),
+        ("store_id", s(["s", "s"])),
+        ("order_time", ts(vec![Some(T0 + 3_000), Some(T0 + 4_000)])),
+        ("status", s(["placed", "placed"])),
+        ("amount_cents", amount),
+        ("currency", s(["EUR", "EUR"])),
+        ("region", s(["region-a", "region-a"])),
+        ("_kafka_partition", Arc::new(Int32Array::from(vec![0, 0])) as ArrayRef),
+        ("_kafka_offset", Arc::new(Int64Array::from(vec![0, 1])) as ArrayRef),
+        ("_kafka_timestamp", ts(vec![Some(T0 + 3_500), Some(T0 + 4_500)])),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn attribution_of_valid_orders_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("ads.parquet"), &rows_without(&[]));
+    write_parquet(&orders_dir(tmp.path()).join("orders.parquet"), &orders(Arc::new(Int64Array::from(vec![100, 200]))));
+    let o = attribution(tmp.path());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    // The events (clicks and impressions by u at s) precede the orders: both are attributed.
+    assert!(t.contains("orders read 2 = attributed 2 "), "{t}");
+}
+
+#[test]
+fn an_orders_file_with_a_wrong_column_type_is_a_clear_error_naming_file_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("ads.parquet"), &rows_without(&[]));
+    write_parquet(&orders_dir(tmp.path()).join("typed.parquet"), &orders(Arc::new(StringArray::from(vec!["1.00", "2.00"]))));
+    let o = attribution(tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("typed.parquet") && t.contains("column 'amount_cents' has type Utf8, which cannot hold the contract's int64"), "{t}");
+}
+
+#[test]
+fn a_corrupt_orders_file_is_a_clear_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("ads.parquet"), &rows_without(&[]));
+    std::fs::write(orders_dir(tmp.path()).join("broken.parquet"), b"PAR1 not parquet").unwrap();
+    let o = attribution(tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("orders/dt=2026-01-01/hr=00/broken.parquet") && t.contains("not a readable Parquet file"), "{t}");
+}
+
+#[test]
+fn a_missing_orders_archive_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_parquet(&hour_dir(tmp.path()).join("ads.parquet"), &rows_without(&[]));
+    let o = attribution(tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("/orders has no order files for ingest hours") && t.contains("(the archive is empty)"), "{t}");
+}
+
+#[test]
+fn options_of_another_job_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().to_str().unwrap();
+    let complete = adsproc(&["backfill", "--job", "attribution", "--source", src, "--sink", src, "--from", FROM, "--to", TO, "--complete"]);
+    assert_eq!(complete.status.code(), Some(2));
+    assert!(text(&complete).contains("--complete applies to the aggregation job's lateness rule; the attribution job has none"), "{}", text(&complete));
+    let topic = adsproc(&["backfill", "--job", "attribution", "--source", src, "--sink", src, "--from", FROM, "--to", TO, "--topic", "x"]);
+    assert_eq!(topic.status.code(), Some(2));
+    assert!(text(&topic).contains("the attribution job reads orders and ad-events: their names are in its job file"), "{}", text(&topic));
+    let stream = adsproc(&["stream", "--job", "attribution", "--brokers", "127.0.0.1:9", "--checkpoint", src, "--dlq-topic", "x", "--output-topic", "y", "--topic", "z"]);
+    assert_eq!(stream.status.code(), Some(2));
+    assert!(text(&stream).contains("--topic names the input topic of a job with one input"), "{}", text(&stream));
+}
