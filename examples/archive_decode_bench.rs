@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         rows = 0;
         for f in &files {
-            rows += decode_parquet(f.clone(), adsproc::contract::format::Format::AdEvents, None, "bench")?.iter().map(|b| b.num_rows()).sum::<usize>();
+            rows += decode_parquet(f.clone(), adsproc::contract::format::Format::AdEvents, None, "bench")?.batches.iter().map(|b| b.num_rows()).sum::<usize>();
         }
         best = best.min(t.elapsed());
     }

@@ -1,8 +1,9 @@
 //! Measurements for scripts/bench-stream.sh, against a broker:
 //!
-//!   kafka_probe read-rate BROKERS TOPIC
-//!       reads the whole topic read_committed, as a plain consumer copying each payload, and
-//!       prints `messages seconds rate`;
+//!   kafka_probe read-rate BROKERS TOPIC[,TOPIC…]
+//!       reads the whole topics read_committed, as plain consumers copying each payload (one
+//!       per topic, side by side), and prints `messages seconds rate`, timed from the first
+//!       message to the last partition's end;
 //!   kafka_probe window-latency BROKERS TOPIC SECONDS [DELAYS_FILE]
 //!       tails an ad-metrics topic read_committed for SECONDS and prints, over the windows it
 //!       saw appear, the delay from each window's end to the moment its first record was
@@ -44,7 +45,21 @@ fn consumer(brokers: &str, topic: &str, from: Offset) -> (BaseConsumer, usize) {
     (c, parts.len())
 }
 
-fn read_rate(brokers: &str, topic: &str) {
+fn read_rate(brokers: &str, topics: &str) {
+    let first = std::sync::Mutex::new(None::<Instant>);
+    let read: Vec<(u64, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = topics.split(',').map(|t| s.spawn(|| read_topic(brokers, t, &first))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let secs = first.lock().unwrap().map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let (count, bytes) = read.iter().fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    eprintln!("{bytes} payload bytes");
+    println!("{count} {secs:.3} {:.0}", count as f64 / secs);
+}
+
+/// Reads one topic to its end; (messages, payload bytes). `first`: when any consumer got its
+/// first message.
+fn read_topic(brokers: &str, topic: &str, first: &std::sync::Mutex<Option<Instant>>) -> (u64, usize) {
     let (c, n) = consumer(brokers, topic, Offset::Beginning);
     let mut at_end = HashSet::new();
     let (mut count, mut bytes) = (0u64, 0usize);
@@ -52,7 +67,10 @@ fn read_rate(brokers: &str, topic: &str) {
     while at_end.len() < n {
         match c.poll(Duration::from_secs(5)) {
             Some(Ok(m)) => {
-                started.get_or_insert_with(Instant::now);
+                if started.is_none() {
+                    started = Some(Instant::now());
+                    first.lock().unwrap().get_or_insert_with(Instant::now);
+                }
                 let payload = m.payload().unwrap_or_default().to_vec();
                 if std::env::var("PROBE_DEBUG").is_ok() && count < 5 {
                     eprintln!("p{} o{} len {} {:?}", m.partition(), m.offset(), payload.len(), String::from_utf8_lossy(&payload[..payload.len().min(120)]));
@@ -66,9 +84,7 @@ fn read_rate(brokers: &str, topic: &str) {
             _ => {}
         }
     }
-    let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    eprintln!("{bytes} payload bytes");
-    println!("{count} {secs:.3} {:.0}", count as f64 / secs);
+    (count, bytes)
 }
 
 fn window_latency(brokers: &str, topic: &str, seconds: u64, delays_file: Option<&str>) {

@@ -156,7 +156,7 @@ fn print_report<J: Job>(r: &BackfillReport<J::Audit>, tables: &[String], complet
         );
     }
     for f in &r.filtered {
-        println!("  decoded {} rows of {}: {}", f.decoded, r.plan.inputs[f.input].topic, f.describe);
+        println!("  decoded {} of the {} rows of {} read: {}", f.decoded, f.in_files, r.plan.inputs[f.input].topic, f.describe);
     }
     print!("  {}", r.audit);
     let written: Vec<String> = tables.iter().zip(&r.records_written).map(|(t, n)| format!("{n} {t} records")).collect();
@@ -169,12 +169,19 @@ fn report_json<J: Job>(r: &BackfillReport<J::Audit>, tables: &[String]) -> serde
         "job": J::NAME,
         "from": rfc3339(r.plan.from),
         "to": rfc3339(r.plan.to),
-        "inputs": r.plan.inputs.iter().map(|i| serde_json::json!({
-            "topic": i.topic,
-            "read_from": rfc3339(i.read_from),
-            "read_to": rfc3339(i.read_to),
-            "hours": i.hours.len(),
-        })).collect::<Vec<_>>(),
+        "inputs": r.plan.inputs.iter().enumerate().map(|(n, i)| {
+            let filtered = r.filtered.iter().find(|f| f.input == n);
+            serde_json::json!({
+                "topic": i.topic,
+                "read_from": rfc3339(i.read_from),
+                "read_to": rfc3339(i.read_to),
+                "hours": i.hours.len(),
+                "files": i.hours.iter().map(|h| h.files.len()).sum::<usize>(),
+                "rows_in_files": filtered.map(|f| f.in_files),
+                "rows_decoded": filtered.map(|f| f.decoded),
+                "filter": filtered.map(|f| f.describe.clone()),
+            })
+        }).collect::<Vec<_>>(),
         "files": r.files,
         "bytes": r.bytes,
         "audit": r.audit,

@@ -22,7 +22,7 @@ use crate::contract::columns as c;
 use crate::contract::format::Format;
 use crate::contract::time::{hive_hour_dir, parse_hive_date, parse_hive_hour, DAY_MS};
 use crate::core::job::RowFilter;
-use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition};
+use crate::runtime::backfill::{ArchiveFile, ArchiveSource, FileRows, HourPartition};
 
 /// Rows per decoded batch: large enough to amortize per-batch work, small enough for cache.
 const BATCH_ROWS: usize = 256 * 1024;
@@ -127,7 +127,7 @@ impl ArchiveSource for ParquetArchive {
         Ok(first.zip(last))
     }
 
-    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<Vec<RecordBatch>> {
+    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<FileRows> {
         let path = Path::parse(&file.path)?;
         let bytes = self
             .rt
@@ -160,8 +160,9 @@ fn read_file_range(mut file: std::fs::File, range: std::ops::Range<u64>) -> anyh
 /// Decodes the archive columns of a Parquet file of `format` into canonical batches; with a
 /// filter, only the rows it keeps (its columns are decoded first, the others only for the rows
 /// kept). `name` names the file in warnings.
-pub fn decode_parquet(bytes: Bytes, format: Format, filter: Option<&RowFilter>, name: &str) -> anyhow::Result<Vec<RecordBatch>> {
+pub fn decode_parquet(bytes: Bytes, format: Format, filter: Option<&RowFilter>, name: &str) -> anyhow::Result<FileRows> {
     let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new()).context("not a readable Parquet file")?;
+    let in_file = u64::try_from(meta.metadata().file_metadata().num_rows()).unwrap_or(0);
     let meta = match format.viewed_schema().and_then(|viewed| as_views(meta.schema(), &viewed)) {
         Some(hint) => ArrowReaderMetadata::try_new(meta.metadata().clone(), ArrowReaderOptions::new().with_schema(hint))?,
         None => meta,
@@ -200,7 +201,7 @@ pub fn decode_parquet(bytes: Bytes, format: Format, filter: Option<&RowFilter>, 
         }
         out.push(canonical);
     }
-    Ok(out)
+    Ok(FileRows { batches: out, in_file })
 }
 
 /// The file's schema with views for its plain string columns that the core takes as views
@@ -302,7 +303,7 @@ mod tests {
         let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        let decoded = decode_parquet(Bytes::from(buf), Format::AdEvents, None, "test").unwrap();
+        let decoded = decode_parquet(Bytes::from(buf), Format::AdEvents, None, "test").unwrap().batches;
         assert_eq!(decoded.len(), 1);
         let out = &decoded[0];
         assert_eq!(out.schema(), crate::contract::schema::canonical_viewed_schema());

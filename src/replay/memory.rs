@@ -8,7 +8,7 @@ use arrow::array::RecordBatch;
 use crate::contract::format::Format;
 use crate::contract::outputs::DeadLetter;
 use crate::core::job::{OutputRecord, RowFilter};
-use crate::runtime::backfill::{ArchiveFile, ArchiveSource, HourPartition, OutputSink};
+use crate::runtime::backfill::{ArchiveFile, ArchiveSource, FileRows, HourPartition, OutputSink};
 
 /// The archive of one topic.
 pub struct MemoryArchive {
@@ -56,14 +56,14 @@ impl ArchiveSource for MemoryArchive {
 
     /// A filter is applied to the normalized rows, as the Parquet reader applies it to the
     /// file's (the filter's columns have the same names in both).
-    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<Vec<RecordBatch>> {
+    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<FileRows> {
         let (h, name) = file.path.split_once('/').expect("path made by hours()");
         let batch = self.format.normalize(&self.hours[&h.parse::<i64>()?][name])?.0;
-        let Some(filter) = filter else { return Ok(vec![batch]) };
-        let columns = filter.columns.iter().map(|c| batch.column_by_name(c).cloned().map(|a| (*c, a))).collect::<Option<Vec<_>>>();
-        let Some(columns) = columns else { return Ok(vec![batch]) };
+        let in_file = batch.num_rows() as u64;
+        let columns = filter.map(|f| f.columns.iter().map(|c| batch.column_by_name(c).cloned().map(|a| (*c, a))).collect::<Option<Vec<_>>>());
+        let (Some(filter), Some(Some(columns))) = (filter, columns) else { return Ok(FileRows { batches: vec![batch], in_file }) };
         let keep = (filter.keep)(&RecordBatch::try_from_iter(columns)?);
-        Ok(vec![arrow::compute::filter_record_batch(&batch, &keep)?])
+        Ok(FileRows { batches: vec![arrow::compute::filter_record_batch(&batch, &keep)?], in_file })
     }
 }
 

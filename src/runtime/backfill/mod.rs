@@ -52,7 +52,16 @@ pub trait ArchiveSource: Sync {
     /// The first and last hour that hold any file, to report the archive's boundary.
     fn bounds(&self) -> anyhow::Result<Option<(i64, i64)>>;
     /// A file's rows in the format's canonical schema; with a filter, only the rows it keeps.
-    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<Vec<RecordBatch>>;
+    fn read(&self, file: &ArchiveFile, filter: Option<&RowFilter>) -> anyhow::Result<FileRows>;
+}
+
+/// What a read of an archive file gave.
+#[derive(Debug, Default)]
+pub struct FileRows {
+    /// The rows kept, canonical.
+    pub batches: Vec<RecordBatch>,
+    /// The file's rows, kept or not.
+    pub in_file: u64,
 }
 
 /// Where results go.
@@ -84,7 +93,9 @@ pub struct BackfillOptions {
 pub struct Filtered {
     pub input: usize,
     pub describe: String,
-    /// Rows of the input decoded (kept by the filter).
+    /// Rows of the input's files read.
+    pub in_files: u64,
+    /// Of those, rows decoded (kept by the filter).
     pub decoded: u64,
 }
 
@@ -114,6 +125,8 @@ const DECODED_AHEAD: usize = 1;
 /// One input's files of one hour, decoded and routed.
 struct Decoded {
     batches: Vec<RecordBatch>,
+    /// Rows in the files, kept by a filter or not.
+    in_files: u64,
     /// rows[group][batch]; None: every group takes every row (a broadcast input).
     rows: Option<Vec<Vec<Vec<u32>>>>,
     files: u64,
@@ -122,7 +135,7 @@ struct Decoded {
 
 impl Decoded {
     fn empty() -> Self {
-        Self { batches: Vec::new(), rows: None, files: 0, bytes: 0 }
+        Self { batches: Vec::new(), in_files: 0, rows: None, files: 0, bytes: 0 }
     }
 
     fn num_rows(&self) -> usize {
@@ -149,8 +162,9 @@ fn decode_hour<J: Job>(
     filter: Option<&RowFilter>,
     groups: usize,
 ) -> anyhow::Result<Decoded> {
-    let per_file: Vec<Vec<RecordBatch>> = hour.files.par_iter().map(|f| source.read(f, filter)).collect::<anyhow::Result<_>>()?;
-    let batches: Vec<RecordBatch> = per_file.into_iter().flatten().filter(|b| b.num_rows() > 0).collect();
+    let per_file: Vec<FileRows> = hour.files.par_iter().map(|f| source.read(f, filter)).collect::<anyhow::Result<_>>()?;
+    let in_files = per_file.iter().map(|f| f.in_file).sum();
+    let batches: Vec<RecordBatch> = per_file.into_iter().flat_map(|f| f.batches).filter(|b| b.num_rows() > 0).collect();
     let routes: Vec<Route> = batches.par_iter().map(|b| J::route(rules, input, b, groups)).collect();
     let rows = if routes.iter().all(|r| matches!(r, Route::Broadcast)) {
         None
@@ -171,7 +185,7 @@ fn decode_hour<J: Job>(
         }
         Some(rows)
     };
-    Ok(Decoded { batches, rows, files: hour.files.len() as u64, bytes: hour.files.iter().map(|f| f.size).sum() })
+    Ok(Decoded { batches, in_files, rows, files: hour.files.len() as u64, bytes: hour.files.iter().map(|f| f.size).sum() })
 }
 
 /// `sources[i]` is the archive of the job's input `i`.
@@ -223,7 +237,7 @@ pub fn run<J: Job>(
     let mut filtered: Vec<Filtered> = filters
         .iter()
         .enumerate()
-        .filter_map(|(input, f)| f.as_ref().map(|f| Filtered { input, describe: f.describe.clone(), decoded: 0 }))
+        .filter_map(|(input, f)| f.as_ref().map(|f| Filtered { input, describe: f.describe.clone(), in_files: 0, decoded: 0 }))
         .collect();
 
     // Wall time of the two sides of the pipeline, which overlap: for tuning (--log debug).
@@ -274,6 +288,7 @@ pub fn run<J: Job>(
                 .collect();
             for f in &mut filtered {
                 f.decoded += inputs[f.input].num_rows() as u64;
+                f.in_files += inputs[f.input].in_files;
             }
             if std::mem::take(&mut first) {
                 reserve_state::<J>(&mut operators, &inputs, plan);
