@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use adsproc::contract::attributed_orders::AttributedOrder;
 use adsproc::contract::format::Format;
@@ -19,6 +19,7 @@ use adsproc::jobs::attribution::{Attribution, AD_EVENTS, ORDERS};
 use adsproc::replay::memory::{MemoryArchive, MemorySink};
 use adsproc::runtime::backfill::{self, ArchiveSource, BackfillOptions};
 use adsproc::runtime::progress::Silent;
+use adsproc::runtime::stream::checkpoint;
 use adsproc::runtime::stream::driver::{Source, StreamDriver};
 use common::attribution::*;
 use proptest::prelude::*;
@@ -283,34 +284,60 @@ fn messages(ads: &[AdEvent], orders: &[Order]) -> [Vec<RawMessage>; 2] {
 
 /// Through the stream driver, one process owning `groups` key groups: polls of `poll` messages
 /// of one partition of one topic at a time, partitions taken in the order `order` gives.
-fn stream(ads: &[AdEvent], orders: &[Order], groups: u32, poll: usize, order: &[u8]) -> (Vec<AttributedOrder>, Vec<(i32, i64)>) {
+/// The stream driver over the topics' messages, polled `poll` at a time from partitions chosen
+/// by `order`. After each poll whose number `restarts` names, the process "dies": the outputs
+/// so far are kept (committed with the checkpoint), each group's snapshot goes through a
+/// checkpoint file's bytes into a new driver, and every partition is read again from the
+/// driver's resume offsets, as the Kafka runtime does after a crash.
+fn stream(ads: &[AdEvent], orders: &[Order], groups: u32, poll: usize, order: &[u8], restarts: &[u16]) -> (Vec<AttributedOrder>, Vec<(i32, i64)>) {
     let inputs = messages(ads, orders);
-    let mut queues: Vec<(usize, VecDeque<RawMessage>)> = Vec::new();
-    let mut sources = Vec::new();
+    let mut partitions: Vec<(Source, Vec<RawMessage>)> = Vec::new();
     for (input, msgs) in inputs.iter().enumerate() {
         for p in 0..3 {
-            sources.push(Source::new(input, p));
             let mut q: Vec<RawMessage> = msgs.iter().filter(|m| m.partition == p).cloned().collect();
             q.sort_by_key(|m| m.offset);
-            queues.push((input, q.into()));
+            partitions.push((Source::new(input, p), q));
         }
     }
-    let mut polls = Vec::new();
-    let mut turn = 0;
-    while queues.iter().any(|(_, q)| !q.is_empty()) {
-        let mut i = order[turn % order.len()] as usize % queues.len();
-        while queues[i].1.is_empty() {
-            i = (i + 1) % queues.len();
-        }
-        turn += 1;
-        let (input, q) = &mut queues[i];
-        polls.push((*input, (0..poll).filter_map(|_| q.pop_front()).collect::<Vec<_>>()));
-    }
-    let mut driver = StreamDriver::<Attribution>::with_key_groups(AttributionRules::defaults(), sources, groups);
+    let sources: Vec<Source> = partitions.iter().map(|(s, _)| *s).collect();
+    let new_driver = || StreamDriver::<Attribution>::with_key_groups(AttributionRules::defaults(), sources.iter().copied(), groups);
+    let mut driver = new_driver();
     for g in 0..groups {
         driver.start_group(g);
     }
-    let (records, dead) = driver.replay_inputs(polls);
+    // Per partition, the index of the next message to poll.
+    let mut next = vec![0usize; partitions.len()];
+    let (mut records, mut dead) = (Vec::new(), Vec::new());
+    let mut turn = 0;
+    while partitions.iter().zip(&next).any(|((_, q), n)| *n < q.len()) {
+        let mut i = order[turn % order.len()] as usize % partitions.len();
+        while next[i] >= partitions[i].1.len() {
+            i = (i + 1) % partitions.len();
+        }
+        turn += 1;
+        let (source, q) = &partitions[i];
+        let end = (next[i] + poll).min(q.len());
+        driver.on_poll(source.input as usize, &q[next[i]..end]);
+        next[i] = end;
+        let (m, d) = driver.drain();
+        records.extend(m);
+        dead.extend(d);
+        if restarts.contains(&(turn as u16)) {
+            let snapshots: Vec<Vec<u8>> = (0..groups).map(|g| checkpoint::encode(&driver.snapshot_group(g).unwrap())).collect();
+            driver = new_driver();
+            for bytes in snapshots {
+                driver.restore_group(checkpoint::decode(&bytes).unwrap()).unwrap();
+            }
+            let resume = driver.resume_offsets();
+            for (n, (source, q)) in next.iter_mut().zip(&partitions) {
+                *n = resume.get(source).map_or(0, |&o| q.partition_point(|m| m.offset < o));
+            }
+        }
+    }
+    driver.finish();
+    let (m, d) = driver.drain();
+    records.extend(m);
+    dead.extend(d);
     let audit = driver.audit();
     assert!(audit.balances(), "{audit}");
     assert_eq!(audit.awaiting_decision, 0, "every order decided at the end");
@@ -377,14 +404,15 @@ proptest! {
         order_a in prop::collection::vec(0u8..6, 1..8),
         order_b in prop::collection::vec(0u8..6, 1..8),
         groups in 1u32..4,
+        restarts in prop::collection::vec(1u16..40, 0..3),
     ) {
         let (ads, orders) = workload(&ads, &orders, false);
         let expected = model(&ads, &orders, i64::MIN, i64::MAX);
-        let (records, dead) = stream(&ads, &orders, groups, poll, &order_a);
+        let (records, dead) = stream(&ads, &orders, groups, poll, &order_a, &restarts);
         let actual = upsert_view(&records);
         prop_assert!(actual == expected.records, "{}", diff(&expected.records, &actual));
         prop_assert_eq!(dead, expected.dead.iter().copied().collect::<Vec<_>>(), "every invalid order dead-lettered once");
-        let (other, _) = stream(&ads, &orders, 1, 1 + poll % 3, &order_b);
+        let (other, _) = stream(&ads, &orders, 1, 1 + poll % 3, &order_b, &[]);
         prop_assert!(upsert_view(&other) == actual);
     }
 

@@ -17,15 +17,18 @@
 //! the arrival's own, so when the state is collected cannot change it. Client retries come
 //! seconds to minutes after their event (contract §1), long before.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use rustc_hash::FxHashMap;
+
+use super::candidate_snapshot::CandidateSnapshot;
+use super::event_id::EventId;
 
 /// A candidate ad event. Ad, campaign and advertiser are interned ids (`batch_view::ABSENT`
 /// for none).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    pub event_id: Box<str>,
+    pub event_id: EventId,
     pub event_time: i64,
     pub ingest: i64,
     pub click: bool,
@@ -62,29 +65,36 @@ impl Lifetimes {
 #[derive(Debug, Clone, Default)]
 struct Pair {
     candidates: Vec<Candidate>,
-    /// The earliest expiry among them: the pair's entry in [`CandidateStore::expiry`].
+    /// The earliest expiry among them; the pair is listed in that one's bucket of
+    /// [`CandidateStore::expiry`].
     earliest: i64,
+}
+
+/// Width of an expiry bucket. Expiry is checked per bucket of pairs rather than per pair in an
+/// ordered set: adding a pair is a push, not a tree insert (a tenth of the stream job's time
+/// went to the set's upkeep).
+const BUCKET_MS: i64 = 60_000;
+
+fn bucket(t: i64) -> i64 {
+    t.div_euclid(BUCKET_MS)
 }
 
 /// The candidates of one key group.
 #[derive(Debug, Clone)]
 pub struct CandidateStore {
     lifetimes: Lifetimes,
-    pairs: HashMap<u128, Pair>,
-    /// (earliest expiry, pair) of every pair.
-    expiry: BTreeSet<(i64, u128)>,
+    pairs: FxHashMap<u128, Pair>,
+    /// Pairs by the bucket of their earliest expiry. A pair whose earliest expiry moved to an
+    /// earlier bucket is listed in both; the later entry is skipped when its bucket is due.
+    expiry: BTreeMap<i64, Vec<u128>>,
     len: usize,
-}
-
-/// The best candidate for an order, by the match rule of contract §5.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Matched<'a> {
-    pub candidate: &'a Candidate,
+    /// Bytes of the ids kept as text, for the snapshot's size bound.
+    text_bytes: usize,
 }
 
 impl CandidateStore {
     pub fn new(lifetimes: Lifetimes) -> Self {
-        Self { lifetimes, pairs: HashMap::new(), expiry: BTreeSet::new(), len: 0 }
+        Self { lifetimes, pairs: FxHashMap::default(), expiry: BTreeMap::new(), len: 0, text_bytes: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -105,13 +115,16 @@ impl CandidateStore {
         if p.candidates.iter().any(|x| x.event_id == c.event_id && lifetimes.expires_at(x) > c.ingest) {
             return false;
         }
+        if let EventId::Text(t) = &c.event_id {
+            self.text_bytes += t.len();
+        }
         p.candidates.push(c);
         if expires < p.earliest {
-            if p.earliest != i64::MAX {
-                self.expiry.remove(&(p.earliest, pair));
-            }
+            let listed = p.earliest != i64::MAX && bucket(p.earliest) == bucket(expires);
             p.earliest = expires;
-            self.expiry.insert((expires, pair));
+            if !listed {
+                self.expiry.entry(bucket(expires)).or_default().push(pair);
+            }
         }
         self.len += 1;
         true
@@ -119,25 +132,52 @@ impl CandidateStore {
 
     /// Drops the candidates that can match no order at ingest watermark `w` or later.
     pub fn expire(&mut self, w: i64) {
-        while let Some(&(at, pair)) = self.expiry.first() {
-            if at > w {
+        let lifetimes = self.lifetimes;
+        // Pairs with candidates left that expire later in the bucket of `w`: listed there
+        // again once the due buckets are done.
+        let mut keep = Vec::new();
+        while let Some(entry) = self.expiry.first_entry() {
+            let b = *entry.key();
+            if b > bucket(w) {
                 break;
             }
-            self.expiry.pop_first();
-            let p = self.pairs.get_mut(&pair).expect("an expiry entry names a pair");
-            let before = p.candidates.len();
-            let lifetimes = self.lifetimes;
-            p.candidates.retain(|c| lifetimes.expires_at(c) > w);
-            self.len -= before - p.candidates.len();
-            match p.candidates.iter().map(|c| lifetimes.expires_at(c)).min() {
-                Some(next) => {
-                    p.earliest = next;
-                    self.expiry.insert((next, pair));
+            for pair in entry.remove() {
+                let Some(p) = self.pairs.get_mut(&pair) else { continue };
+                if bucket(p.earliest) != b || p.earliest > w {
+                    if bucket(p.earliest) == b {
+                        keep.push(pair);
+                    }
+                    // Else a stale entry: the pair is listed in its earliest's bucket too.
+                    continue;
                 }
-                None => {
-                    self.pairs.remove(&pair);
+                let before = p.candidates.len();
+                let mut text_bytes = 0;
+                p.candidates.retain(|c| {
+                    let alive = lifetimes.expires_at(c) > w;
+                    if let (false, EventId::Text(t)) = (alive, &c.event_id) {
+                        text_bytes += t.len();
+                    }
+                    alive
+                });
+                self.len -= before - p.candidates.len();
+                self.text_bytes -= text_bytes;
+                match p.candidates.iter().map(|c| lifetimes.expires_at(c)).min() {
+                    Some(next) => {
+                        p.earliest = next;
+                        if bucket(next) == b {
+                            keep.push(pair);
+                        } else {
+                            self.expiry.entry(bucket(next)).or_default().push(pair);
+                        }
+                    }
+                    None => {
+                        self.pairs.remove(&pair);
+                    }
                 }
             }
+        }
+        if !keep.is_empty() {
+            self.expiry.entry(bucket(w)).or_default().extend(keep);
         }
     }
 
@@ -159,26 +199,26 @@ impl CandidateStore {
         pick(true).or_else(|| pick(false))
     }
 
-    /// Every pair's candidates, for a snapshot (in no particular order).
-    pub fn entries(&self) -> Vec<(u128, Vec<Candidate>)> {
-        let mut out: Vec<(u128, Vec<Candidate>)> = self.pairs.iter().map(|(k, p)| (*k, p.candidates.clone())).collect();
-        out.sort_unstable_by_key(|(k, _)| *k);
-        out
+    /// Every pair's candidates, for a checkpoint (in no particular order).
+    pub fn snapshot(&self) -> CandidateSnapshot {
+        CandidateSnapshot::encode(self.pairs.iter().map(|(k, p)| (*k, p.candidates.as_slice())), self.encoded_len_bound())
     }
 
-    pub fn restore(lifetimes: Lifetimes, entries: Vec<(u128, Vec<Candidate>)>) -> Self {
+    pub fn restore(lifetimes: Lifetimes, snapshot: &CandidateSnapshot) -> Self {
         let mut s = Self::new(lifetimes);
-        for (pair, candidates) in entries {
-            for c in candidates {
-                s.add(pair, c);
-            }
-        }
+        snapshot
+            .decode(|pair, candidates| {
+                for c in candidates {
+                    s.add(pair, c);
+                }
+            })
+            .expect("checked when the checkpoint was read");
         s
     }
 
     /// A bound on the snapshot's encoded size.
     pub fn encoded_len_bound(&self) -> usize {
-        self.pairs.values().flat_map(|p| &p.candidates).map(|c| c.event_id.len() + 60).sum::<usize>() + self.pairs.len() * 30
+        self.pairs.len() * CandidateSnapshot::PAIR_BOUND + self.len * CandidateSnapshot::bound(16) + self.text_bytes
     }
 }
 
@@ -193,7 +233,15 @@ mod tests {
     }
 
     fn c(id: &str, event_time: i64, click: bool) -> Candidate {
-        Candidate { event_id: id.into(), event_time, ingest: event_time, click, ad: 1, campaign: 2, advertiser: 3 }
+        Candidate { event_id: EventId::new(id), event_time, ingest: event_time, click, ad: 1, campaign: 2, advertiser: 3 }
+    }
+
+    /// The store's candidates by pair, sorted.
+    fn entries(s: &CandidateStore) -> Vec<(u128, Vec<Candidate>)> {
+        let mut out = Vec::new();
+        s.snapshot().decode(|k, c| out.push((k, c))).unwrap();
+        out.sort_unstable_by_key(|(k, _)| *k);
+        out
     }
 
     #[test]
@@ -210,19 +258,19 @@ mod tests {
         fresh.add(7, c("a", 100, true));
         assert!(fresh.add(7, Candidate { ingest: 100 + 7 * DAY + lag, ..c("a", 100 + 7 * DAY, true) }));
         assert_eq!(s.len(), 3);
-        assert_eq!(&*s.best(7, 200, i64::MAX).unwrap().event_id, "a");
+        assert_eq!(s.best(7, 200, i64::MAX).unwrap().event_id.to_string(), "a");
         // Only the impression is ingested in time: it wins.
         let mut late_clicks = store();
         late_clicks.add(7, Candidate { ingest: 500, ..c("a", 100, true) });
         late_clicks.add(7, c("z", 150, false));
-        assert_eq!(&*late_clicks.best(7, 200, 300).unwrap().event_id, "z");
+        assert_eq!(late_clicks.best(7, 200, 300).unwrap().event_id.to_string(), "z");
         // Another pair, or an order before the events, matches nothing.
         assert!(s.best(8, 200, i64::MAX).is_none());
         assert!(s.best(7, 99, i64::MAX).is_none());
         // An event at the order's own time counts; one a window before it does not.
-        assert_eq!(&*s.best(7, 100, i64::MAX).unwrap().event_id, "a");
+        assert_eq!(s.best(7, 100, i64::MAX).unwrap().event_id.to_string(), "a");
         assert!(s.best(7, 100 + 7 * DAY, i64::MAX).is_none());
-        assert_eq!(&*s.best(7, 99 + 7 * DAY, i64::MAX).unwrap().event_id, "a");
+        assert_eq!(s.best(7, 99 + 7 * DAY, i64::MAX).unwrap().event_id.to_string(), "a");
     }
 
     #[test]
@@ -236,11 +284,76 @@ mod tests {
         assert_eq!(s.len(), 3);
         s.expire(DAY + lag);
         assert_eq!(s.len(), 2, "the impression of pair 1 is gone");
-        let restored = CandidateStore::restore(s.lifetimes, s.entries());
-        assert_eq!(restored.entries(), s.entries());
+        let restored = CandidateStore::restore(s.lifetimes, &s.snapshot());
+        assert_eq!(entries(&restored), entries(&s));
         s.expire(DAY + lag + 10);
-        assert_eq!(s.entries(), vec![(1, vec![c("click", 0, true)])]);
+        assert_eq!(entries(&s), vec![(1, vec![c("click", 0, true)])]);
         s.expire(7 * DAY + lag);
-        assert!(s.is_empty() && s.entries().is_empty());
+        assert!(s.is_empty() && entries(&s).is_empty() && s.expiry.is_empty());
+    }
+
+    /// The store against a list of every arrival ever added, filtered on each question.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// (pair, id, event time and ingest ahead of the watermark, click)
+            Add(u128, u8, i64, i64, bool),
+            /// Watermark step.
+            Expire(i64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u128..4, 0u8..6, -3_000_000i64..3_000_000, 0i64..600_000, any::<bool>()).prop_map(|(p, id, et, lag, click)| Op::Add(p, id, et, lag, click)),
+                1 => (0i64..5_000_000).prop_map(Op::Expire),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn the_store_keeps_exactly_the_living_first_arrivals(ops in prop::collection::vec(op(), 1..80)) {
+                // Short windows so that candidates expire, by many buckets and within one.
+                let lifetimes = Lifetimes { click_window_ms: 400_000, impression_window_ms: 90_000, order_lag_ms: 30_000 };
+                let mut store = CandidateStore::new(lifetimes);
+                let mut model: Vec<(u128, Candidate)> = Vec::new();
+                let mut w = 0i64;
+                for op in ops {
+                    match op {
+                        Op::Add(pair, id, et, lag, click) => {
+                            let ingest = w + lag;
+                            let c = Candidate { event_id: EventId::new(&format!("e{id}")), event_time: w + et, ingest, click, ad: 1, campaign: 2, advertiser: 3 };
+                            let dup = model.iter().any(|(p, x)| *p == pair && x.event_id == c.event_id && lifetimes.expires_at(x) > ingest);
+                            prop_assert_eq!(store.add(pair, c.clone()), !dup);
+                            if !dup {
+                                model.push((pair, c));
+                            }
+                        }
+                        Op::Expire(step) => {
+                            w += step;
+                            store.expire(w);
+                            model.retain(|(_, c)| lifetimes.expires_at(c) > w);
+                        }
+                    }
+                    let mut want: Vec<(u128, Vec<Candidate>)> = Vec::new();
+                    for (p, c) in &model {
+                        match want.iter_mut().find(|(k, _)| k == p) {
+                            Some((_, v)) => v.push(c.clone()),
+                            None => want.push((*p, vec![c.clone()])),
+                        }
+                    }
+                    want.sort_unstable_by_key(|(k, _)| *k);
+                    prop_assert_eq!(entries(&store), want);
+                    prop_assert_eq!(store.len(), model.len());
+                    prop_assert!(store.snapshot().encoded_len() <= store.encoded_len_bound());
+                }
+                let restored = CandidateStore::restore(lifetimes, &store.snapshot());
+                prop_assert_eq!(entries(&restored), entries(&store));
+                store.expire(i64::MAX);
+                prop_assert!(store.is_empty() && store.pairs.is_empty() && store.expiry.is_empty());
+            }
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! (contract §5). Rules: `jobs/attribution.toml`; semantics: `docs/attribution.md`.
 
 pub mod audit;
+pub mod candidate_snapshot;
 pub mod candidates;
+pub mod event_id;
 pub mod operator;
 pub mod orders;
 pub mod plan;

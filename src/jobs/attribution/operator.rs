@@ -28,7 +28,9 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use super::audit::Audit;
+use super::candidate_snapshot::CandidateSnapshot;
 use super::candidates::{Candidate, CandidateStore, Lifetimes};
+use super::event_id::EventId;
 use super::orders::{validate as validate_order, ValidOrder};
 use super::rules::AttributionRules;
 use super::{AD_EVENTS, ORDERS};
@@ -126,7 +128,7 @@ pub struct OrderState {
 pub struct AttributionState {
     /// Interned strings in id order; candidates refer to them by id.
     pub strings: Vec<String>,
-    pub candidates: Vec<(u128, Vec<Candidate>)>,
+    pub candidates: CandidateSnapshot,
     pub orders: Vec<(u128, OrderState)>,
     /// Lives replaced by a newer one before their decision, decided when due.
     pub retired: Vec<(u128, Owned)>,
@@ -137,7 +139,7 @@ pub struct AttributionState {
 impl StateSize for AttributionState {
     fn encoded_len_bound(&self) -> usize {
         let strings: usize = self.strings.iter().map(|s| s.len() + 5).sum();
-        let candidates: usize = self.candidates.iter().flat_map(|(_, c)| c).map(|c| c.event_id.len() + 60).sum::<usize>() + self.candidates.len() * 30;
+        let candidates = self.candidates.encoded_len() + 10;
         let owned = |o: &Owned| o.order_id.len() + o.user_id.len() + o.store_id.len() + o.region.len() + o.status.len() + o.currency.len() + 400;
         let orders: usize = self.orders.iter().map(|(_, s)| 40 + s.owned.as_ref().map_or(0, owned)).sum();
         let retired: usize = self.retired.iter().map(|(_, o)| 20 + owned(o)).sum();
@@ -198,7 +200,7 @@ impl AttributionOperator {
         for s in &state.strings {
             op.strings.intern(s);
         }
-        op.candidates = CandidateStore::restore(op.candidates_lifetimes(), state.candidates);
+        op.candidates = CandidateStore::restore(op.candidates_lifetimes(), &state.candidates);
         for (key, o) in state.orders {
             op.expiry.insert((o.max_order_time.saturating_add(op.rules.order_max_past_ms), key));
             if let Some(owned) = &o.owned {
@@ -277,7 +279,7 @@ impl AttributionOperator {
                 };
                 let pos = (e.ingest, BatchView::opt(view.partition, row).unwrap_or(-1), BatchView::opt(view.offset, row).unwrap_or(-1));
                 let candidate = Candidate {
-                    event_id: event_id.into(),
+                    event_id: EventId::new(event_id),
                     event_time: e.event_time,
                     ingest: e.ingest,
                     click: e.click,
@@ -598,7 +600,7 @@ impl Operator for AttributionOperator {
         retired.sort_unstable_by_key(|(k, o)| (*k, o.ingest));
         AttributionState {
             strings: self.strings.names().map(str::to_string).collect(),
-            candidates: self.candidates.entries(),
+            candidates: self.candidates.snapshot(),
             orders,
             retired,
             ingest_watermark: self.ingest_watermark,

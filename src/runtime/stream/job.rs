@@ -261,6 +261,10 @@ pub fn run<J: Job>(
         }
     }
     summary.audit = driver.audit();
+    // The process ends next, and its memory goes back to the system at once: freeing the keyed
+    // state piece by piece (a million candidates of the attribution job) took a tenth of a
+    // second after the last commit.
+    std::mem::forget(driver);
     Ok(summary)
 }
 
