@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The attribution job's benchmarks.
 #
-#   scripts/bench-attribution.sh [EVENTS] [ORDERS] [RUNS] [STREAM_EVENTS]
+#   scripts/bench-attribution.sh [EVENTS] [ORDERS] [RUNS] [STREAM_EVENTS] [WRITER]
 #       (defaults: 10000000 ad events over a week, 200000 orders over its last day, 3 runs,
-#       1000000 ad events for the stream part)
+#       1000000 ad events for the stream part, WRITER adsproc)
+#
+# WRITER pyarrow: the archive's files as pyarrow's default writer writes them
+# (scripts/rewrite-pyarrow.py; `pip install pyarrow` if needed) instead of adsproc's own.
+# STREAM_EVENTS 0 skips the stream part.
 #
 # 1. Backfill: an archive of EVENTS ad events over 168 hours with ORDERS order messages over
 #    the last 24 (generated once, cached under target/), and a backfill of that day
@@ -27,6 +31,7 @@ EVENTS=${1:-10000000}
 ORDERS=${2:-200000}
 RUNS=${3:-3}
 STREAM_EVENTS=${4:-1000000}
+WRITER=${5:-adsproc}
 cargo build --release --quiet --bin adsproc --example kafka_probe
 BIN=target/release/adsproc
 PROBE=target/release/examples/kafka_probe
@@ -38,11 +43,23 @@ if [ ! -f "$ARCHIVE/.complete-v1" ]; then
     --partitions 16 --files-per-hour 4 --seed 1 >&2
   touch "$ARCHIVE/.complete-v1"
 fi
+case "$WRITER" in
+  adsproc) ;;
+  pyarrow)
+    python3 -c "import pyarrow" 2>/dev/null || pip install --quiet pyarrow >&2
+    if [ ! -f "$ARCHIVE-pyarrow/.complete-v1" ]; then
+      rm -rf "$ARCHIVE-pyarrow"
+      scripts/rewrite-pyarrow.py "$ARCHIVE" "$ARCHIVE-pyarrow"
+      touch "$ARCHIVE-pyarrow/.complete-v1"
+    fi
+    ARCHIVE=$ARCHIVE-pyarrow ;;
+  *) echo "WRITER is adsproc or pyarrow, not $WRITER" >&2; exit 2 ;;
+esac
 FROM=2026-01-07T00:00:00Z
 TO=2026-01-08T00:00:00Z
 WORK=$(mktemp -d)
 trap 'scripts/broker.sh stop "$WORK/broker" >/dev/null 2>&1 || true; pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
-echo "archive $ARCHIVE: $(du -shL "$ARCHIVE/ad-events" | cut -f1) of ad events, $(du -shL "$ARCHIVE/orders" | cut -f1) of orders; $(nproc) cores"
+echo "archive $ARCHIVE ($WRITER's writer): $(du -shL "$ARCHIVE/ad-events" | cut -f1) of ad events, $(du -shL "$ARCHIVE/orders" | cut -f1) of orders; $(nproc) cores"
 
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 ours=()
@@ -102,6 +119,7 @@ m_theirs=$(printf '%s\n' "${theirs[@]}" | median)
 echo "backfill of a day: adsproc median $m_ours s, duckdb median $m_theirs s: adsproc $(python3 -c "print('%.1f' % ($m_theirs / $m_ours))")x as fast (target 2x)"
 
 # 2. Stream.
+[ "$STREAM_EVENTS" -gt 0 ] || exit 0
 BROKER=$(scripts/broker.sh start "$WORK/broker" memory)
 BROKER_PID=$(cat "$WORK/broker/pid")
 broker_cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$BROKER_PID/stat"; }
