@@ -113,7 +113,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     let archives: Vec<ParquetArchive> =
         J::inputs(&rules).iter().map(|i| ParquetArchive::new(source_loc.clone(), &i.topic, i.format, rt.handle().clone())).collect();
     let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();
-    let run_name = format!("{}-{}-{}{}", J::NAME, compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" });
+    let run_name = format!("{}-{}-{}{}", J::FILE_PREFIX, compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" });
     let mut sink = HiveParquetSink::new(sink_loc, rt.handle().clone(), run_name, J::outputs(&rules));
     let options = BackfillOptions {
         from: a.from,

@@ -60,7 +60,7 @@ pub struct HiveParquetSink {
 }
 
 impl HiveParquetSink {
-    /// `run` names this run's files, e.g. `aggregation-20260101T0000Z-20260102T0000Z`;
+    /// `run` names this run's files, e.g. `backfill-20260101T0000Z-20260102T0000Z` (`Job::FILE_PREFIX`);
     /// `tables` are the job's output tables.
     pub fn new(location: Location, rt: Handle, run: String, tables: Vec<OutputTable>) -> Self {
         let buffers = tables.iter().map(|_| BTreeMap::new()).collect();

@@ -181,6 +181,11 @@ pub trait Job: Sized + Send + Sync + 'static {
     /// Inputs the backfill decodes whole before the others, whose rows narrow what the others
     /// read ([`Job::read_filter`]).
     const EAGER_INPUTS: &'static [usize] = &[];
+    /// How a backfill's output files are named: `<FILE_PREFIX>-<from>-<to>[-complete]-<n>`.
+    /// A re-run of a range replaces the files of that name in each partition it writes, so the
+    /// name must be the job's own (jobs share the `dlq` table) and must not change between
+    /// versions (a renamed file would be left beside its replacement).
+    const FILE_PREFIX: &'static str = Self::NAME;
 
     type Rules: Clone + Debug + Send + Sync;
     type Record: OutputRecord;

@@ -28,6 +28,8 @@ impl Job for Aggregation {
     const ABOUT: &'static str = "validate, dedupe, count impressions and clicks per (region, ad_id, minute)";
     const DEFAULT_JOB_FILE: &'static str = rules::DEFAULT_JOB_FILE;
     const COMPLETE_MODE: bool = true;
+    /// The name its files had before there were other jobs.
+    const FILE_PREFIX: &'static str = "backfill";
 
     type Rules = AggregationRules;
     type Record = AdMetric;
