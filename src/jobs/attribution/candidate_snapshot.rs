@@ -9,7 +9,7 @@
 //! click, bit 1 UUID id), event_time (zigzag varint), ingest − event_time (zigzag varint), ad,
 //! campaign, advertiser (varints), then the id: 16 bytes, or its length (varint) and UTF-8.
 
-use super::candidates::Candidate;
+use super::candidate::Candidate;
 use super::event_id::EventId;
 
 #[derive(Clone, Default, PartialEq, Eq)]

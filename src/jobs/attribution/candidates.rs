@@ -21,21 +21,9 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
+use super::candidate::Candidate;
 use super::candidate_snapshot::CandidateSnapshot;
 use super::event_id::EventId;
-
-/// A candidate ad event. Ad, campaign and advertiser are interned ids (`batch_view::ABSENT`
-/// for none).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    pub event_id: EventId,
-    pub event_time: i64,
-    pub ingest: i64,
-    pub click: bool,
-    pub ad: u32,
-    pub campaign: u32,
-    pub advertiser: u32,
-}
 
 /// How long candidates live, from the job's rules.
 #[derive(Debug, Clone, Copy)]

@@ -2,6 +2,7 @@
 //! (contract §5). Rules: `jobs/attribution.toml`; semantics: `docs/attribution.md`.
 
 pub mod audit;
+pub mod candidate;
 pub mod candidate_snapshot;
 pub mod candidates;
 pub mod event_id;

@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::Audit;
 use super::candidate_snapshot::CandidateSnapshot;
-use super::candidates::{Candidate, CandidateStore, Lifetimes};
+use super::candidate::Candidate;
+use super::candidates::{CandidateStore, Lifetimes};
 use super::event_id::EventId;
 use super::orders::{validate as validate_order, ValidOrder};
 use super::rules::AttributionRules;
