@@ -121,7 +121,7 @@ fn sigkill_at_random_moments_while_both_topics_flow_loses_nothing_and_repeats_no
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let broker = Broker::start("sqlite");
     let work = tempfile::tempdir().unwrap();
-    let producer = spawn(&produce_args(&broker.addr, "60000", "6000", "7", &["--rate", "3000"]), &work.path().join("produce.log"));
+    let mut producer = spawn(&produce_args(&broker.addr, "60000", "6000", "7", &["--rate", "3000"]), &work.path().join("produce.log"));
     wait_for_topic(&broker.addr, "ad-events");
     wait_for_topic(&broker.addr, "orders");
     let ckpt = work.path().join("ckpt");
@@ -141,7 +141,7 @@ fn sigkill_at_random_moments_while_both_topics_flow_loses_nothing_and_repeats_no
         child.wait().unwrap();
         child = spawn(&args, &log_path);
     }
-    let produced = producer_wait(producer);
+    let produced = producer.wait().unwrap();
     assert!(produced.success(), "producer failed: {}", std::fs::read_to_string(work.path().join("produce.log")).unwrap());
     child.kill().unwrap();
     child.wait().unwrap();
@@ -155,10 +155,6 @@ fn sigkill_at_random_moments_while_both_topics_flow_loses_nothing_and_repeats_no
     eprintln!("{n} attributed orders after {kills} kills");
 }
 
-fn producer_wait(mut c: std::process::Child) -> std::process::ExitStatus {
-    c.wait().unwrap()
-}
-
 /// Three processes of one group, one killed for good and one joining late: the key groups,
 /// with their candidates and orders, move between processes, and the committed output
 /// converges on the backfill's.
@@ -166,20 +162,11 @@ fn producer_wait(mut c: std::process::Child) -> std::process::ExitStatus {
 fn several_processes_share_the_key_groups_and_converge_on_the_backfill() {
     let broker = Broker::start("memory");
     let work = tempfile::tempdir().unwrap();
-    let producer = spawn(&produce_args(&broker.addr, "40000", "4000", "9", &["--rate", "4000"]), &work.path().join("produce.log"));
+    let mut producer = spawn(&produce_args(&broker.addr, "40000", "4000", "9", &["--rate", "4000"]), &work.path().join("produce.log"));
     wait_for_topic(&broker.addr, "ad-events");
     wait_for_topic(&broker.addr, "orders");
     let ckpt = work.path().join("ckpt");
-    let ckpt_s = ckpt.to_str().unwrap().to_string();
-    let start = |instance: &str| {
-        let log = work.path().join(format!("stream-{instance}.log"));
-        let c = spawn(
-            &["stream", "--job", "attribution", "--brokers", &broker.addr, "--checkpoint", &ckpt_s, "--checkpoint-interval", "300ms",
-              "--instance", instance, "-X", "session.timeout.ms=6000"],
-            &log,
-        );
-        (c, log)
-    };
+    let start = |instance: &str| stream_process("attribution", &broker.addr, &ckpt, instance, work.path());
     let (a, a_log) = start("a");
     let (mut b, b_log) = start("b");
     let (c, c_log) = start("c");
@@ -188,7 +175,7 @@ fn several_processes_share_the_key_groups_and_converge_on_the_backfill() {
     b.wait().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let (d, d_log) = start("d");
-    assert!(producer_wait(producer).success(), "producer failed");
+    assert!(producer.wait().unwrap().success(), "producer failed");
 
     let (expected, _) = backfill_of_the_archive(&broker, work.path());
     let deadline = Instant::now() + Duration::from_secs(120);

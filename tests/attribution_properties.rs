@@ -277,15 +277,14 @@ fn workload(ads: &[AdSpec], orders: &[OrderSpec], clean: bool) -> (Vec<AdEvent>,
 
 fn messages(ads: &[AdEvent], orders: &[Order]) -> [Vec<RawMessage>; 2] {
     let mut by_input: [Vec<RawMessage>; 2] = Default::default();
-    by_input[ORDERS] = orders.iter().map(Order::message).collect();
-    by_input[AD_EVENTS] = ads.iter().map(|e| common::to_message(&e.row())).collect();
+    by_input[ORDERS] = orders.iter().map(order_message).collect();
+    by_input[AD_EVENTS] = ads.iter().map(common::to_message).collect();
     by_input
 }
 
 /// Through the stream driver, one process owning `groups` key groups: polls of `poll` messages
-/// of one partition of one topic at a time, partitions taken in the order `order` gives.
-/// The stream driver over the topics' messages, polled `poll` at a time from partitions chosen
-/// by `order`. After each poll whose number `restarts` names, the process "dies": the outputs
+/// of one partition of one topic at a time, partitions taken in the order `order` gives. After
+/// each poll whose number `restarts` names, the process "dies": the outputs
 /// so far are kept (committed with the checkpoint), each group's snapshot goes through a
 /// checkpoint file's bytes into a new driver, and every partition is read again from the
 /// driver's resume offsets, as the Kafka runtime does after a crash.
@@ -350,7 +349,7 @@ fn stream(ads: &[AdEvent], orders: &[Order], groups: u32, poll: usize, order: &[
 fn archives(ads: &[AdEvent], orders: &[Order], assign: &[u8]) -> [MemoryArchive; 2] {
     let mut ad_files: BTreeMap<(i64, String), Vec<adsproc::gen::Row>> = BTreeMap::new();
     for (i, e) in ads.iter().enumerate() {
-        ad_files.entry((floor_to(e.ingest, HOUR), format!("f{}.parquet", assign[i % assign.len()]))).or_default().push(e.row());
+        ad_files.entry((floor_to(e.ingest, HOUR), format!("f{}.parquet", assign[i % assign.len()]))).or_default().push(e.clone());
     }
     let mut ad_archive = MemoryArchive::new(Format::AdEvents);
     for ((hour, name), mut rows) in ad_files {
@@ -364,7 +363,7 @@ fn archives(ads: &[AdEvent], orders: &[Order], assign: &[u8]) -> [MemoryArchive;
     let mut order_archive = MemoryArchive::new(Format::Orders);
     for ((hour, name), mut rows) in order_files {
         rows.sort_by_key(|r| (r.partition, r.offset));
-        order_archive.hours.entry(hour).or_default().insert(name, orders_batch(&rows));
+        order_archive.hours.entry(hour).or_default().insert(name, adsproc::gen::orders::order_rows_to_batch(&rows));
     }
     let mut out = [MemoryArchive::new(Format::Orders), MemoryArchive::new(Format::AdEvents)];
     out[ORDERS] = order_archive;

@@ -100,7 +100,7 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
     let broker = Broker::start("sqlite");
     let work = tempfile::tempdir().unwrap();
     let ckpt = work.path().join("ckpt");
-    let producer = spawn(
+    let mut producer = spawn(
         &produce_args(&broker.addr, &[messy_workload("90000", "23"), vec!["--rate", "2500"]].concat()),
         &work.path().join("produce.log"),
     );
@@ -127,7 +127,7 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
         child.wait().unwrap();
         child = spawn(&args, &stream_log);
     }
-    let produced = wait_for(producer);
+    let produced = producer.wait().unwrap();
     assert!(produced.success(), "producer failed: {}", std::fs::read_to_string(work.path().join("produce.log")).unwrap());
     child.kill().unwrap();
     child.wait().unwrap();
@@ -144,18 +144,6 @@ fn sigkill_at_random_moments_and_a_broker_restart_lose_nothing_and_count_nothing
     eprintln!("{records} ad-metrics records in the topic (aborted ones included) after 12 kills and 1 broker restart");
 }
 
-fn wait_for_topic(addr: &str, topic: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while read_all_partitions(addr, topic) == 0 {
-        assert!(std::time::Instant::now() < deadline, "topic {topic} was not created within 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-fn wait_for(mut c: std::process::Child) -> std::process::ExitStatus {
-    c.wait().unwrap()
-}
-
 /// Several processes in one group, one of them killed for good and one joining late, give the
 /// same committed output as a backfill: key groups and their state move between processes.
 #[test]
@@ -163,21 +151,12 @@ fn several_processes_share_the_key_groups_and_their_state_moves_on_rebalance() {
     let broker = Broker::start("memory");
     let work = tempfile::tempdir().unwrap();
     let ckpt = work.path().join("ckpt");
-    let producer = spawn(
+    let mut producer = spawn(
         &produce_args(&broker.addr, &[messy_workload("40000", "31"), vec!["--rate", "4000"]].concat()),
         &work.path().join("produce.log"),
     );
     wait_for_topic(&broker.addr, "ad-events");
-    let ckpt_s = ckpt.to_str().unwrap().to_string();
-    let start = |instance: &str| {
-        let log = work.path().join(format!("stream-{instance}.log"));
-        let c = spawn(
-            &["stream", "--job", "aggregation", "--brokers", &broker.addr, "--checkpoint", &ckpt_s, "--checkpoint-interval", "300ms",
-              "--instance", instance, "-X", "session.timeout.ms=6000"],
-            &log,
-        );
-        (c, log)
-    };
+    let start = |instance: &str| stream_process("aggregation", &broker.addr, &ckpt, instance, work.path());
     let (a, a_log) = start("a");
     let (mut b, b_log) = start("b");
     let (c, c_log) = start("c");
@@ -186,7 +165,7 @@ fn several_processes_share_the_key_groups_and_their_state_moves_on_rebalance() {
     b.wait().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(2));
     let (d, d_log) = start("d");
-    assert!(wait_for(producer).success(), "producer failed");
+    assert!(producer.wait().unwrap().success(), "producer failed");
 
     // The reference: a backfill of the archived topic.
     let archive = work.path().join("archive");

@@ -46,6 +46,33 @@ pub fn static_code(code: &str) -> Option<&'static str> {
     CODES.iter().copied().find(|c| *c == code)
 }
 
+/// Rejections counted by reason code, as every job's audit keeps them.
+pub type CountsByReason = std::collections::BTreeMap<&'static str, u64>;
+
+/// Deserializes [`CountsByReason`] (`#[serde(deserialize_with)]`): a code this build does not
+/// know is an error, not a new bucket.
+pub fn deserialize_counts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CountsByReason, D::Error> {
+    use serde::Deserialize;
+    let m = std::collections::BTreeMap::<String, u64>::deserialize(d)?;
+    m.into_iter()
+        .map(|(k, v)| static_code(&k).map(|c| (c, v)).ok_or_else(|| serde::de::Error::custom(format!("unknown reason code {k:?}"))))
+        .collect()
+}
+
+pub fn merge_counts(into: &mut CountsByReason, from: &CountsByReason) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}
+
+/// One line per reason, as the audits print them.
+pub fn write_counts(f: &mut fmt::Formatter<'_>, counts: &CountsByReason) -> fmt::Result {
+    for (code, n) in counts {
+        writeln!(f, "  dead-lettered {code}: {n}")?;
+    }
+    Ok(())
+}
+
 impl Reject {
     pub fn code(&self) -> &'static str {
         match self {

@@ -9,38 +9,11 @@ pub const MINUTE: i64 = 60_000;
 pub const HOUR: i64 = 60 * MINUTE;
 pub const DAY: i64 = 24 * HOUR;
 
-/// An ad event as archived: absent fields as None.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdEvent {
-    pub event_id: Option<String>,
-    pub event_type: Option<String>,
-    pub ad_id: Option<String>,
-    pub campaign_id: Option<String>,
-    pub advertiser_id: Option<String>,
-    pub user_id: Option<String>,
-    pub store_id: Option<String>,
-    pub event_time: Option<i64>,
-    pub region: Option<String>,
-    pub partition: i32,
-    pub offset: i64,
-    pub ingest: i64,
-}
+/// An ad event as archived (absent fields as None): the generator's row, the archive's columns.
+pub type AdEvent = adsproc::gen::Row;
 
-/// An order as archived.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Order {
-    pub order_id: Option<String>,
-    pub user_id: Option<String>,
-    pub store_id: Option<String>,
-    pub order_time: Option<i64>,
-    pub status: Option<String>,
-    pub amount_cents: Option<i64>,
-    pub currency: Option<String>,
-    pub region: Option<String>,
-    pub partition: i32,
-    pub offset: i64,
-    pub ingest: i64,
-}
+/// An order as archived: the generator's row.
+pub type Order = adsproc::gen::orders::OrderRow;
 
 /// An attributed order as the model computes it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,60 +169,9 @@ pub fn model(ads: &[AdEvent], orders: &[Order], from: i64, to: i64) -> Expected 
     out
 }
 
-impl AdEvent {
-    /// As the generator's row (the archive's columns).
-    pub fn row(&self) -> adsproc::gen::Row {
-        adsproc::gen::Row {
-            event_id: self.event_id.clone(),
-            event_type: self.event_type.clone(),
-            ad_id: self.ad_id.clone(),
-            campaign_id: self.campaign_id.clone(),
-            advertiser_id: self.advertiser_id.clone(),
-            user_id: self.user_id.clone(),
-            store_id: self.store_id.clone(),
-            event_time: self.event_time,
-            region: self.region.clone(),
-            partition: self.partition,
-            offset: self.offset,
-            ingest: self.ingest,
-        }
-    }
-}
-
-impl Order {
-    /// The message a producer sends: the contract's JSON object, absent fields as null.
-    pub fn json(&self) -> String {
-        serde_json::json!({
-            "order_id": self.order_id, "user_id": self.user_id, "store_id": self.store_id, "order_time": self.order_time,
-            "status": self.status, "amount_cents": self.amount_cents, "currency": self.currency, "region": self.region,
-        })
-        .to_string()
-    }
-
-    pub fn message(&self) -> adsproc::contract::raw::RawMessage {
-        adsproc::contract::raw::RawMessage { partition: self.partition, offset: self.offset, timestamp: self.ingest, payload: self.json().into_bytes() }
-    }
-}
-
-/// Orders as the archiver writes them (contract §3).
-pub fn orders_batch(rows: &[&Order]) -> arrow::array::RecordBatch {
-    use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
-    use std::sync::Arc;
-    let s = |f: &dyn Fn(&Order) -> Option<String>| -> ArrayRef { Arc::new(StringArray::from_iter(rows.iter().map(|r| f(r)))) };
-    let columns: Vec<ArrayRef> = vec![
-        s(&|r| r.order_id.clone()),
-        s(&|r| r.user_id.clone()),
-        s(&|r| r.store_id.clone()),
-        Arc::new(TimestampMillisecondArray::from_iter(rows.iter().map(|r| r.order_time)).with_timezone("UTC")),
-        s(&|r| r.status.clone()),
-        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.amount_cents))),
-        s(&|r| r.currency.clone()),
-        s(&|r| r.region.clone()),
-        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
-        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.ingest)).with_timezone("UTC")),
-    ];
-    arrow::array::RecordBatch::try_new(adsproc::contract::orders::archive_schema(), columns).unwrap()
+/// The message a producer sends for `o`.
+pub fn order_message(o: &Order) -> adsproc::contract::raw::RawMessage {
+    adsproc::contract::raw::RawMessage { partition: o.partition, offset: o.offset, timestamp: o.ingest, payload: o.to_json().into_bytes() }
 }
 
 /// The last value of each life among a run's attributed orders, in emission order, in the

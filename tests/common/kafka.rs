@@ -67,6 +67,18 @@ pub fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(bin()).args(args).stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).spawn().unwrap()
 }
 
+/// Starts `adsproc stream --job <job>` as process `instance` of the default group, with a short
+/// checkpoint interval and session timeout (so that a lost process's key groups move within
+/// seconds), its output to `<dir>/stream-<instance>.log`.
+pub fn stream_process(job: &str, addr: &str, checkpoint: &Path, instance: &str, dir: &Path) -> (Child, PathBuf) {
+    let log = dir.join(format!("stream-{instance}.log"));
+    let args = [
+        "stream", "--job", job, "--brokers", addr, "--checkpoint", checkpoint.to_str().unwrap(), "--checkpoint-interval", "300ms",
+        "--instance", instance, "-X", "session.timeout.ms=6000",
+    ];
+    (spawn(&args, &log), log)
+}
+
 /// How many partitions a topic has (0 if it does not exist).
 pub fn read_all_partitions(addr: &str, topic: &str) -> usize {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", addr).set("allow.auto.create.topics", "false").create().unwrap();

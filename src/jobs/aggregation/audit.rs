@@ -1,9 +1,10 @@
 //! The aggregation job's accounting: every event read lands in exactly one bucket.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+use crate::core::reason::{self, CountsByReason};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
@@ -21,17 +22,8 @@ pub struct Audit {
     /// whose window lies outside it. Nothing is emitted for them.
     pub outside_range: u64,
     /// Rejections by reason code.
-    #[serde(deserialize_with = "static_codes")]
-    pub rejected_by_reason: BTreeMap<&'static str, u64>,
-}
-
-fn static_codes<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<&'static str, u64>, D::Error> {
-    let m = BTreeMap::<String, u64>::deserialize(d)?;
-    m.into_iter()
-        .map(|(k, v)| {
-            crate::core::reason::static_code(&k).map(|c| (c, v)).ok_or_else(|| serde::de::Error::custom(format!("unknown reason code {k:?}")))
-        })
-        .collect()
+    #[serde(deserialize_with = "reason::deserialize_counts")]
+    pub rejected_by_reason: CountsByReason,
 }
 
 impl Audit {
@@ -42,9 +34,7 @@ impl Audit {
         self.invalid += other.invalid;
         self.dropped_late += other.dropped_late;
         self.outside_range += other.outside_range;
-        for (k, v) in &other.rejected_by_reason {
-            *self.rejected_by_reason.entry(k).or_default() += v;
-        }
+        reason::merge_counts(&mut self.rejected_by_reason, &other.rejected_by_reason);
     }
 
     /// The audit identity: nothing read is unaccounted for.
@@ -87,9 +77,7 @@ impl fmt::Display for Audit {
             self.outside_range,
             if self.balances() { "balanced" } else { "NOT BALANCED" }
         )?;
-        for (code, n) in &self.rejected_by_reason {
-            writeln!(f, "  dead-lettered {code}: {n}")?;
-        }
+        reason::write_counts(f, &self.rejected_by_reason)?;
         Ok(())
     }
 }

@@ -1,12 +1,12 @@
 //! The attribution job's accounting: every order and every ad event read lands in exactly one
 //! bucket, and each message is counted by exactly one key group (see `operator`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::core::job::JobAudit;
+use crate::core::reason::{self, CountsByReason};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
@@ -38,17 +38,8 @@ pub struct Audit {
     /// without a user or a store.
     pub not_candidates: u64,
     /// Dead-lettered orders by reason code.
-    #[serde(deserialize_with = "static_codes")]
-    pub rejected_by_reason: BTreeMap<&'static str, u64>,
-}
-
-fn static_codes<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<&'static str, u64>, D::Error> {
-    let m = BTreeMap::<String, u64>::deserialize(d)?;
-    m.into_iter()
-        .map(|(k, v)| {
-            crate::core::reason::static_code(&k).map(|c| (c, v)).ok_or_else(|| serde::de::Error::custom(format!("unknown reason code {k:?}")))
-        })
-        .collect()
+    #[serde(deserialize_with = "reason::deserialize_counts")]
+    pub rejected_by_reason: CountsByReason,
 }
 
 impl Audit {
@@ -75,9 +66,7 @@ impl JobAudit for Audit {
         self.candidates += o.candidates;
         self.ad_event_duplicates += o.ad_event_duplicates;
         self.not_candidates += o.not_candidates;
-        for (k, v) in &o.rejected_by_reason {
-            *self.rejected_by_reason.entry(k).or_default() += v;
-        }
+        reason::merge_counts(&mut self.rejected_by_reason, &o.rejected_by_reason);
     }
 
     fn balances(&self) -> bool {
@@ -127,9 +116,7 @@ impl fmt::Display for Audit {
             self.not_candidates,
             mark(self.ad_events_balance())
         )?;
-        for (code, n) in &self.rejected_by_reason {
-            writeln!(f, "  dead-lettered {code}: {n}")?;
-        }
+        reason::write_counts(f, &self.rejected_by_reason)?;
         if self.open_at_end > 0 {
             writeln!(f, "  orders still open when the input ended: {} (a later status update could change them)", self.open_at_end)?;
         }
