@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need, then runs every test
 # (unit, property, replay fixtures, acceptance over generated archives, bad input, S3 on a
-# local moto server, the stream job against a local Kafka-protocol broker).
+# local moto server, the stream job against a local Kafka-protocol broker, the load into a
+# local PostgreSQL server).
 #
 # The broker (Nisshi) is built once into ~/.cache/adsproc, beside the tests' own build. From
 # scratch on a slow 2-core VM the whole script took 59 minutes (the broker's build 56 of them);
@@ -15,6 +16,9 @@ if [ "${CI:-}" = "true" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR="$HOME/.cache/adsproc/target"
 fi
 scripts/ensure-moto.sh
+# Debian's postgresql package (the tests run their own servers, scripts/postgres.sh): installed
+# once here rather than by tests racing each other to apt-get.
+scripts/ensure-postgres.sh >/dev/null
 # The broker's release build and the tests' debug build run side by side: each has long
 # stretches on one core (C builds of aws-lc and libsql, linking), which the other fills.
 # In its own process group (setsid), so that a failed test build stops cargo install and its

@@ -3,6 +3,7 @@
 mod archive;
 mod backfill;
 mod gen;
+mod load;
 mod produce;
 mod replay;
 mod stream;
@@ -43,6 +44,7 @@ enum Command {
     Stream(stream::Args),
     Produce(produce::Args),
     Archive(archive::Args),
+    Load(load::Args),
     Demo(gen::DemoArgs),
 }
 
@@ -86,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Stream(a) => stream::run(a),
         Command::Produce(a) => produce::run(a),
         Command::Archive(a) => archive::run(a),
+        Command::Load(a) => load::run(a),
         Command::Demo(a) => gen::demo(a),
     };
     match result {

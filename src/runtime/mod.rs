@@ -3,6 +3,7 @@
 //! Sources and sinks are traits here, implemented by [`crate::connector`].
 
 pub mod backfill;
+pub mod crash_point;
 pub mod progress;
 pub mod stream;
 pub mod throttle;

@@ -5,6 +5,7 @@
 pub mod attribution;
 pub mod kafka;
 pub mod parquet_out;
+pub mod postgres;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
