@@ -2,12 +2,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::connector::archive::ParquetArchive;
+use crate::connector::kafka::table_sink::KafkaTableSink;
+use crate::connector::kafka::KafkaSettings;
 use crate::connector::parquet_sink::HiveParquetSink;
 use crate::connector::store::{is_s3, open, parse_key_value};
 use crate::contract::time::{rfc3339, to_datetime};
 use crate::core::job::{Job, JobAudit};
 use crate::jobs::JobVisitor;
-use crate::runtime::backfill::{run as run_backfill, ArchiveSource, BackfillOptions, BackfillReport};
+use crate::runtime::backfill::{run as run_backfill, ArchiveSource, BackfillOptions, BackfillReport, OutputSink};
 use crate::runtime::progress;
 
 /// Recompute a time range from the Parquet archive (Kappa+ backfill).
@@ -31,7 +33,9 @@ pub struct Args {
     /// the job's input topics.
     #[arg(long)]
     source: String,
-    /// Output root; the job's tables and `dlq/` are written below it.
+    /// Output root; the job's tables and `dlq/` are written below it. Or `kafka://HOST:PORT[,…]`:
+    /// the job's output topics (and `<topic>-dlq`), in transactions, each record in the
+    /// partition the live job writes it to, so that it replaces the live value downstream.
     #[arg(long)]
     sink: String,
     /// Start of the range (RFC 3339; for the aggregation job on a window boundary).
@@ -56,6 +60,13 @@ pub struct Args {
     /// Throttle output to at most this many records per second.
     #[arg(long, value_parser = positive_rate)]
     max_rate: Option<f64>,
+    /// With a kafka:// sink: partitions of output topics that do not exist yet (the stream
+    /// job's --key-groups, which creates them with one partition per key group).
+    #[arg(long, default_value_t = 8)]
+    key_groups: u32,
+    /// With a kafka:// sink: librdkafka property, key=value (repeatable), as in kcat.
+    #[arg(short = 'X', value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
     /// Object store setting, key=value (repeatable), for s3:// locations.
     #[arg(long = "store-option", value_parser = parse_key_value)]
     store_options: Vec<(String, String)>,
@@ -104,17 +115,32 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         J::set_topic(&mut rules, 0, topic);
     }
     anyhow::ensure!(!a.complete || J::COMPLETE_MODE, "--complete applies to the aggregation job's lateness rule; the {} job has none", J::NAME);
+    let kafka_sink = a.sink.strip_prefix("kafka://").map(str::to_string);
+    anyhow::ensure!(kafka_sink.as_deref() != Some(""), "--sink kafka:// needs the brokers, e.g. kafka://127.0.0.1:9092");
+    anyhow::ensure!(a.kafka_options.is_empty() || kafka_sink.is_some(), "-X sets Kafka client properties, for a kafka:// sink; --sink {} is not one", a.sink);
+    anyhow::ensure!(a.key_groups > 0, "--key-groups must be at least 1");
     if !a.store_options.is_empty() && !is_s3(&a.source) && !is_s3(&a.sink) {
         anyhow::bail!("--store-option applies to s3:// locations, and neither --source nor --sink is one");
     }
     let rt = super::tokio_runtime()?;
     let source_loc = open(&a.source, &a.store_options, false).map_err(|e| anyhow::anyhow!("--source: {e:#}"))?;
-    let sink_loc = open(&a.sink, &a.store_options, true).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;
     let archives: Vec<ParquetArchive> =
         J::inputs(&rules).iter().map(|i| ParquetArchive::new(source_loc.clone(), &i.topic, i.format, rt.handle().clone())).collect();
     let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();
     let run_name = format!("{}-{}-{}{}", J::FILE_PREFIX, compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" });
-    let mut sink = HiveParquetSink::new(sink_loc, rt.handle().clone(), run_name, J::outputs(&rules));
+    let mut sink: Box<dyn OutputSink> = match &kafka_sink {
+        Some(brokers) => {
+            let dead_letters: Vec<String> = inputs.iter().filter(|i| i.dead_letters).map(|i| i.topic.clone()).collect();
+            let settings = KafkaSettings::new(brokers, &a.kafka_options);
+            // One id per job and range: a re-run of the range fences a stuck earlier run.
+            let id = format!("adsproc-{run_name}");
+            Box::new(KafkaTableSink::<J::Record>::new(&settings, &id, &J::outputs(&rules), &dead_letters, a.key_groups).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?)
+        }
+        None => {
+            let sink_loc = open(&a.sink, &a.store_options, true).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;
+            Box::new(HiveParquetSink::new(sink_loc, rt.handle().clone(), run_name, J::outputs(&rules)))
+        }
+    };
     let options = BackfillOptions {
         from: a.from,
         to: a.to,
@@ -123,7 +149,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         max_rate: a.max_rate,
     };
     let progress = progress::for_stderr(a.quiet);
-    let report = run_backfill::<J>(&rules, &sources, &mut sink, &options, progress.as_ref())?;
+    let report = run_backfill::<J>(&rules, &sources, sink.as_mut(), &options, progress.as_ref())?;
     let tables: Vec<String> = J::outputs(&rules).into_iter().map(|t| t.name).collect();
     print_report::<J>(&report, &tables, a.complete);
     if let Some(path) = &a.report_json {

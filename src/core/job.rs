@@ -100,6 +100,9 @@ pub trait OutputRecord: Clone + Debug + PartialEq + Send + Sync + Serialize + De
     /// The `record_uuid` its identity fields derive (the documented derivation): tests and
     /// replays hold every record to it.
     fn derived_uuid(&self) -> Uuid;
+    /// The key group (of `key_groups`) whose state emits it: the stream job writes it to that
+    /// partition of its table's topic, and so must anything that restates it there.
+    fn key_group(&self, key_groups: usize) -> usize;
     /// Its table, as an index into [`Job::outputs`].
     fn table(&self) -> usize {
         0

@@ -14,6 +14,11 @@ impl Throttle {
         Self { per_second, started: None, released: 0 }
     }
 
+    /// How many records the limit allows in `tick` (at least one).
+    pub fn per_tick(&self, tick: Duration) -> usize {
+        ((self.per_second * tick.as_secs_f64()) as usize).max(1)
+    }
+
     /// Blocks until releasing `n` more records keeps the average rate at or under the limit.
     pub fn acquire(&mut self, n: u64) {
         let started = *self.started.get_or_insert_with(Instant::now);

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod membership;
 pub mod reader;
 pub mod settings;
+pub mod table_sink;
 pub mod topic_dump;
 pub mod txn_output;
 

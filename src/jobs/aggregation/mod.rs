@@ -88,6 +88,10 @@ impl OutputRecord for AdMetric {
         record_uuid::ad_metric(&self.region, &self.ad_id, self.window_start)
     }
 
+    fn key_group(&self, key_groups: usize) -> usize {
+        key_group::group_of(&self.ad_id, key_groups)
+    }
+
     fn partition_time(&self) -> i64 {
         self.window_start
     }

@@ -104,6 +104,15 @@ impl OutputRecord for AttributedOrder {
         record_uuid::attributed_order(&self.order_id)
     }
 
+    /// By (user_id, store_id), as its order was routed; an attributed order has both.
+    fn key_group(&self, key_groups: usize) -> usize {
+        if key_groups > 1 {
+            crate::core::key_group::group_of_pair(crate::core::key_group::pair_key(&self.user_id, &self.store_id), key_groups)
+        } else {
+            0
+        }
+    }
+
     fn partition_time(&self) -> i64 {
         self.order_time
     }

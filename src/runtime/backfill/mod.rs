@@ -392,16 +392,30 @@ fn drain<J: Job>(operators: &mut [J::Operator], before: i64) -> Drained {
 
 fn write(drained: Drained, sink: &mut dyn OutputSink, mut throttle: Option<&mut Throttle>, written: &mut (Vec<u64>, u64)) -> anyhow::Result<()> {
     for (tables, dead) in drained {
-        let rows: usize = tables.iter().map(|(_, b)| b.num_rows()).sum();
-        if let Some(t) = throttle.as_deref_mut() {
-            t.acquire((rows + dead.len()) as u64);
-        }
         for (table, batch) in tables {
             written.0[table] += batch.num_rows() as u64;
-            sink.write(table, batch)?;
+            match throttle.as_deref_mut() {
+                // Paced in slices of a twentieth of a second's records: a key group's drain can
+                // be an hour of output, which released at once would be the burst the throttle
+                // exists to prevent.
+                Some(t) => {
+                    let slice = t.per_tick(Duration::from_millis(50));
+                    let mut at = 0;
+                    while at < batch.num_rows() {
+                        let n = slice.min(batch.num_rows() - at);
+                        t.acquire(n as u64);
+                        sink.write(table, batch.slice(at, n))?;
+                        at += n;
+                    }
+                }
+                None => sink.write(table, batch)?,
+            }
         }
         written.1 += dead.len() as u64;
         if !dead.is_empty() {
+            if let Some(t) = throttle.as_deref_mut() {
+                t.acquire(dead.len() as u64);
+            }
             sink.write_dead_letters(dead)?;
         }
     }
