@@ -36,7 +36,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh")).args(["stop", self.dir.path().to_str().unwrap()]).output();
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh")).args(["destroy", self.dir.path().to_str().unwrap()]).output();
     }
 }
 

@@ -46,6 +46,10 @@ pub struct KafkaTableSink<R> {
     brokers: String,
     value: Vec<u8>,
     in_transaction: u64,
+    /// Records sent, and when the first was: the rate downstream consumers see (what
+    /// `--max-rate` bounds).
+    sent: u64,
+    first_send: Option<std::time::Instant>,
     _records: PhantomData<R>,
 }
 
@@ -61,10 +65,12 @@ impl<R: OutputRecord> KafkaTableSink<R> {
         let dead_letter_topics =
             dead_letters.iter().map(|input| Ok((input.clone(), topic(&format!("{input}-dlq"))?))).collect::<anyhow::Result<Vec<_>>>()?;
         let out = TxnOutput::new(settings, transactional_id, Duration::from_secs(60))?;
-        Ok(Self { out, tables, dead_letter_topics, brokers: settings.brokers.clone(), value: Vec::new(), in_transaction: 0, _records: PhantomData })
+        Ok(Self { out, tables, dead_letter_topics, brokers: settings.brokers.clone(), value: Vec::new(), in_transaction: 0, sent: 0, first_send: None, _records: PhantomData })
     }
 
     fn sent(&mut self, n: u64) -> anyhow::Result<()> {
+        self.first_send.get_or_insert_with(std::time::Instant::now);
+        self.sent += n;
         self.in_transaction += n;
         if self.in_transaction >= RECORDS_PER_TRANSACTION {
             self.out.commit_records()?;
@@ -115,6 +121,13 @@ impl<R: OutputRecord> OutputSink for KafkaTableSink<R> {
     fn finish(&mut self) -> anyhow::Result<String> {
         self.out.commit_records()?;
         let topics: Vec<&str> = self.tables.iter().chain(self.dead_letter_topics.iter().map(|(_, t)| t)).map(|t| t.name.as_str()).collect();
-        Ok(format!("Kafka topics {} on {}", topics.join(", "), self.brokers))
+        let seconds = self.first_send.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        Ok(format!(
+            "Kafka topics {} on {} ({} records sent and committed in {seconds:.2} s: {:.0} records/s)",
+            topics.join(", "),
+            self.brokers,
+            self.sent,
+            self.sent as f64 / seconds.max(1e-9)
+        ))
     }
 }
