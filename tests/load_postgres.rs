@@ -302,3 +302,118 @@ fn a_crash_at_every_step_of_the_commit_leaves_the_table_consistent() {
         }
     }
 }
+
+/// attributed-orders through the load: every column lands with its type, and an order's later
+/// status reaches the row (the last value per record_uuid).
+#[test]
+fn attributed_orders_load_with_their_latest_status() {
+    use adsproc::contract::attributed_orders::{AttributedOrder, AttributionType};
+    let broker = Broker::start("memory");
+    let pg = Postgres::start();
+    admin::ensure_topic(&KafkaSettings::new(&broker.addr, &[]), "attributed-orders", 2).unwrap();
+    let order = |i: u32, status: &str, amount: i64| AttributedOrder {
+        record_uuid: adsproc::contract::record_uuid::attributed_order(&format!("o-{i}")),
+        order_id: format!("o-{i}"),
+        user_id: format!("u-{i}"),
+        store_id: "s-1".into(),
+        region: "region-b".into(),
+        order_time: 1_767_225_600_123 + i64::from(i),
+        status: status.into(),
+        amount_cents: amount,
+        currency: "EUR".into(),
+        ad_id: "ad-9".into(),
+        campaign_id: (i % 2 == 0).then(|| "c-1".to_string()),
+        advertiser_id: Some("adv-1".into()),
+        attributed_event_id: format!("e-{i}"),
+        attribution_type: if i % 3 == 0 { AttributionType::Impression } else { AttributionType::Click },
+        ad_event_time: 1_767_225_000_456,
+    };
+    let producer: BaseProducer = KafkaSettings::new(&broker.addr, &[]).config(&[]).create().unwrap();
+    let mut expected = BTreeMap::new();
+    for (status, amount) in [("placed", 1000), ("completed", 1250), ("cancelled", 0)] {
+        for i in 0..50u32 {
+            if status == "cancelled" && i % 5 != 0 {
+                continue;
+            }
+            let o = order(i, status, amount + i64::from(i));
+            let key = o.record_uuid.to_string();
+            let value = serde_json::to_vec(&o).unwrap();
+            send(&producer, BaseRecord::to("attributed-orders").key(&key).payload(&value).partition((i % 2) as i32));
+            expected.insert(o.record_uuid, o);
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["load", "--brokers", &broker.addr, "--topic", "attributed-orders", "--into", &pg.url, "--stop-when-caught-up", "--batch-rows", "40"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = pg
+        .client()
+        .query(
+            "SELECT record_uuid, order_id, user_id, store_id, region, (extract(epoch from order_time) * 1000)::bigint, status, amount_cents, \
+             currency, ad_id, campaign_id, advertiser_id, attributed_event_id, attribution_type, (extract(epoch from ad_event_time) * 1000)::bigint \
+             FROM attributed_orders",
+            &[],
+        )
+        .unwrap();
+    let table: BTreeMap<uuid::Uuid, AttributedOrder> = rows
+        .iter()
+        .map(|r| {
+            let o = AttributedOrder {
+                record_uuid: r.get(0),
+                order_id: r.get(1),
+                user_id: r.get(2),
+                store_id: r.get(3),
+                region: r.get(4),
+                order_time: r.get(5),
+                status: r.get(6),
+                amount_cents: r.get(7),
+                currency: r.get(8),
+                ad_id: r.get(9),
+                campaign_id: r.get(10),
+                advertiser_id: r.get(11),
+                attributed_event_id: r.get(12),
+                attribution_type: AttributionType::parse(r.get(13)).unwrap(),
+                ad_event_time: r.get(14),
+            };
+            (o.record_uuid, o)
+        })
+        .collect();
+    assert_eq!(table, expected);
+    assert_eq!(table.values().filter(|o| o.status == "cancelled").count(), 10);
+}
+
+/// The database crashes (SIGKILL of the postmaster) while a load writes: the load stops with a
+/// clear message and exit 2; once the server is back, a restarted load completes the table
+/// exactly, from the offsets that survived the crash with their rows.
+#[test]
+fn a_database_crash_stops_the_load_and_a_restart_completes_the_table() {
+    let broker = Broker::start("memory");
+    let pg = Postgres::start();
+    admin::ensure_topic(&KafkaSettings::new(&broker.addr, &[]), "ad-metrics", PARTITIONS).unwrap();
+    let rounds = produce(&broker.addr, &|r| r >= 40, 400, Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("load.log");
+    let args = ["load", "--brokers", &broker.addr, "--topic", "ad-metrics", "--into", &pg.url, "--batch-rows", "300", "--stop-when-caught-up"];
+    let mut child = spawn(&args, &log);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&pg.url, "ad_metrics").values().sum::<i64>() < 1000 {
+        assert!(Instant::now() < deadline, "the load made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let crash = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh")).args(["kill", pg.dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(crash.status.success());
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{text}");
+    assert!(text.contains("error: cannot") && (text.contains("db error") || text.contains("connection")), "no clear message: {text}");
+    let again = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh")).args(["start", pg.dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let partial = check_table(&broker.addr, &pg.url, "ad_metrics", "after the database crash");
+    let out = std::process::Command::new(bin()).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(check_table(&broker.addr, &pg.url, "ad_metrics", "after the restart"), 400);
+    assert_eq!(dead_letter_table(&pg.url, "ad_metrics").len() as i64, rounds);
+    println!("{partial} record_uuids survived the crash; the message was: {}", text.lines().last().unwrap_or_default());
+}
