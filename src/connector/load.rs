@@ -150,9 +150,10 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let written = written.clone();
+        let target = format!("{} on {}", s.table, describe_database(&s.database));
         std::thread::Builder::new().name("load-writer".into()).spawn(move || -> anyhow::Result<()> {
             for batch in batches {
-                let applied = upserter.apply(batch)?;
+                let applied = upserter.apply(batch).with_context(|| format!("cannot write a batch to {target}"))?;
                 written.fetch_add(applied.written, Ordering::Relaxed);
             }
             Ok(())
