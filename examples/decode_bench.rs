@@ -20,6 +20,7 @@ fn main() {
         ads: 10_000,
         zipf_exponent: 1.1,
         regions: 2,
+        first_region: 0,
         partitions: 8,
         files_per_hour: 1,
         click_fraction: 0.05,

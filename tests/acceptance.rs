@@ -22,6 +22,7 @@ fn spec(seed: u64) -> GenSpec {
         ads: 300,
         zipf_exponent: 1.1,
         regions: 2,
+        first_region: 0,
         partitions: 4,
         files_per_hour: 3,
         click_fraction: 0.1,

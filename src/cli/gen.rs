@@ -46,6 +46,10 @@ pub struct Knobs {
     /// Regions the events are spread over (region-a, region-b, …).
     #[arg(long, default_value_t = 2)]
     regions: u32,
+    /// Letter of the first region, counted from a: `--regions 1 --first-region 1` is one
+    /// region's own traffic, all region-b (for a second region's cluster).
+    #[arg(long, default_value_t = 0)]
+    first_region: u32,
     /// Kafka partitions of the topic.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
@@ -106,6 +110,7 @@ impl Knobs {
             ads: self.ads,
             zipf_exponent: self.zipf_exponent,
             regions: self.regions,
+            first_region: self.first_region,
             partitions: self.partitions,
             files_per_hour: self.files_per_hour,
             click_fraction: self.click_fraction,
@@ -169,6 +174,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             ads: 10_000,
             zipf_exponent: 1.1,
             regions: 2,
+            first_region: 0,
             partitions: 8,
             files_per_hour: 4,
             click_fraction: 0.1,

@@ -102,6 +102,11 @@ pub struct Args {
     /// Object store setting, key=value (repeatable), for an s3:// checkpoint location.
     #[arg(long = "store-option", value_parser = parse_key_value)]
     store_options: Vec<(String, String)>,
+    /// A region whose cluster the job reads, region=HOST:PORT[,…] (repeatable; the union job:
+    /// one per region, the local cluster may be one of them). -X settings apply to these
+    /// clusters too.
+    #[arg(long = "input", value_parser = parse_key_value, value_name = "REGION=BROKERS")]
+    regions: Vec<(String, String)>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -147,6 +152,14 @@ fn rename<J: Job>(rules: &mut J::Rules, topic: Option<&str>, output_topic: Optio
 fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     let mut rules = super::load_rules::<J>(a.job_file.as_deref())?;
     rename::<J>(&mut rules, a.topic.as_deref(), a.output_topic.as_deref())?;
+    let mut regions: Vec<String> = Vec::new();
+    for (name, _) in &a.regions {
+        anyhow::ensure!(!regions.contains(name), "--input {name}=… is given twice");
+        regions.push(name.clone());
+    }
+    if !regions.is_empty() || J::inputs(&rules).iter().any(|i| i.region.is_some()) {
+        J::set_regions(&mut rules, &regions)?;
+    }
     let (inputs, outputs, dlq) = job_topics::<J>(&rules, a.dlq_topic.as_deref())?;
     anyhow::ensure!(a.key_groups > 0, "--key-groups must be at least 1");
     anyhow::ensure!(!a.checkpoint_interval.is_zero(), "--checkpoint-interval must be positive");
@@ -158,7 +171,20 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         inputs.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(", "),
         outputs.join(", ")
     );
-    let topics = StreamTopics { inputs, outputs, dlq, group: group.clone(), instance: a.instance.clone(), key_groups: a.key_groups, transaction_timeout };
+    let clusters = J::inputs(&rules)
+        .iter()
+        .map(|i| match &i.region {
+            None => Ok(("local".to_string(), settings.clone())),
+            Some(r) => a
+                .regions
+                .iter()
+                .find(|(name, _)| name == r)
+                .map(|(name, brokers)| (name.clone(), KafkaSettings::new(brokers, &a.kafka_options)))
+                .with_context(|| format!("no --input {r}=… names the cluster of region {r}")),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let topics =
+        StreamTopics { inputs, clusters, outputs, dlq, group: group.clone(), instance: a.instance.clone(), key_groups: a.key_groups, transaction_timeout };
     let rt = super::tokio_runtime()?;
     let store = ObjectCheckpoints::new(open(&a.checkpoint, &a.store_options, true)?, rt.handle().clone());
     let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;

@@ -8,6 +8,7 @@ use arrow::datatypes::SchemaRef;
 use super::columns as c;
 use super::orders::{self, OrderDecoder};
 use super::raw::{self, MessageDecoder};
+use super::records::{self, RecordDecoder};
 use super::schema::{self, ColumnTypeError, MissingColumns};
 
 /// The format of an input topic (contract §1, §2) and of its archive (§3).
@@ -15,6 +16,8 @@ use super::schema::{self, ColumnTypeError, MissingColumns};
 pub enum Format {
     AdEvents,
     Orders,
+    /// Records of an output table read back (the union job's inputs); not archived.
+    Records,
 }
 
 /// Positions of the Kafka metadata columns in a format's canonical batches.
@@ -33,6 +36,7 @@ impl Format {
         match self {
             Self::AdEvents => c::AD_EVENTS_TOPIC,
             Self::Orders => c::ORDERS_TOPIC,
+            Self::Records => "records",
         }
     }
 
@@ -41,6 +45,7 @@ impl Format {
         match self {
             Self::AdEvents => ("ad-event", "events"),
             Self::Orders => ("order", "orders"),
+            Self::Records => ("record", "records"),
         }
     }
 
@@ -53,6 +58,7 @@ impl Format {
         match self {
             Self::AdEvents => schema::canonical_input_schema(),
             Self::Orders => orders::canonical_schema(),
+            Self::Records => records::canonical_schema(),
         }
     }
 
@@ -61,7 +67,7 @@ impl Format {
     pub fn viewed_schema(self) -> Option<SchemaRef> {
         match self {
             Self::AdEvents => Some(schema::canonical_viewed_schema()),
-            Self::Orders => None,
+            Self::Orders | Self::Records => None,
         }
     }
 
@@ -69,6 +75,7 @@ impl Format {
         match self {
             Self::AdEvents => schema::archive_schema(),
             Self::Orders => orders::archive_schema(),
+            Self::Records => records::canonical_schema(),
         }
     }
 
@@ -77,6 +84,7 @@ impl Format {
         match self {
             Self::AdEvents => schema::normalize(batch),
             Self::Orders => orders::normalize(batch),
+            Self::Records => Ok((batch.clone(), Vec::new())),
         }
     }
 
@@ -92,6 +100,11 @@ impl Format {
                 offset: orders::col::KAFKA_OFFSET,
                 timestamp: orders::col::KAFKA_TIMESTAMP,
             },
+            Self::Records => MetaColumns {
+                partition: records::col::KAFKA_PARTITION,
+                offset: records::col::KAFKA_OFFSET,
+                timestamp: records::col::KAFKA_TIMESTAMP,
+            },
         }
     }
 
@@ -100,6 +113,7 @@ impl Format {
         match self {
             Self::AdEvents => Decoder::AdEvents(MessageDecoder::with_capacity_for(n, payload_bytes)),
             Self::Orders => Decoder::Orders(OrderDecoder::with_capacity(n, payload_bytes)),
+            Self::Records => Decoder::Records(RecordDecoder::with_capacity(n, payload_bytes)),
         }
     }
 
@@ -108,6 +122,7 @@ impl Format {
         match self {
             Self::AdEvents => raw::to_archive_rows(batch),
             Self::Orders => orders::to_archive_rows(batch),
+            Self::Records => batch.clone(),
         }
     }
 }
@@ -125,6 +140,7 @@ impl std::fmt::Display for Format {
 pub enum Decoder {
     AdEvents(MessageDecoder),
     Orders(OrderDecoder),
+    Records(RecordDecoder),
 }
 
 impl Decoder {
@@ -133,6 +149,7 @@ impl Decoder {
         match self {
             Self::AdEvents(d) => d.append(partition, offset, timestamp, payload),
             Self::Orders(d) => d.append(partition, offset, timestamp, payload),
+            Self::Records(d) => d.append(partition, offset, timestamp, payload),
         }
     }
 
@@ -140,6 +157,7 @@ impl Decoder {
         match self {
             Self::AdEvents(d) => d.finish(),
             Self::Orders(d) => d.finish(),
+            Self::Records(d) => d.finish(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod orders;
 pub mod outputs;
 pub mod raw;
 pub mod record_uuid;
+pub mod records;
 pub mod schema;
 mod short_str;
 pub mod table;

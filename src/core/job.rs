@@ -58,6 +58,9 @@ pub struct Input {
     pub format: Format,
     /// Whether the job dead-letters this input's invalid messages (to `<topic>-dlq`).
     pub dead_letters: bool,
+    /// The region whose cluster holds the topic (`stream --input <region>=<brokers>`); None:
+    /// the job's own cluster (`--brokers`).
+    pub region: Option<String>,
 }
 
 /// Which key groups take an input batch's rows.
@@ -189,6 +192,10 @@ pub trait Job: Sized + Send + Sync + 'static {
     /// name must be the job's own (jobs share the `dlq` table) and must not change between
     /// versions (a renamed file would be left beside its replacement).
     const FILE_PREFIX: &'static str = Self::NAME;
+    /// Whether the stream runtime hands rows to the operator as they arrive instead of when
+    /// the ingest watermark passes them: for a job whose results do not depend on how its
+    /// inputs interleave in ingest time (the union forwards each source partition in order).
+    const RELEASE_ON_ARRIVAL: bool = false;
 
     type Rules: Clone + Debug + Send + Sync;
     type Record: OutputRecord;
@@ -198,6 +205,11 @@ pub trait Job: Sized + Send + Sync + 'static {
     type Operator: Operator<Record = Self::Record, Audit = Self::Audit, State = Self::State>;
 
     fn parse_rules(job_file: &str) -> Result<Self::Rules, ConfigError>;
+    /// The regions whose clusters the job reads (`--input <region>=…`, in order), for a job
+    /// whose inputs are on other clusters.
+    fn set_regions(_rules: &mut Self::Rules, _regions: &[String]) -> anyhow::Result<()> {
+        anyhow::bail!("the {} job reads the cluster of --brokers only; --input names the regions' clusters of the union job", Self::NAME)
+    }
     fn inputs(rules: &Self::Rules) -> Vec<Input>;
     /// Renames input `input`'s topic (`--topic`).
     fn set_topic(rules: &mut Self::Rules, input: usize, topic: &str);

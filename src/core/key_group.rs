@@ -55,6 +55,12 @@ pub fn split_rows_by_pair(users: &ArrayRef, stores: &ArrayRef, groups: usize) ->
     out
 }
 
+/// The key group of a record keyed by its `record_uuid` alone (the union's output). A
+/// name-based UUID's bytes are already a hash, so its high half spreads evenly.
+pub fn group_of_uuid(uuid: &uuid::Uuid, groups: usize) -> usize {
+    ((uuid.as_u128() >> 64) as u64 % groups as u64) as usize
+}
+
 pub fn group_of(ad_id: &str, groups: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(ad_id.as_bytes()) % groups as u64) as usize
 }

@@ -34,6 +34,8 @@ pub struct GenSpec {
     pub ads: u32,
     pub zipf_exponent: f64,
     pub regions: u32,
+    /// The first region's letter, counted from a: events are in region-(a + first_region) …
+    pub first_region: u32,
     pub partitions: u32,
     pub files_per_hour: u32,
     pub click_fraction: f64,
@@ -105,7 +107,7 @@ impl GenSpec {
             user_id: Some(format!("user-{}", r.random_range(0..1_000_000u32))),
             store_id: Some(format!("store-{:06}", ad / 2)),
             event_time: Some(ingest - delay),
-            region: Some(format!("region-{}", (b'a' + (region % 26) as u8) as char)),
+            region: Some(format!("region-{}", (b'a' + ((self.first_region + region) % 26) as u8) as char)),
             partition: r.random_range(0..self.partitions) as i32,
             offset: 0,
             ingest,

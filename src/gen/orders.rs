@@ -106,7 +106,7 @@ impl GenSpec {
             None => (
                 Some(format!("user-{}", r.random_range(0..1_000_000u32))),
                 Some(format!("store-{:06}", r.random_range(0..self.ads.max(2) / 2))),
-                Some(format!("region-{}", (b'a' + (r.random_range(0..self.regions) % 26) as u8) as char)),
+                Some(format!("region-{}", (b'a' + ((self.first_region + r.random_range(0..self.regions)) % 26) as u8) as char)),
             ),
         };
         let id: u128 = r.random();

@@ -5,6 +5,7 @@
 
 pub mod aggregation;
 pub mod attribution;
+pub mod union;
 
 use crate::core::job::Job;
 
@@ -33,4 +34,4 @@ macro_rules! registered {
     };
 }
 
-registered!(aggregation::Aggregation, attribution::Attribution);
+registered!(aggregation::Aggregation, attribution::Attribution, union::Union);

@@ -30,6 +30,9 @@ fn tick(format: Format, partition: i32, at: i64) -> String {
         Format::Orders => format!(
             r#"{{"order_id":"tick-{partition}","user_id":"tick-orders","store_id":"tick","order_time":{at},"status":"placed","amount_cents":0,"currency":"XXX","region":"tick"}}"#
         ),
+        // The union job has no replay scenarios (its inputs are other clusters' outputs); a
+        // record without a record_uuid is what it would dead-letter.
+        Format::Records => format!(r#"{{"tick":{partition},"at":{at}}}"#),
     }
 }
 
@@ -82,6 +85,7 @@ pub(crate) fn run_kafka_feed<J: Job>(s: &Scenario, rules: &J::Rules, brokers: &s
         max_waiting_per_partition: s.poll_size,
     };
     let topics = StreamTopics {
+        clusters: inputs.iter().map(|_| ("local".to_string(), settings.clone())).collect(),
         inputs,
         outputs: outputs.clone(),
         dlq: dlq.clone(),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::membership::Membership;
-use super::reader::TopicReader;
+use super::regions::ClusterReaders;
 use super::txn_output::TxnOutput;
 use super::{admin, KafkaSettings};
 use crate::contract::format::Format;
@@ -30,7 +30,7 @@ pub struct KafkaBroker {
     pub transactional_prefix: String,
     pub transaction_timeout: Duration,
     pub membership: Membership,
-    pub reader: TopicReader,
+    pub reader: ClusterReaders,
     pub outputs: BTreeMap<u32, TxnOutput>,
     /// The output tables' topics, by table index.
     pub output_topics: Vec<OutTopic>,
@@ -47,6 +47,9 @@ pub struct KafkaBroker {
 pub struct StreamTopics {
     /// The input topics and their formats, by input index.
     pub inputs: Vec<(String, Format)>,
+    /// The cluster of each input, by input index: its region ("local" for the job's own
+    /// cluster) and client settings.
+    pub clusters: Vec<(String, KafkaSettings)>,
     /// The output tables' topics, by table index.
     pub outputs: Vec<String>,
     /// Per input topic that the job dead-letters: (input topic, dead-letter topic).
@@ -102,8 +105,10 @@ impl KafkaBroker {
     pub fn connect(settings: &KafkaSettings, t: &StreamTopics) -> anyhow::Result<(Self, Vec<Source>)> {
         let mut partitions = Vec::new();
         for (input, (topic, _)) in t.inputs.iter().enumerate() {
-            let ps = admin::partitions(settings, topic)?
-                .with_context(|| format!("input topic {topic:?} does not exist on {}", settings.brokers))?;
+            let (region, on) = &t.clusters[input];
+            let ps = admin::partitions(on, topic)
+                .with_context(|| format!("region {region}"))?
+                .with_context(|| format!("input topic {topic:?} does not exist on {} (region {region})", on.brokers))?;
             partitions.extend(ps.into_iter().map(|p| Source::new(input, p)));
         }
         let kg_topic = t.key_group_topic();
@@ -129,7 +134,11 @@ impl KafkaBroker {
             settings: settings.clone(),
             transactional_prefix: t.group.clone(),
             transaction_timeout: t.transaction_timeout,
-            reader: TopicReader::new(settings, &t.inputs, partitions.clone(), &client_id)?,
+            reader: ClusterReaders::new(
+                &t.inputs.iter().zip(&t.clusters).map(|((topic, f), (region, on))| (topic.clone(), *f, region.clone(), on.clone())).collect::<Vec<_>>(),
+                &partitions,
+                &client_id,
+            )?,
             membership: Membership::join(settings, &t.group, &kg_topic, &client_id)?,
             outputs: BTreeMap::new(),
             output_topics,

@@ -6,6 +6,7 @@ pub mod archiver;
 pub mod broker;
 pub mod membership;
 pub mod reader;
+pub mod regions;
 pub mod settings;
 pub mod table_sink;
 pub mod topic_dump;

@@ -42,7 +42,7 @@ impl Job for Aggregation {
     }
 
     fn inputs(rules: &AggregationRules) -> Vec<Input> {
-        vec![Input { topic: rules.input_topic.clone(), format: Format::AdEvents, dead_letters: true }]
+        vec![Input { topic: rules.input_topic.clone(), format: Format::AdEvents, dead_letters: true, region: None }]
     }
 
     fn set_topic(rules: &mut AggregationRules, _input: usize, topic: &str) {

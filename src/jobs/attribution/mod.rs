@@ -49,9 +49,9 @@ impl Job for Attribution {
 
     fn inputs(rules: &AttributionRules) -> Vec<Input> {
         vec![
-            Input { topic: rules.orders_topic.clone(), format: Format::Orders, dead_letters: true },
+            Input { topic: rules.orders_topic.clone(), format: Format::Orders, dead_letters: true, region: None },
             // Invalid ad events are the aggregation job's dead letters, not this job's.
-            Input { topic: rules.ad_events_topic.clone(), format: Format::AdEvents, dead_letters: false },
+            Input { topic: rules.ad_events_topic.clone(), format: Format::AdEvents, dead_letters: false, region: None },
         ]
     }
 

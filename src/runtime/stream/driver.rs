@@ -36,6 +36,15 @@ use crate::contract::outputs::DeadLetter;
 use crate::contract::raw::RawMessage;
 use crate::core::job::{EpochInput, Input, Job, JobAudit, Operator, Route, RunSettings};
 
+/// How a checkpoint names an input: its topic, after its region when it is another cluster's
+/// (`region-b/ad-metrics`), so that positions are never restored onto another region's topic.
+fn checkpoint_name(input: &Input) -> String {
+    match &input.region {
+        Some(r) => format!("{r}/{}", input.topic),
+        None => input.topic.clone(),
+    }
+}
+
 /// A source partition: a partition of one of the job's input topics (by input index).
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Source {
@@ -173,7 +182,7 @@ impl<J: Job> StreamDriver<J> {
                 snap.key_groups, self.key_groups
             ));
         }
-        let topics: Vec<&str> = self.inputs.iter().map(|i| i.topic.as_str()).collect();
+        let topics: Vec<String> = self.inputs.iter().map(checkpoint_name).collect();
         if snap.topics != topics {
             return Err(format!("the checkpoint is of topics {:?}, this job reads {topics:?}", snap.topics));
         }
@@ -226,7 +235,7 @@ impl<J: Job> StreamDriver<J> {
             job: J::NAME.to_string(),
             key_group: g,
             key_groups: self.key_groups,
-            topics: self.inputs.iter().map(|i| i.topic.clone()).collect(),
+            topics: self.inputs.iter().map(checkpoint_name).collect(),
             clocks,
             operator: t.op.snapshot(),
         })
@@ -477,6 +486,13 @@ impl<J: Job> StreamDriver<J> {
 
 impl<J: Job> GroupTask<J> {
     fn advance(&mut self, inputs: usize) {
+        if J::RELEASE_ON_ARRIVAL {
+            self.release(inputs, |_| true);
+            if let Some(wm) = watermark(&self.clocks) {
+                self.op.advance_ingest_watermark(wm);
+            }
+            return;
+        }
         let Some(wm) = watermark(&self.clocks) else { return };
         // Rows at the watermark itself stay: their partition may deliver more at that time.
         self.release(inputs, |at| at < wm);

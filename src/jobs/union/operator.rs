@@ -1,0 +1,187 @@
+//! The union operator: forwards every record whose value differs from the last one forwarded
+//! for its `record_uuid` (keyed state: a 64-bit hash of that value and when its record_uuid
+//! last arrived), and dead-letters what is not a record of its table. It has no event time
+//! and no lateness: a region that was away delivers its records late, and they are forwarded
+//! as they come, in each source partition's order, so the last value forwarded for a
+//! `record_uuid` is the last its source topic holds (contract §6).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use super::audit::Audit;
+use super::record::UnionRecord;
+use super::rules::UnionRules;
+use crate::contract::outputs::DeadLetter;
+use crate::contract::record_uuid;
+use crate::contract::records::col;
+use crate::core::job::{Emit, EpochInput, Operator, OutputRecord, RunSettings, StateSize};
+
+/// What a key group remembers of a record_uuid: the last value forwarded (its xxh3 hash) and
+/// the ingest time its record_uuid last arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Last {
+    value: u64,
+    seen: i64,
+}
+
+/// A key group's state, as a checkpoint stores it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnionState {
+    /// `(record_uuid, value hash, last seen)`, by record_uuid.
+    pub last: Vec<(u128, u64, i64)>,
+    pub ingest_watermark: i64,
+    pub audit: Audit,
+}
+
+impl StateSize for UnionState {
+    fn encoded_len_bound(&self) -> usize {
+        64 + self.last.len() * (19 + 10 + 10)
+    }
+}
+
+pub struct UnionOperator {
+    rules: UnionRules,
+    settings: RunSettings,
+    last: FxHashMap<u128, Last>,
+    ingest_watermark: i64,
+    /// When state was last swept of record_uuids not seen for `forget_after`.
+    swept: i64,
+    out: Vec<UnionRecord>,
+    dead: Vec<DeadLetter>,
+    audit: Audit,
+}
+
+impl UnionOperator {
+    pub fn new(rules: UnionRules, settings: RunSettings) -> Self {
+        Self { rules, settings, last: FxHashMap::default(), ingest_watermark: i64::MIN, swept: i64::MIN, out: Vec::new(), dead: Vec::new(), audit: Audit::default() }
+    }
+
+    pub fn restore(rules: UnionRules, settings: RunSettings, state: UnionState) -> Self {
+        let mut op = Self::new(rules, settings);
+        op.last = state.last.into_iter().map(|(k, value, seen)| (k, Last { value, seen })).collect();
+        op.ingest_watermark = state.ingest_watermark;
+        op.swept = state.ingest_watermark;
+        op.audit = state.audit;
+        op
+    }
+
+    fn row(&mut self, input: usize, batch: &RecordBatch, row: usize) {
+        self.audit.read += 1;
+        let tables = self.rules.tables.len();
+        let (region, table) = (input / tables, input % tables);
+        let payload = batch.column(col::PAYLOAD).as_binary::<i32>().value(row);
+        let ts = batch.column(col::KAFKA_TIMESTAMP).as_primitive::<TimestampMillisecondType>().value(row);
+        let uuid = batch.column(col::RECORD_UUID).as_fixed_size_binary();
+        let parsed = if uuid.is_null(row) {
+            Err("no record_uuid".to_string())
+        } else {
+            let key = u128::from_be_bytes(uuid.value(row).try_into().expect("16 bytes"));
+            let hash = xxhash_rust::xxh3::xxh3_64(payload);
+            if let Some(last) = self.last.get_mut(&key).filter(|l| l.value == hash) {
+                last.seen = last.seen.max(ts);
+                self.audit.replicas += 1;
+                return;
+            }
+            UnionRecord::parse(table, self.rules.tables[table].kind, payload).and_then(|r| {
+                if r.record_uuid().as_u128() == key {
+                    self.last.insert(key, Last { value: hash, seen: ts });
+                    Ok(r)
+                } else {
+                    Err("record_uuid read twice differently".into())
+                }
+            })
+        };
+        match parsed {
+            Ok(r) => {
+                self.audit.forwarded += 1;
+                self.out.push(r);
+            }
+            Err(why) => {
+                self.audit.invalid += 1;
+                let source = &self.rules.tables[table].source;
+                let partition = batch.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>().value(row);
+                let offset = batch.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().value(row);
+                let region = &self.rules.regions[region];
+                self.dead.push(DeadLetter {
+                    // Region and topic: two regions' topics of one name hold different records.
+                    record_uuid: record_uuid::dead_letter(&format!("{region}/{source}"), partition, offset),
+                    topic: Arc::from(source.as_str()),
+                    partition: Some(partition),
+                    offset: Some(offset),
+                    kafka_timestamp: Some(ts),
+                    reason: format!("not_a_record: not a record of {} from region {region}: {why}", self.rules.tables[table].target),
+                    payload: String::from_utf8_lossy(payload).into_owned(),
+                });
+            }
+        }
+    }
+}
+
+impl Operator for UnionOperator {
+    type Record = UnionRecord;
+    type Audit = Audit;
+    type State = UnionState;
+
+    fn process_epoch(&mut self, epoch: &[EpochInput<'_>]) {
+        for (input, part) in epoch.iter().enumerate() {
+            for (batch, rows) in part.selections() {
+                match rows {
+                    Some(rows) => rows.iter().for_each(|&r| self.row(input, batch, r as usize)),
+                    None => (0..batch.num_rows()).for_each(|r| self.row(input, batch, r)),
+                }
+            }
+        }
+    }
+
+    fn advance_ingest_watermark(&mut self, t: i64) {
+        self.ingest_watermark = self.ingest_watermark.max(t);
+        // Hourly, the record_uuids not seen for forget_after are forgotten.
+        if self.ingest_watermark >= self.swept.saturating_add(3_600_000) {
+            let horizon = self.ingest_watermark.saturating_sub(self.rules.forget_after_ms);
+            self.last.retain(|_, l| l.seen >= horizon);
+            self.swept = self.ingest_watermark;
+        }
+    }
+
+    fn finish(&mut self) {}
+
+    fn ingest_watermark(&self) -> i64 {
+        self.ingest_watermark
+    }
+
+    fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    fn drain(&mut self) -> (Vec<UnionRecord>, Vec<DeadLetter>) {
+        (std::mem::take(&mut self.out), std::mem::take(&mut self.dead))
+    }
+
+    fn drain_tables(&mut self, _before: i64) -> (Vec<(usize, RecordBatch)>, Vec<DeadLetter>) {
+        // The union forwards records; a backfill of it (Parquet tables) is refused by its
+        // reading plan, so nothing is ever drained as tables.
+        debug_assert!(self.settings.emit == Emit::Updates, "the union job has no backfill");
+        let (records, dead) = self.drain();
+        assert!(records.is_empty(), "the union job has no table output");
+        (Vec::new(), dead)
+    }
+
+    fn final_before(&self) -> i64 {
+        self.ingest_watermark
+    }
+
+    fn first_emitted(&self) -> Option<i64> {
+        self.out.iter().map(OutputRecord::partition_time).min()
+    }
+
+    fn snapshot(&self) -> UnionState {
+        assert!(self.out.is_empty() && self.dead.is_empty(), "snapshot before drain");
+        let mut last: Vec<(u128, u64, i64)> = self.last.iter().map(|(k, l)| (*k, l.value, l.seen)).collect();
+        last.sort_unstable_by_key(|(k, _, _)| *k);
+        UnionState { last, ingest_watermark: self.ingest_watermark, audit: self.audit.clone() }
+    }
+}
