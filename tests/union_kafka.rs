@@ -257,3 +257,76 @@ fn touched_windows(brokers: &[&Broker]) -> std::collections::BTreeSet<(String, S
     }
     out
 }
+
+/// One region's broker goes away for a while (stopped, then started again on its storage):
+/// the union on the other region keeps forwarding its own region's records meanwhile, says
+/// which region is behind, and catches up with the returning region, losing nothing.
+#[test]
+fn a_region_that_goes_away_does_not_stop_the_others_and_is_caught_up_on_return() {
+    let (a, b) = (Broker::start("memory"), Broker::start("sqlite"));
+    let work = tempfile::tempdir().unwrap();
+    region(&a, "0", "1", work.path(), None);
+    region(&b, "1", "2", work.path(), None);
+    let ckpt = work.path().join("union-a");
+    let log = work.path().join("union-a.log");
+    let mut args = union_args(&a.addr, ckpt.to_str().unwrap(), &a.addr, &b.addr);
+    args.extend(["--idle-timeout".to_string(), "2s".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut union = spawn(&args, &log);
+    // Whether every last value of a region's source topic is the union topic's too.
+    let forwarded_all = |source: &Broker| {
+        let union = upsert::<AdMetric>(&a.addr, "ad-metrics-all").0;
+        upsert::<AdMetric>(&source.addr, "ad-metrics").0.iter().all(|(u, m)| union.get(u) == Some(m))
+    };
+    let wait_until = |what: &str, secs: u64, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !ok() {
+            if std::time::Instant::now() >= deadline {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().filter(|l| !l.starts_with('%')).rev().take(8).collect();
+                panic!("{what} within {secs} s; the union's log, checkpoints left out, last lines first:\n{}", tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    wait_until("the union forwarded region a's records", 60, &|| forwarded_all(&a));
+
+    // Region b goes away; region a's traffic goes on, and its new windows still reach the union.
+    let stopped = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh")).args(["stop", b.dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(stopped.status.success());
+    let more = spawn(
+        &["produce", "--brokers", &a.addr, "--start", &rfc3339(T0 + 4 * 3_600_000), "--partitions", "4", "--regions", "1", "--events", "30000",
+          "--hours", "1", "--ads", "150", "--seed", "3", "--rate", "1500", "--watermark-tick"],
+        &work.path().join("produce-more.log"),
+    );
+    let ckpt_agg = work.path().join("ckpt-aggregation-0");
+    adsproc_until_caught_up_while(&a, &ckpt_agg, more);
+    wait_until("region a's new records were forwarded while region b was away", 60, &|| forwarded_all(&a));
+    wait_until("the log named the region behind", 40, &|| std::fs::read_to_string(&log).unwrap_or_default().contains("region region-b is behind"));
+    assert!(union.try_wait().unwrap().is_none(), "the union stopped while region b was away:\n{}", std::fs::read_to_string(&log).unwrap());
+
+    // Region b returns, on its storage, with more traffic of its own.
+    let started = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh")).args(["restart", b.dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    adsproc(&["produce", "--brokers", &b.addr, "--start", &rfc3339(T0 + 4 * 3_600_000), "--partitions", "4", "--regions", "1", "--first-region", "1",
+        "--events", "10000", "--hours", "1", "--ads", "150", "--seed", "4", "--watermark-tick"]);
+    let ckpt_b = work.path().join("ckpt-aggregation-1");
+    adsproc(&["stream", "--job", "aggregation", "--brokers", &b.addr, "--checkpoint", ckpt_b.to_str().unwrap(), "--checkpoint-interval", "1s", "--stop-when-caught-up"]);
+    wait_until("region b's records, old and new, were forwarded after its return", 90, &|| forwarded_all(&b));
+    unsafe { libc::kill(union.id() as i32, libc::SIGTERM) };
+    assert!(union.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+
+    let mut metrics: BTreeMap<uuid::Uuid, AdMetric> = upsert::<AdMetric>(&a.addr, "ad-metrics").0;
+    metrics.extend(upsert::<AdMetric>(&b.addr, "ad-metrics").0);
+    same("ad-metrics-all after region b's return", &upsert::<AdMetric>(&a.addr, "ad-metrics-all").0, &metrics);
+}
+
+/// Runs region a's aggregation job live until `traffic` ends, then until caught up.
+fn adsproc_until_caught_up_while(a: &Broker, ckpt: &Path, mut traffic: std::process::Child) {
+    let log = ckpt.with_extension("log");
+    let mut live = spawn(&["stream", "--job", "aggregation", "--brokers", &a.addr, "--checkpoint", ckpt.to_str().unwrap(), "--checkpoint-interval", "500ms"], &log);
+    assert!(traffic.wait().unwrap().success());
+    unsafe { libc::kill(live.id() as i32, libc::SIGTERM) };
+    assert!(live.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    adsproc(&["stream", "--job", "aggregation", "--brokers", &a.addr, "--checkpoint", ckpt.to_str().unwrap(), "--stop-when-caught-up"]);
+}

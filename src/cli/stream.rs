@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::connector::checkpoint_store::ObjectCheckpoints;
-use crate::connector::kafka::broker::{job_topics, KafkaBroker, StreamTopics};
+use crate::connector::kafka::broker::{job_topics, KafkaBroker, StreamTopics, LOCAL};
 use crate::connector::kafka::txn_output::transaction_timeout;
 use crate::connector::kafka::KafkaSettings;
 use crate::connector::store::{open, parse_key_value};
@@ -174,7 +174,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     let clusters = J::inputs(&rules)
         .iter()
         .map(|i| match &i.region {
-            None => Ok(("local".to_string(), settings.clone())),
+            None => Ok((LOCAL.to_string(), settings.clone())),
             Some(r) => a
                 .regions
                 .iter()

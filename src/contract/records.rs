@@ -41,6 +41,21 @@ struct Identity {
     record_uuid: uuid::Uuid,
 }
 
+/// The `record_uuid` of a record's JSON. adsproc's jobs write it first, as
+/// `{"record_uuid":"<36 characters>"`, which is read without a JSON parser (a whole parse just to
+/// find it was a fifth of the union's time); any other layout is parsed.
+pub fn record_uuid_of(payload: &[u8]) -> Option<uuid::Uuid> {
+    const PREFIX: &[u8] = br#"{"record_uuid":""#;
+    if let Some(rest) = payload.strip_prefix(PREFIX) {
+        if rest.len() > 36 && rest[36] == b'"' {
+            if let Ok(u) = uuid::Uuid::try_parse_ascii(&rest[..36]) {
+                return Some(u);
+            }
+        }
+    }
+    serde_json::from_slice::<Identity>(payload).ok().map(|id| id.record_uuid)
+}
+
 pub struct RecordDecoder {
     uuid: FixedSizeBinaryBuilder,
     payload: BinaryBuilder,
@@ -61,9 +76,9 @@ impl RecordDecoder {
     }
 
     pub fn append(&mut self, partition: i32, offset: i64, timestamp: i64, payload: &[u8]) {
-        match serde_json::from_slice::<Identity>(payload) {
-            Ok(id) => self.uuid.append_value(id.record_uuid.as_bytes()).expect("16 bytes"),
-            Err(_) => self.uuid.append_null(),
+        match record_uuid_of(payload) {
+            Some(id) => self.uuid.append_value(id.as_bytes()).expect("16 bytes"),
+            None => self.uuid.append_null(),
         }
         self.payload.append_value(payload);
         self.partition.append_value(partition);
@@ -83,5 +98,21 @@ impl RecordDecoder {
             ],
         )
         .expect("columns match the schema")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_uuid_is_found_in_any_layout() {
+        let u = "0b7d1b3e-4c52-5e0f-9d0c-3f1c6f0a9e11";
+        let want = Some(uuid::Uuid::parse_str(u).unwrap());
+        assert_eq!(record_uuid_of(format!(r#"{{"record_uuid":"{u}","x":1}}"#).as_bytes()), want);
+        assert_eq!(record_uuid_of(format!(r#"{{ "x": 1, "record_uuid": "{u}" }}"#).as_bytes()), want);
+        assert_eq!(record_uuid_of(format!(r#"{{"record_uuid":"{u}x"}}"#).as_bytes()), None);
+        assert_eq!(record_uuid_of(br#"{"record_uuid":"not-a-uuid-but-thirty-six-characters!"}"#), None);
+        assert_eq!(record_uuid_of(b"not json"), None);
     }
 }

@@ -10,7 +10,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 use super::scenario::{Produced, Scenario};
 use crate::connector::checkpoint_store::ObjectCheckpoints;
-use crate::connector::kafka::broker::{job_topics, KafkaBroker, StreamTopics};
+use crate::connector::kafka::broker::{job_topics, KafkaBroker, StreamTopics, LOCAL};
 use crate::connector::kafka::topic_dump::read_to_end;
 use crate::connector::kafka::txn_output::transaction_timeout;
 use crate::connector::kafka::{admin, KafkaSettings};
@@ -85,7 +85,7 @@ pub(crate) fn run_kafka_feed<J: Job>(s: &Scenario, rules: &J::Rules, brokers: &s
         max_waiting_per_partition: s.poll_size,
     };
     let topics = StreamTopics {
-        clusters: inputs.iter().map(|_| ("local".to_string(), settings.clone())).collect(),
+        clusters: inputs.iter().map(|_| (LOCAL.to_string(), settings.clone())).collect(),
         inputs,
         outputs: outputs.clone(),
         dlq: dlq.clone(),

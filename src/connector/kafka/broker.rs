@@ -21,6 +21,9 @@ use crate::runtime::stream::job::Broker;
 use anyhow::Context;
 use arrow::array::RecordBatch;
 
+/// The region name of the job's own cluster (`--brokers`) among its inputs' clusters.
+pub const LOCAL: &str = "local";
+
 /// A topic written to, with its partition count.
 type OutTopic = (String, i32);
 
@@ -106,9 +109,16 @@ impl KafkaBroker {
         let mut partitions = Vec::new();
         for (input, (topic, _)) in t.inputs.iter().enumerate() {
             let (region, on) = &t.clusters[input];
-            let ps = admin::partitions(on, topic)
-                .with_context(|| format!("region {region}"))?
-                .with_context(|| format!("input topic {topic:?} does not exist on {} (region {region})", on.brokers))?;
+            let ps = match admin::partitions(on, topic).with_context(|| format!("region {region}"))? {
+                Some(ps) => ps,
+                // Another region's output that does not exist yet (that region does not run the
+                // job, or not yet): read once partition discovery finds it.
+                None if region != LOCAL => {
+                    tracing::warn!("region {region} has no topic {topic:?} yet: it is read from its beginning once it exists");
+                    Vec::new()
+                }
+                None => anyhow::bail!("input topic {topic:?} does not exist on {}", on.brokers),
+            };
             partitions.extend(ps.into_iter().map(|p| Source::new(input, p)));
         }
         let kg_topic = t.key_group_topic();

@@ -196,11 +196,16 @@ impl TopicReader {
     /// partitions to a live topic (it never removes any), and a reader that kept the list it
     /// started with would never read the new ones.
     pub fn unread_partitions(&self) -> anyhow::Result<Vec<Source>> {
+        self.unread_partitions_within(Duration::from_secs(10))
+    }
+
+    /// The same, waiting at most `timeout` for each topic's metadata.
+    pub fn unread_partitions_within(&self, timeout: Duration) -> anyhow::Result<Vec<Source>> {
         let mut new = Vec::new();
         for (input, (topic, _)) in self.topics.iter().enumerate() {
             let md = self
                 .consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .fetch_metadata(Some(topic), timeout)
                 .with_context(|| format!("cannot read the metadata of {topic:?}"))?;
             let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { continue };
             new.extend(t.partitions().iter().map(|p| Source::new(input, p.id())).filter(|p| !self.partitions.contains(p)));

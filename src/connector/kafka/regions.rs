@@ -33,6 +33,8 @@ struct Cluster {
     /// The greatest Kafka timestamp read from it.
     newest: Option<i64>,
     last_said: Option<Instant>,
+    /// When a look for new partitions last failed to reach it, if nothing came from it since.
+    unreachable: Option<Instant>,
 }
 
 pub struct ClusterReaders {
@@ -79,6 +81,7 @@ impl ClusterReaders {
                 last_delivery: Instant::now(),
                 newest: None,
                 last_said: None,
+                unreachable: None,
             });
         }
         Ok(Self { clusters, of_input, paused: BTreeSet::new() })
@@ -119,12 +122,24 @@ impl ClusterReaders {
 
     /// Partitions added to the topics since the readers started. A cluster that does not
     /// answer is skipped (said in the log): its new partitions are found at a later look.
-    pub fn unread_partitions(&self) -> anyhow::Result<Vec<Source>> {
+    pub fn unread_partitions(&mut self) -> anyhow::Result<Vec<Source>> {
         let mut new = Vec::new();
-        for (c, cluster) in self.clusters.iter().enumerate() {
-            match cluster.reader.unread_partitions() {
-                Ok(ps) => new.extend(ps.into_iter().map(|s| self.global(c, s))),
-                Err(e) if self.clusters.len() > 1 => tracing::warn!("region {}: cannot look for new partitions: {e:#}", cluster.name),
+        // With several clusters, the loop that waits here is the one that forwards the others'
+        // records: a cluster that does not answer may hold it up one short wait per topic, not
+        // librdkafka's ten seconds (found by the outage test: the union stalled 20 s of every 30).
+        let timeout = if self.clusters.len() > 1 { Duration::from_millis(500) } else { Duration::from_secs(10) };
+        let several = self.clusters.len() > 1;
+        for c in 0..self.clusters.len() {
+            match self.clusters[c].reader.unread_partitions_within(timeout) {
+                Ok(ps) => {
+                    let found: Vec<Source> = ps.into_iter().map(|s| self.global(c, s)).collect();
+                    new.extend(found);
+                }
+                Err(e) if several => {
+                    let cluster = &mut self.clusters[c];
+                    tracing::debug!("region {}: cannot look for new partitions: {e:#}", cluster.name);
+                    cluster.unreachable.get_or_insert_with(Instant::now);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -177,6 +192,7 @@ impl ClusterReaders {
         for (input, batch) in polled {
             if batch.num_rows() > 0 {
                 cluster.last_delivery = Instant::now();
+                cluster.unreachable = None;
                 let ts = batch.column(cluster.formats[input].meta_columns().timestamp).as_primitive::<TimestampMillisecondType>();
                 if let Some(max) = arrow::compute::max(ts) {
                     cluster.newest = Some(cluster.newest.map_or(max, |n| n.max(max)));
@@ -186,22 +202,34 @@ impl ClusterReaders {
         }
     }
 
-    /// Names a region that has delivered nothing for a while when another has, with how far
-    /// its newest record is behind theirs, at most every [`BEHIND_AFTER`].
+    /// Names a region that cannot be reached, or has delivered nothing for a while when another
+    /// has, with how long and how far its newest record is behind the others', at most every
+    /// [`BEHIND_AFTER`] per region.
     fn say_who_is_behind(&mut self) {
         let newest = self.clusters.iter().filter_map(|c| c.newest).max();
         let freshest = self.clusters.iter().map(|c| c.last_delivery).max();
-        let (Some(newest), Some(freshest)) = (newest, freshest) else { return };
         for c in &mut self.clusters {
-            let silent = c.last_delivery.elapsed();
-            let others_flow = freshest.elapsed() < BEHIND_AFTER;
-            if silent >= BEHIND_AFTER && others_flow && c.last_said.is_none_or(|t| t.elapsed() >= BEHIND_AFTER) && !c.reader.caught_up() {
-                c.last_said = Some(Instant::now());
-                let behind = c.newest.map_or("nothing read from it yet".to_string(), |n| {
-                    format!("its newest record ({}) is {} behind the others'", rfc3339(n), humantime::format_duration(Duration::from_millis((newest - n).max(0) as u64)))
-                });
-                tracing::warn!("region {} is behind: nothing read from it for {} s while the others deliver; {behind}", c.name, silent.as_secs());
+            if c.last_said.is_some_and(|t| t.elapsed() < BEHIND_AFTER) {
+                continue;
             }
+            let silent = c.last_delivery.elapsed();
+            // Its metadata could not be read at the last look for partitions, and nothing came since.
+            let unreachable = c.unreachable;
+            let starved = silent >= BEHIND_AFTER && freshest.is_some_and(|f| f.elapsed() < BEHIND_AFTER) && !c.reader.caught_up();
+            if unreachable.is_none() && !starved {
+                continue;
+            }
+            c.last_said = Some(Instant::now());
+            let behind = match (c.newest, newest) {
+                (Some(n), Some(newest)) => format!(
+                    "its newest record read ({}) is {} behind the newest of all regions",
+                    rfc3339(n),
+                    humantime::format_duration(Duration::from_millis((newest - n).max(0) as u64))
+                ),
+                _ => "nothing read from it yet".to_string(),
+            };
+            let why = if unreachable.is_some() { "its brokers cannot be reached" } else { "it delivers nothing while the others do" };
+            tracing::warn!("region {} is behind: {why}, nothing read from it for {} s; {behind}; the other regions go on", c.name, silent.as_secs());
         }
     }
 

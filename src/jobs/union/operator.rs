@@ -185,3 +185,97 @@ impl Operator for UnionOperator {
         UnionState { last, ingest_watermark: self.ingest_watermark, audit: self.audit.clone() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::format::{decode, Format};
+    use crate::contract::raw::RawMessage;
+    use crate::jobs::union::rules::UnionRules;
+
+    fn rules() -> UnionRules {
+        let mut r = UnionRules::from_toml(super::super::rules::DEFAULT_JOB_FILE).unwrap();
+        r.regions = vec!["region-a".into(), "region-b".into()];
+        r
+    }
+
+    fn metric(ad: &str, impressions: i64) -> Vec<u8> {
+        let m = crate::contract::outputs::AdMetric {
+            record_uuid: record_uuid::ad_metric("region-a", ad, 60_000),
+            region: "region-a".into(),
+            ad_id: ad.into(),
+            campaign_id: None,
+            advertiser_id: None,
+            window_start: 60_000,
+            window_end: 120_000,
+            impressions,
+            clicks: 0,
+        };
+        let mut v = Vec::new();
+        m.write_json(&mut v);
+        v
+    }
+
+    fn batch(payloads: &[Vec<u8>], first_offset: i64) -> RecordBatch {
+        let messages: Vec<RawMessage> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawMessage { partition: 0, offset: first_offset + i as i64, timestamp: 1_000 + i as i64, payload: p.clone() })
+            .collect();
+        decode(Format::Records, &messages)
+    }
+
+    impl UnionRecord {
+        fn write_json_string(&self) -> String {
+            let mut v = Vec::new();
+            self.write_json(&mut v);
+            String::from_utf8(v).unwrap()
+        }
+    }
+
+    fn run(op: &mut UnionOperator, input: usize, b: &RecordBatch) -> (Vec<UnionRecord>, Vec<DeadLetter>) {
+        let mut epoch = vec![EpochInput::EMPTY; 4];
+        let batches = [b.clone()];
+        epoch[input] = EpochInput { batches: &batches, rows: None };
+        op.process_epoch(&epoch);
+        op.drain()
+    }
+
+    #[test]
+    fn replicas_of_the_last_forwarded_value_are_collapsed_across_restores() {
+        let mut op = UnionOperator::new(rules(), RunSettings::stream(0, 1));
+        let (out, dead) = run(&mut op, 0, &batch(&[metric("ad-1", 1), metric("ad-1", 1), metric("ad-1", 2), metric("ad-2", 5)], 0));
+        assert_eq!(out.iter().map(|r| r.write_json_string()).collect::<Vec<_>>(), [metric("ad-1", 1), metric("ad-1", 2), metric("ad-2", 5)].map(|v| String::from_utf8(v).unwrap()));
+        assert!(dead.is_empty());
+        // Through a checkpoint: a replica of the last value stays collapsed, an older value is a change.
+        let mut op = UnionOperator::restore(rules(), RunSettings::stream(0, 1), op.snapshot());
+        let (out, _) = run(&mut op, 0, &batch(&[metric("ad-1", 2), metric("ad-2", 5), metric("ad-1", 1)], 4));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].write_json_string(), String::from_utf8(metric("ad-1", 1)).unwrap());
+        let a = op.audit().clone();
+        assert_eq!((a.read, a.forwarded, a.replicas, a.invalid), (7, 4, 3, 0));
+    }
+
+    #[test]
+    fn what_is_not_a_record_of_its_table_is_a_dead_letter_named_by_region() {
+        let mut op = UnionOperator::new(rules(), RunSettings::stream(0, 1));
+        let order_json = br#"{"record_uuid":"0b7d1b3e-4c52-5e0f-9d0c-3f1c6f0a9e11","order_id":"o"}"#.to_vec();
+        // Input 2 is region b's ad-metrics.
+        let (out, dead) = run(&mut op, 2, &batch(&[b"not json".to_vec(), order_json], 0));
+        assert!(out.is_empty());
+        assert_eq!(dead.len(), 2);
+        assert!(dead.iter().all(|d| d.reason.starts_with("not_a_record: not a record of ad-metrics-all from region region-b")), "{dead:?}");
+        assert_eq!(dead[0].record_uuid, record_uuid::dead_letter("region-b/ad-metrics", 0, 0));
+        assert!(crate::core::job::JobAudit::balances(op.audit()));
+    }
+
+    #[test]
+    fn state_is_forgotten_after_forget_after() {
+        let mut op = UnionOperator::new(rules(), RunSettings::stream(0, 1));
+        run(&mut op, 0, &batch(&[metric("ad-1", 1)], 0));
+        op.advance_ingest_watermark(1_000 + 2 * 86_400_000 + 3_600_000);
+        assert!(op.snapshot().last.is_empty());
+        let (out, _) = run(&mut op, 0, &batch(&[metric("ad-1", 1)], 1));
+        assert_eq!(out.len(), 1, "a replica after forget_after is forwarded once more");
+    }
+}

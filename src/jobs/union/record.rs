@@ -1,5 +1,7 @@
 //! What the union forwards: a record of one of the tables, as its region's job wrote it.
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -15,6 +17,9 @@ use crate::core::job::OutputRecord;
 pub struct UnionRecord {
     pub table: usize,
     pub value: Value,
+    /// The bytes it was read as, forwarded as they are (they parsed as `value`).
+    #[serde(skip)]
+    pub raw: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +36,7 @@ impl UnionRecord {
             TableKind::AdMetrics => Value::Metric(serde_json::from_slice(json).map_err(|e| e.to_string())?),
             TableKind::AttributedOrders => Value::Order(serde_json::from_slice(json).map_err(|e| e.to_string())?),
         };
-        Ok(Self { table, value })
+        Ok(Self { table, value, raw: Some(Arc::from(json)) })
     }
 }
 
@@ -66,8 +71,12 @@ impl OutputRecord for UnionRecord {
         }
     }
 
-    /// Exactly the bytes its region's job wrote (both jobs write their records this way).
+    /// Exactly the bytes its region's job wrote.
     fn write_json(&self, out: &mut Vec<u8>) {
+        if let Some(raw) = &self.raw {
+            out.extend_from_slice(raw);
+            return;
+        }
         match &self.value {
             Value::Metric(m) => m.write_json(out),
             Value::Order(o) => o.write_json(out),
@@ -83,7 +92,7 @@ impl OutputRecord for UnionRecord {
                 Ok(AttributedOrder::from_batch(0, b)?.into_iter().map(Value::Order).collect())
             }
         };
-        Ok(value(batch)?.into_iter().map(|value| Self { table, value }).collect())
+        Ok(value(batch)?.into_iter().map(|value| Self { table, value, raw: None }).collect())
     }
 
     fn readable(&self) -> serde_json::Value {
