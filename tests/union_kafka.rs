@@ -47,6 +47,18 @@ fn union_args<'a>(local: &'a str, ckpt: &'a str, a: &'a str, b: &'a str) -> Vec<
         .collect()
 }
 
+/// Runs a union on `local` until caught up; returns its log.
+fn union_until_caught_up(local: &Broker, ckpt: &Path, a: &Broker, b: &Broker) -> String {
+    let out = std::process::Command::new(common::kafka::bin())
+        .args(union_args(&local.addr, ckpt.to_str().unwrap(), &a.addr, &b.addr))
+        .arg("--stop-when-caught-up")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success() && text.contains("[balanced]"), "{text}");
+    text
+}
+
 /// How many records a union that never failed forwards of these sources: every record whose
 /// value differs from the one before it of its record_uuid (offset order).
 fn changes(sources: &[Vec<adsproc::connector::kafka::topic_dump::Record>]) -> usize {
@@ -109,13 +121,7 @@ fn two_regions_serve_the_same_rows_through_union_and_load_with_kills() {
 
     // Region b's union runs undisturbed; region a's is killed at random moments as it works.
     let ckpt_b = work.path().join("union-b");
-    let out = std::process::Command::new(common::kafka::bin())
-        .args(union_args(&b.addr, ckpt_b.to_str().unwrap(), &a.addr, &b.addr))
-        .arg("--stop-when-caught-up")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("[balanced]"), "{text}");
+    union_until_caught_up(&b, &ckpt_b, &a, &b);
 
     // While region a's union is killed, region a's traffic goes on: another hour of events,
     // sent at a few thousand a second, counted by its aggregation job as they come.
@@ -149,19 +155,10 @@ fn two_regions_serve_the_same_rows_through_union_and_load_with_kills() {
     unsafe { libc::kill(live.id() as i32, libc::SIGTERM) };
     assert!(live.wait().unwrap().success());
     adsproc(&["stream", "--job", "aggregation", "--brokers", &a.addr, "--checkpoint", ckpt_agg.to_str().unwrap(), "--stop-when-caught-up"]);
-    let mut last = args.clone();
-    last.push("--stop-when-caught-up");
-    let out = std::process::Command::new(common::kafka::bin()).args(&last).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("[balanced]"), "{text}");
+    union_until_caught_up(&a, &ckpt_a, &a, &b);
     // Region b's union resumes from its checkpoint and forwards region a's new records.
-    let out = std::process::Command::new(common::kafka::bin())
-        .args(union_args(&b.addr, ckpt_b.to_str().unwrap(), &a.addr, &b.addr))
-        .arg("--stop-when-caught-up")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("restored checkpoints {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}"), "{text}");
+    let text = union_until_caught_up(&b, &ckpt_b, &a, &b);
+    assert!(text.contains("restored checkpoints {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}"), "{text}");
 
     // Contract §6 on the topics: per record_uuid, the union topic's last value is the source's.
     let mut metrics: BTreeMap<uuid::Uuid, AdMetric> = upsert::<AdMetric>(&a.addr, "ad-metrics").0;
@@ -211,12 +208,7 @@ fn two_regions_serve_the_same_rows_through_union_and_load_with_kills() {
         fresh.extend(read_table::<AdMetric>(&parquet, "ad-metrics").into_iter().map(|m| (m.record_uuid, m)));
     }
     for (local, ckpt) in [(&a, &ckpt_a), (&b, &ckpt_b)] {
-        let out = std::process::Command::new(common::kafka::bin())
-            .args(union_args(&local.addr, ckpt.to_str().unwrap(), &a.addr, &b.addr))
-            .arg("--stop-when-caught-up")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        union_until_caught_up(local, ckpt, &a, &b);
     }
     for (broker, url) in [(&a, &urls[0]), (&b, &urls[1])] {
         adsproc(&["load", "--brokers", &broker.addr, "--topic", "ad-metrics-all", "--into", url, "--stop-when-caught-up"]);
