@@ -30,9 +30,10 @@ pub struct Args {
     #[arg(long, value_parser = super::job_names())]
     job: String,
     /// Archive root: the directory or s3:// prefix that holds `<topic>/dt=…/hr=…` for each of
-    /// the job's input topics.
-    #[arg(long)]
-    source: String,
+    /// the job's input topics. The union job: repeatable, one per region, each the root of that
+    /// region's output tables (a backfill's --sink).
+    #[arg(long, required = true)]
+    source: Vec<String>,
     /// Output root; the job's tables and `dlq/` are written below it. Or `kafka://HOST:PORT[,…]`:
     /// the job's output topics (and `<topic>-dlq`), in transactions, each record in the
     /// partition the live job writes it to, so that it replaces the live value downstream.
@@ -90,7 +91,83 @@ fn compact(ms: i64) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.job == crate::jobs::union::Union::NAME {
+        // The union reads the regions' output tables, not the topics' archives.
+        return run_union(a);
+    }
+    anyhow::ensure!(
+        a.source.len() == 1,
+        "--source is given {} times: the {} job reads one archive root (several are for the union job's regions)",
+        a.source.len(),
+        a.job
+    );
     super::with_job(&a.job.clone(), Backfill(a))
+}
+
+/// `backfill --job union`: the regions' output tables (each --source a region's backfill
+/// output) merged into the union's tables under --sink, one record per record_uuid in the
+/// range: the newest file's where two disagree.
+fn run_union(a: Args) -> anyhow::Result<ExitCode> {
+    use crate::connector::output_tables::read_table;
+    use crate::contract::attributed_orders::{self, AttributedOrder};
+    use crate::contract::outputs::{ad_metrics_batch, AdMetric};
+    use crate::contract::table::TableKind;
+    use crate::jobs::union::merge::newest_per_uuid;
+    use crate::jobs::union::Union;
+
+    anyhow::ensure!(!a.complete, "--complete applies to the aggregation job's lateness rule; the union job has none");
+    anyhow::ensure!(a.topic.is_none() && a.max_rate.is_none(), "--topic and --max-rate do not apply to the union job's backfill");
+    anyhow::ensure!(!a.sink.starts_with("kafka://"), "the union job's backfill writes Parquet tables; its topics are written by the union stream job");
+    anyhow::ensure!(a.from < a.to, "--from must be before --to");
+    let rules = super::load_rules::<Union>(a.job_file.as_deref())?;
+    let rt = super::tokio_runtime()?;
+    let sources = a
+        .source
+        .iter()
+        .map(|s| open(s, &a.store_options, false).map_err(|e| anyhow::anyhow!("--source {s}: {e:#}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sink_loc = open(&a.sink, &a.store_options, true).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;
+    let started = std::time::Instant::now();
+    let mut sink = HiveParquetSink::new(sink_loc, rt.handle().clone(), format!("union-{}-{}", compact(a.from), compact(a.to)), Union::outputs(&rules));
+    println!("backfill of the union job, [{}, {}) from {} regions' tables", rfc3339(a.from), rfc3339(a.to), sources.len());
+    let mut written = 0;
+    for (t, table) in rules.tables.iter().enumerate() {
+        let mut files = 0;
+        let batch = match table.kind {
+            TableKind::AdMetrics => {
+                let mut rows = Vec::new();
+                for s in &sources {
+                    let (r, f) = read_table::<AdMetric>(s, rt.handle(), &table.source, a.from, a.to)?;
+                    rows.extend(r.into_iter().map(|r| (r.written, r.file, r.record)));
+                    files += f;
+                }
+                let mut merged = newest_per_uuid(rows);
+                merged.records.sort_by(|x, y| (x.window_start, &x.region, &x.ad_id).cmp(&(y.window_start, &y.region, &y.ad_id)));
+                println!("  {}: {} rows in {files} files, {} replicas, {} conflicts (newest file kept)", table.source, merged.read, merged.replicas, merged.conflicts);
+                ad_metrics_batch(&merged.records)
+            }
+            TableKind::AttributedOrders => {
+                let mut rows = Vec::new();
+                for s in &sources {
+                    let (r, f) = read_table::<AttributedOrder>(s, rt.handle(), &table.source, a.from, a.to)?;
+                    rows.extend(r.into_iter().map(|r| (r.written, r.file, r.record)));
+                    files += f;
+                }
+                let mut merged = newest_per_uuid(rows);
+                merged.records.sort_by(|x, y| (x.order_time, &x.order_id).cmp(&(y.order_time, &y.order_id)));
+                println!("  {}: {} rows in {files} files, {} replicas, {} conflicts (newest file kept)", table.source, merged.read, merged.replicas, merged.conflicts);
+                attributed_orders::to_batch(&merged.records)
+            }
+        };
+        println!("  wrote {} {} records", batch.num_rows(), table.target);
+        written += batch.num_rows();
+        if batch.num_rows() > 0 {
+            sink.write(t, batch)?;
+        }
+    }
+    let sink_said = sink.finish()?;
+    println!("  {written} records in {:.2} s: {sink_said}", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
 }
 
 struct Backfill(Args);
@@ -119,11 +196,11 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(kafka_sink.as_deref() != Some(""), "--sink kafka:// needs the brokers, e.g. kafka://127.0.0.1:9092");
     anyhow::ensure!(a.kafka_options.is_empty() || kafka_sink.is_some(), "-X sets Kafka client properties, for a kafka:// sink; --sink {} is not one", a.sink);
     anyhow::ensure!(a.key_groups > 0, "--key-groups must be at least 1");
-    if !a.store_options.is_empty() && !is_s3(&a.source) && !is_s3(&a.sink) {
+    if !a.store_options.is_empty() && !is_s3(&a.source[0]) && !is_s3(&a.sink) {
         anyhow::bail!("--store-option applies to s3:// locations, and neither --source nor --sink is one");
     }
     let rt = super::tokio_runtime()?;
-    let source_loc = open(&a.source, &a.store_options, false).map_err(|e| anyhow::anyhow!("--source: {e:#}"))?;
+    let source_loc = open(&a.source[0], &a.store_options, false).map_err(|e| anyhow::anyhow!("--source: {e:#}"))?;
     let archives: Vec<ParquetArchive> =
         J::inputs(&rules).iter().map(|i| ParquetArchive::new(source_loc.clone(), &i.topic, i.format, rt.handle().clone())).collect();
     let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();

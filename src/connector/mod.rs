@@ -5,6 +5,7 @@ pub mod archive;
 pub mod checkpoint_store;
 pub mod kafka;
 pub mod load;
+pub mod output_tables;
 pub mod parquet_sink;
 pub mod postgres;
 pub mod store;

@@ -237,6 +237,22 @@ impl AdMetricsBuilder {
     }
 }
 
+/// An `ad-metrics` batch of records, in the order given.
+pub fn ad_metrics_batch(records: &[AdMetric]) -> RecordBatch {
+    let len = |f: fn(&AdMetric) -> usize| records.iter().map(f).sum::<usize>();
+    let bytes = [
+        len(|m| m.region.len()),
+        len(|m| m.ad_id.len()),
+        len(|m| m.campaign_id.as_deref().map_or(0, str::len)),
+        len(|m| m.advertiser_id.as_deref().map_or(0, str::len)),
+    ];
+    let mut b = AdMetricsBuilder::with_capacity(records.len(), bytes);
+    for m in records {
+        b.append(&m.record_uuid, &m.region, &m.ad_id, m.campaign_id.as_deref(), m.advertiser_id.as_deref(), m.window_start, m.window_end, m.impressions, m.clicks);
+    }
+    b.finish()
+}
+
 /// The records of an `ad-metrics` batch (as built by [`AdMetricsBuilder`]).
 pub fn ad_metrics_rows(batch: &RecordBatch) -> anyhow::Result<Vec<AdMetric>> {
     use arrow::array::{Array, AsArray};

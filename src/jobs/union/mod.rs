@@ -3,6 +3,7 @@
 //! semantics: `docs/union.md`.
 
 pub mod audit;
+pub mod merge;
 pub mod operator;
 pub mod record;
 pub mod rules;
@@ -90,8 +91,8 @@ impl Job for Union {
 
     fn reading(_rules: &UnionRules, _range: BackfillRange) -> anyhow::Result<Vec<ReadRange>> {
         anyhow::bail!(
-            "the union job runs as a stream only for now: a backfill of it (from every region's Parquet output tables) is not built yet; \
-             backfill each region's jobs and read their tables together instead"
+            "the union job's backfill reads the regions' output tables, not the topics' archives: \
+             `adsproc backfill --job union --source <region a's tables> --source <region b's tables> …`"
         )
     }
 }
