@@ -4,11 +4,20 @@
 //! protocol; these land there every time. Each protocol step gets a point here, and the tests
 //! walk [`CrashPoint::ALL`], so a new step is a new case.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
+    /// Stream checkpoint: snapshots encoded, not yet written to the checkpoint store.
+    StreamBeforeSnapshot,
+    /// Stream checkpoint: snapshots written (pre-commit), no group's transaction committed.
+    StreamAfterSnapshot,
+    /// Stream checkpoint: the first key group's transaction committed, the others not.
+    StreamBetweenCommits,
+    /// Stream checkpoint: every group committed, old checkpoints not pruned yet.
+    StreamAfterCommit,
     /// `load`: the batch's rows and offsets are written, the transaction not committed.
     LoadBeforeCommit,
     /// `load`: the batch is committed, the next not begun.
@@ -16,18 +25,47 @@ pub enum CrashPoint {
 }
 
 impl CrashPoint {
-    pub const ALL: &'static [CrashPoint] = &[Self::LoadBeforeCommit, Self::LoadAfterCommit];
+    pub const ALL: &'static [CrashPoint] = &[
+        Self::StreamBeforeSnapshot,
+        Self::StreamAfterSnapshot,
+        Self::StreamBetweenCommits,
+        Self::StreamAfterCommit,
+        Self::LoadBeforeCommit,
+        Self::LoadAfterCommit,
+    ];
+    /// The stream loop's checkpoint, in protocol order.
+    pub const STREAM: &'static [CrashPoint] =
+        &[Self::StreamBeforeSnapshot, Self::StreamAfterSnapshot, Self::StreamBetweenCommits, Self::StreamAfterCommit];
+    /// The load's batch commit.
+    pub const LOAD: &'static [CrashPoint] = &[Self::LoadBeforeCommit, Self::LoadAfterCommit];
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::StreamBeforeSnapshot => "stream-before-snapshot",
+            Self::StreamAfterSnapshot => "stream-after-snapshot",
+            Self::StreamBetweenCommits => "stream-between-commits",
+            Self::StreamAfterCommit => "stream-after-commit",
             Self::LoadBeforeCommit => "load-before-commit",
             Self::LoadAfterCommit => "load-after-commit",
         }
     }
 
     /// Aborts the process (as a crash would: no destructor, no flush) if the environment asks
-    /// for this point and this is the asked-for pass.
+    /// for this point and this is the asked-for pass; in a thread armed by [`arm`], panics
+    /// instead (an in-process test catches it and restarts the loop over the same broker and
+    /// checkpoint store, as a new process would).
     pub fn reached(self) {
+        let armed_here = ARMED_HERE.with(|a| {
+            let (point, n, passes) = a.get()?;
+            if point != self {
+                return None;
+            }
+            a.set(Some((point, n, passes + 1)));
+            (passes + 1 == n).then_some(n)
+        });
+        if let Some(n) = armed_here {
+            std::panic::panic_any(Crashed { point: self, pass: n });
+        }
         static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
         static PASSES: AtomicU64 = AtomicU64::new(0);
         let armed = ARMED.get_or_init(|| {
@@ -42,4 +80,21 @@ impl CrashPoint {
             }
         }
     }
+}
+
+thread_local! {
+    static ARMED_HERE: Cell<Option<(CrashPoint, u64, u64)>> = const { Cell::new(None) };
+}
+
+/// The panic payload of an armed crash point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crashed {
+    pub point: CrashPoint,
+    pub pass: u64,
+}
+
+/// Arms `point` on this thread: its `pass`-th [`CrashPoint::reached`] panics with [`Crashed`].
+/// `None` disarms.
+pub fn arm(point: Option<(CrashPoint, u64)>) {
+    ARMED_HERE.with(|a| a.set(point.map(|(p, n)| (p, n, 0))));
 }

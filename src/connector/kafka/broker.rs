@@ -352,7 +352,10 @@ impl<R: OutputRecord> Broker<R> for KafkaBroker {
         // go backwards under rebalances (the multi-process test then
         // found an offset naming a long-pruned checkpoint): its concurrent TxnOffsetCommits to
         // one group are not isolated from each other.
-        for (g, seq) in seqs {
+        for (i, (g, seq)) in seqs.iter().enumerate() {
+            if i == 1 {
+                crate::runtime::crash_point::CrashPoint::StreamBetweenCommits.reached();
+            }
             self.output(*g)?.commit(&topic, &BTreeMap::from([(*g, *seq)]), &cgm).with_context(|| format!("key group {g}"))?;
         }
         Ok(())

@@ -36,6 +36,7 @@ use super::trigger::CheckpointTrigger;
 use crate::contract::outputs::DeadLetter;
 use crate::contract::time::rfc3339;
 use crate::core::job::{Job, JobAudit, OutputRecord};
+use crate::runtime::crash_point::CrashPoint;
 
 /// What the loop needs from a broker: group membership for key groups, a positioned reader of
 /// the source topics, and per key group a transactional output whose commit carries the
@@ -339,9 +340,12 @@ fn checkpoint_now<J: Job>(
         .map(|(g, n)| (*g, *n, checkpoint::encode(&driver.snapshot_group(*g).expect("owned"))))
         .collect();
     let t1 = Instant::now();
+    CrashPoint::StreamBeforeSnapshot.reached();
     store.put_all(encoded)?;
+    CrashPoint::StreamAfterSnapshot.reached();
     let t2 = Instant::now();
     broker.commit(&next)?;
+    CrashPoint::StreamAfterCommit.reached();
     let took = (t1 - t0, t2 - t1, t2.elapsed());
     for (g, n) in &next {
         seqs.insert(*g, *n);
@@ -479,6 +483,40 @@ mod tests {
         let expected = reference(&topics);
         assert_eq!(expected.values().map(|(i, _)| i).sum::<i64>(), 24);
         assert_eq!(windows(&topics.upserted()), expected);
+    }
+
+    /// The job dies at each step of a checkpoint (`CrashPoint::STREAM`), the first, second and
+    /// third time it gets there; a new run over the same broker and checkpoint store (the dead
+    /// run's open transactions dropped, as the next owner's producer fences them) ends with the
+    /// output of a run without faults, and no committed value of a window ever exceeded its
+    /// final one (a count committed twice would).
+    #[test]
+    fn a_crash_at_every_step_of_a_checkpoint_loses_and_doubles_nothing() {
+        use crate::runtime::crash_point::{arm, Crashed};
+        let mut base = Topics::new(vec![Format::AdEvents]);
+        append_events(&mut base, T0, "e", T0 + 300_000);
+        append_events(&mut base, T0 + 600_000, "f", T0 + 900_000);
+        let expected = reference(&base);
+        // A checkpoint after every poll of 4 messages: a dozen checkpoints.
+        let opts = StreamOptions { checkpoint_interval: Duration::ZERO, min_checkpoint_pause: Duration::ZERO, ..options(None) };
+        for point in CrashPoint::STREAM {
+            for pass in [1, 2, 3] {
+                let mut topics = Topics { source: base.source.clone(), ..Topics::new(vec![Format::AdEvents]) };
+                let store = MemoryCheckpoints::default();
+                arm(Some((*point, pass)));
+                let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut topics, &store, &[0, 1, 2], &opts)));
+                arm(None);
+                let Err(payload) = crashed else { panic!("{} pass {pass}: the armed crash point was not reached", point.name()) };
+                assert_eq!(payload.downcast_ref::<Crashed>(), Some(&Crashed { point: *point, pass }));
+                run_job(&mut topics, &store, &[0, 1, 2], &opts);
+                let last = topics.upserted();
+                assert_eq!(windows(&last), expected, "after a crash at {} (pass {pass})", point.name());
+                for r in &topics.records {
+                    let f = &last[&r.record_uuid];
+                    assert!(r.impressions <= f.impressions && r.clicks <= f.clicks, "{} pass {pass}: committed {r:?} above the final {f:?}", point.name());
+                }
+            }
+        }
     }
 
     #[test]

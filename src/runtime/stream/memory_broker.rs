@@ -217,7 +217,10 @@ impl<R: OutputRecord> Broker<R> for MemoryBroker<'_, R> {
     }
 
     fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
-        for (g, seq) in seqs {
+        for (i, (g, seq)) in seqs.iter().enumerate() {
+            if i == 1 {
+                crate::runtime::crash_point::CrashPoint::StreamBetweenCommits.reached();
+            }
             let (records, dead) = std::mem::take(self.open.get_mut(g).expect("owned"));
             self.topics.records.extend(records);
             self.topics.dead_letters.extend(dead);
