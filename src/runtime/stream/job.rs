@@ -485,38 +485,138 @@ mod tests {
         assert_eq!(windows(&topics.upserted()), expected);
     }
 
-    /// The job dies at each step of a checkpoint (`CrashPoint::STREAM`), the first, second and
-    /// third time it gets there; a new run over the same broker and checkpoint store (the dead
-    /// run's open transactions dropped, as the next owner's producer fences them) ends with the
-    /// output of a run without faults, and no committed value of a window ever exceeded its
-    /// final one (a count committed twice would).
+    fn run_any<J: Job>(rules: &J::Rules, topics: &mut Topics<J::Record>, store: &MemoryCheckpoints, opts: &StreamOptions) {
+        let partitions: Vec<Source> = topics.source.keys().copied().collect();
+        let mut broker = MemoryBroker::new(topics, &partitions, opts.key_groups);
+        run::<J>(rules, &partitions, &mut broker, store, opts, &AtomicBool::new(false)).unwrap();
+    }
+
+    /// Kills a job at each step of a checkpoint (`CrashPoint::STREAM`), the first, second and
+    /// third time it gets there, and runs it again over the same broker and checkpoint store
+    /// (the dead run's open transactions dropped, as the next owner's producer fences them);
+    /// `check` then judges the committed output.
+    fn crash_everywhere<J: Job>(rules: &J::Rules, base: &Topics<J::Record>, check: impl Fn(&str, &Topics<J::Record>)) {
+        use crate::runtime::crash_point::{arm, Crashed};
+        // A checkpoint after every poll of 4 messages.
+        let opts = StreamOptions { checkpoint_interval: Duration::ZERO, min_checkpoint_pause: Duration::ZERO, ..options(None) };
+        for point in CrashPoint::STREAM {
+            for pass in [1, 2, 3] {
+                let case = format!("{}: a crash at {} (pass {pass})", J::NAME, point.name());
+                let mut topics = Topics { source: base.source.clone(), ..Topics::new(base.formats.clone()) };
+                let store = MemoryCheckpoints::default();
+                arm(Some((*point, pass)));
+                let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_any::<J>(rules, &mut topics, &store, &opts)));
+                arm(None);
+                let Err(payload) = crashed else { panic!("{case}: the armed crash point was not reached") };
+                assert_eq!(payload.downcast_ref::<Crashed>(), Some(&Crashed { point: *point, pass }), "{case}");
+                run_any::<J>(rules, &mut topics, &store, &opts);
+                check(&case, &topics);
+            }
+        }
+    }
+
+    /// Aggregation: the output equals a run without faults, and no committed count ever
+    /// exceeded its window's final one (a count committed twice would).
     #[test]
     fn a_crash_at_every_step_of_a_checkpoint_loses_and_doubles_nothing() {
-        use crate::runtime::crash_point::{arm, Crashed};
         let mut base = Topics::new(vec![Format::AdEvents]);
         append_events(&mut base, T0, "e", T0 + 300_000);
         append_events(&mut base, T0 + 600_000, "f", T0 + 900_000);
         let expected = reference(&base);
-        // A checkpoint after every poll of 4 messages: a dozen checkpoints.
-        let opts = StreamOptions { checkpoint_interval: Duration::ZERO, min_checkpoint_pause: Duration::ZERO, ..options(None) };
-        for point in CrashPoint::STREAM {
-            for pass in [1, 2, 3] {
-                let mut topics = Topics { source: base.source.clone(), ..Topics::new(vec![Format::AdEvents]) };
-                let store = MemoryCheckpoints::default();
-                arm(Some((*point, pass)));
-                let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&mut topics, &store, &[0, 1, 2], &opts)));
-                arm(None);
-                let Err(payload) = crashed else { panic!("{} pass {pass}: the armed crash point was not reached", point.name()) };
-                assert_eq!(payload.downcast_ref::<Crashed>(), Some(&Crashed { point: *point, pass }));
-                run_job(&mut topics, &store, &[0, 1, 2], &opts);
-                let last = topics.upserted();
-                assert_eq!(windows(&last), expected, "after a crash at {} (pass {pass})", point.name());
-                for r in &topics.records {
-                    let f = &last[&r.record_uuid];
-                    assert!(r.impressions <= f.impressions && r.clicks <= f.clicks, "{} pass {pass}: committed {r:?} above the final {f:?}", point.name());
+        crash_everywhere::<Aggregation>(&AggregationRules::defaults(), &base, |case, topics| {
+            let last = topics.upserted();
+            assert_eq!(windows(&last), expected, "{case}");
+            for r in &topics.records {
+                let f = &last[&r.record_uuid];
+                assert!(r.impressions <= f.impressions && r.clicks <= f.clicks, "{case}: committed {r:?} above the final {f:?}");
+            }
+        });
+    }
+
+    /// Attribution: orders and the ad events that lead to them on two topics; after a crash at
+    /// any step the final value of every attributed order is a run without faults'.
+    #[test]
+    fn attribution_survives_a_crash_at_every_step_of_a_checkpoint() {
+        use crate::jobs::attribution::rules::AttributionRules;
+        use crate::jobs::attribution::Attribution;
+        let mut base = Topics::new(vec![Format::Orders, Format::AdEvents]);
+        for i in 0..12i64 {
+            let (user, store, t) = (format!("u{}", i % 4), format!("s{}", i % 3), T0 + 10_000 * i);
+            let kind = if i % 3 == 0 { "click" } else { "impression" };
+            base.append_to(1, (i % 2) as i32, t, &format!(
+                r#"{{"event_id":"e{i}","event_type":"{kind}","ad_id":"ad{i}","campaign_id":"c","advertiser_id":"a","user_id":"{user}","store_id":"{store}","event_time":{},"region":"r"}}"#,
+                t - 500
+            ));
+            let order = |status: &str| {
+                format!(
+                    r#"{{"order_id":"o{i}","user_id":"{user}","store_id":"{store}","order_time":{},"status":"{status}","amount_cents":{},"currency":"EUR","region":"r"}}"#,
+                    t + 30_000,
+                    100 + i
+                )
+            };
+            base.append_to(0, (i % 2) as i32, t + 30_000, &order("placed"));
+            // A status update, on the other partition.
+            if i % 4 == 1 {
+                base.append_to(0, ((i + 1) % 2) as i32, t + 200_000, &order("completed"));
+            }
+        }
+        for p in 0..2 {
+            base.append_to(1, p, T0 + 3_600_000, r#"{"event_id":"tick","event_type":"impression","ad_id":"t","event_time":1767229200000,"region":"r","user_id":"t","store_id":"t"}"#);
+            base.append_to(0, p, T0 + 3_600_000, r#"{"order_id":"tick","user_id":"tick","store_id":"t","order_time":1767229200000,"status":"placed","amount_cents":0,"currency":"EUR","region":"r"}"#);
+        }
+        let rules = AttributionRules::defaults();
+        let mut d = StreamDriver::<Attribution>::new(rules.clone(), base.source.keys().copied());
+        let (records, _) = d.replay_inputs([(0, base.messages(0)), (1, base.messages(1))]);
+        let expected: BTreeMap<uuid::Uuid, _> = records.into_iter().map(|r| (r.record_uuid, r)).collect();
+        assert!(expected.len() >= 6 && expected.values().any(|o| o.status == "completed"), "{expected:?}");
+        crash_everywhere::<Attribution>(&rules, &base, |case, topics| assert_eq!(topics.upserted(), expected, "{case}"));
+    }
+
+    /// Union: two regions' ad-metrics, with values that change and replicas; after a crash at
+    /// any step the last value per record_uuid is the sources' last.
+    #[test]
+    fn union_survives_a_crash_at_every_step_of_a_checkpoint() {
+        use crate::jobs::union::rules::UnionRules;
+        use crate::jobs::union::Union;
+        let mut rules = UnionRules::from_toml(crate::jobs::union::rules::DEFAULT_JOB_FILE).unwrap();
+        rules.regions = vec!["region-a".into(), "region-b".into()];
+        // Inputs: region-a ad-metrics 0, attributed-orders 1; region-b ad-metrics 2, attributed-orders 3.
+        let mut base = Topics::new(vec![Format::Records; 4]);
+        let mut expected = BTreeMap::new();
+        for (input, region) in [(0, "region-a"), (2, "region-b")] {
+            for i in 0..10i64 {
+                for version in 0..3 {
+                    let ad: std::sync::Arc<str> = format!("ad{i}").into();
+                    let m = AdMetric {
+                        record_uuid: crate::contract::record_uuid::ad_metric(region, &ad, 60_000 * i),
+                        region: region.into(),
+                        ad_id: ad,
+                        campaign_id: None,
+                        advertiser_id: None,
+                        window_start: 60_000 * i,
+                        window_end: 60_000 * (i + 1),
+                        // Version 2 repeats version 1: a replica.
+                        impressions: i + version.min(1),
+                        clicks: 0,
+                    };
+                    let mut v = Vec::new();
+                    m.write_json(&mut v);
+                    base.append_to(input, (i % 2) as i32, T0 + 1_000 * (3 * i + version), std::str::from_utf8(&v).unwrap());
+                    expected.insert(m.record_uuid, m);
                 }
             }
         }
+        crash_everywhere::<Union>(&rules, &base, |case, topics| {
+            let last: BTreeMap<uuid::Uuid, AdMetric> = topics
+                .upserted()
+                .into_iter()
+                .map(|(u, r)| match r.value {
+                    crate::jobs::union::record::Value::Metric(m) => (u, m),
+                    other => panic!("{case}: {other:?}"),
+                })
+                .collect();
+            assert_eq!(last, expected, "{case}");
+        });
     }
 
     #[test]
