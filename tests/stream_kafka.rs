@@ -249,3 +249,61 @@ fn checkpoints_without_output_are_committed_and_restored() {
     let seq: u64 = restored.split("restored checkpoints {0: ").nth(1).and_then(|s| s.split('}').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
     assert!(seq >= 8, "the restart restored checkpoint {seq}, not one of the latest: {restored}");
 }
+
+/// A zombie: a process paused (SIGSTOP) until its key groups move to another process, then
+/// resumed mid-transaction. Its late commits must be refused (its producers were fenced by the
+/// new owner's), and the output must stay exactly a backfill's.
+#[test]
+fn a_paused_process_that_resumes_after_its_key_groups_moved_is_fenced() {
+    let broker = Broker::start("memory");
+    let work = tempfile::tempdir().unwrap();
+    let ckpt = work.path().join("ckpt");
+    let mut producer = spawn(
+        &produce_args(&broker.addr, &[messy_workload("40000", "36"), vec!["--rate", "2500"]].concat()),
+        &work.path().join("produce.log"),
+    );
+    wait_for_topic(&broker.addr, "ad-events");
+    let start = |instance: &str| stream_process("aggregation", &broker.addr, &ckpt, instance, work.path());
+    let (mut zombie, zombie_log) = start("zombie");
+    let read = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
+    let wait_for = |what: &str, log: &std::path::Path, ok: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ok(&read(log)) {
+            assert!(std::time::Instant::now() < deadline, "{what} within 60 s:\n{}", read(log));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("the first process committed checkpoints", &zombie_log, &|l| l.matches("INFO checkpoint").count() >= 5);
+    unsafe { libc::kill(zombie.id() as i32, libc::SIGSTOP) };
+    let (mut heir, heir_log) = start("heir");
+    wait_for("the key groups moved to the second process", &heir_log, &|l| l.contains("owning key groups {0, 1, 2, 3, 4, 5, 6, 7}"));
+    wait_for("the second process committed checkpoints", &heir_log, &|l| l.matches("INFO checkpoint").count() >= 3);
+    unsafe { libc::kill(zombie.id() as i32, libc::SIGCONT) };
+    assert!(producer.wait().unwrap().success(), "producer failed");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    let archive = work.path().join("archive");
+    let out = work.path().join("out");
+    adsproc(&["archive", "--topic", "ad-events", "--brokers", &broker.addr, "--sink", archive.to_str().unwrap(), "--until-caught-up"]);
+    let (from, to) = (T0, T0 + 2 * HOUR);
+    backfill(&archive, &out, from, to, &[]);
+    let expected = read_metrics(&out);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let got = as_windows(&metrics_upsert(&broker.addr, "ad-metrics").0, from, to);
+        if got == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the output did not converge on the backfill within 90 s: {}", diff(&expected, &got));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    for p in [&mut zombie, &mut heir] {
+        let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
+        let _ = p.wait();
+    }
+    let got = as_windows(&metrics_upsert(&broker.addr, "ad-metrics").0, from, to);
+    assert!(got == expected, "{}", diff(&expected, &got));
+    let z = read(&zombie_log);
+    println!("the zombie's log after its resume:\n{}", z.lines().filter(|l| !l.contains("INFO checkpoint")).rev().take(12).collect::<Vec<_>>().join("\n"));
+    assert!(z.to_lowercase().contains("fenced"), "the resumed process's commits were not refused as fenced:\n{z}");
+}
