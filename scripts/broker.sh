@@ -7,6 +7,8 @@
 #   scripts/broker.sh stop DIR              stops it (if running).
 #   scripts/broker.sh restart DIR           stops it and starts it again on the same port
 #                                           and storage.
+#   scripts/broker.sh crash DIR             SIGKILLs it (no time to flush: a crash), then starts
+#                                           it again on the same port and storage.
 #
 # The broker runs without transparent huge pages (MIMALLOC_ALLOW_THP=0; set it to 1 to
 # compare). Its allocator, mimalloc, asks for them on its arenas, and on these VMs the kernel
@@ -17,8 +19,8 @@
 #
 # Installs the broker first if needed (scripts/ensure-broker.sh).
 set -euo pipefail
-cmd="${1:?usage: broker.sh start|stop|restart DIR [memory|sqlite]}"
-dir="${2:?usage: broker.sh start|stop|restart DIR [memory|sqlite]}"
+cmd="${1:?usage: broker.sh start|stop|restart|crash DIR [memory|sqlite]}"
+dir="${2:?usage: broker.sh start|stop|restart|crash DIR [memory|sqlite]}"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
@@ -69,5 +71,13 @@ case "$cmd" in
   start) stop; start "$(free_port)" "${3:-memory}" ;;
   stop) stop ;;
   restart) stop; start "$(cat "$dir/port")" "$(cat "$dir/storage")" ;;
+  crash)
+    if [ -f "$dir/pid" ]; then
+      pid="$(cat "$dir/pid")"
+      kill -9 "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$dir/pid"
+    fi
+    start "$(cat "$dir/port")" "$(cat "$dir/storage")" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

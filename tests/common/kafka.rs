@@ -36,6 +36,12 @@ impl Broker {
         assert_eq!(addr, self.addr);
     }
 
+    /// SIGKILLs the broker and starts it again on its port and storage: a crash.
+    pub fn crash(&self) {
+        let addr = script(&["crash", self.dir.path().to_str().unwrap()]);
+        assert_eq!(addr, self.addr);
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
     }
