@@ -135,10 +135,6 @@ impl TxnOutput {
         Ok(())
     }
 
-    /// Sends what is lingering and waits until every record sent is delivered, serving the
-    /// delivery reports. Not `Producer::flush`: rust-rdkafka's `BaseProducer::poll(t)` always
-    /// waits out all of `t`, so its flush (which polls 100 ms at a time) cost a tenth of a
-    /// second per commit.
     /// Commits the open transaction's records, with no consumer offsets (a backfill's output).
     pub fn commit_records(&mut self) -> anyhow::Result<()> {
         if self.open {
@@ -149,6 +145,10 @@ impl TxnOutput {
         Ok(())
     }
 
+    /// Sends what is lingering and waits until every record sent is delivered, serving the
+    /// delivery reports. Not `Producer::flush`: rust-rdkafka's `BaseProducer::poll(t)` always
+    /// waits out all of `t`, so its flush (which polls 100 ms at a time) cost a tenth of a
+    /// second per commit.
     fn deliver_all(&mut self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + TXN_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
