@@ -57,18 +57,15 @@ pub struct Args {
 }
 
 fn parse_kind(s: &str) -> Result<TableKind, String> {
-    kind_of(s).ok_or_else(|| format!("'{s}' is not a table kind; possible values: ad-metrics, attributed-orders"))
+    TableKind::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = TableKind::ALL.iter().map(|k| k.name()).collect();
+        format!("'{s}' is not a table kind; possible values: {}", names.join(", "))
+    })
 }
 
 /// The table kind a topic name says: `ad-metrics…` or `attributed-orders…`.
 fn kind_of(topic: &str) -> Option<TableKind> {
-    if topic.starts_with("ad-metrics") {
-        Some(TableKind::AdMetrics)
-    } else if topic.starts_with("attributed-orders") {
-        Some(TableKind::AttributedOrders)
-    } else {
-        None
-    }
+    TableKind::ALL.into_iter().find(|k| topic.starts_with(k.name()))
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {

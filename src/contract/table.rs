@@ -2,6 +2,7 @@
 
 use arrow::datatypes::SchemaRef;
 
+use super::columns as c;
 use super::{attributed_orders, outputs};
 
 /// The shape of an output table.
@@ -16,6 +17,21 @@ pub enum TableKind {
 }
 
 impl TableKind {
+    pub const ALL: [TableKind; 2] = [TableKind::AdMetrics, TableKind::AttributedOrders];
+
+    /// The contract's name of the table, which also names the kind in job files and on the
+    /// command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AdMetrics => c::AD_METRICS_TABLE,
+            Self::AttributedOrders => c::ATTRIBUTED_ORDERS_TABLE,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     pub fn schema(self) -> SchemaRef {
         match self {
             Self::AdMetrics => outputs::ad_metrics_schema(),

@@ -175,7 +175,7 @@ pub fn prepare(client: &mut Client, table: &TableName, kind: TableKind) -> anyho
     .context("cannot create the offsets table")?;
     let exists: bool = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.to_string()])?.get(0);
     let prepared = if exists {
-        check(&mut tx, table, cols)?;
+        check(&mut tx, table, kind)?;
         Prepared::Existing
     } else {
         tx.batch_execute(&create_sql(table, cols)).with_context(|| format!("cannot create table {table}"))?;
@@ -201,7 +201,8 @@ pub struct IncompatibleTable {
     pub problems: Vec<String>,
 }
 
-fn check(tx: &mut impl GenericClient, table: &TableName, cols: &[Column]) -> anyhow::Result<()> {
+fn check(tx: &mut impl GenericClient, table: &TableName, kind: TableKind) -> anyhow::Result<()> {
+    let cols = columns(kind);
     let found = tx.query(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef \
          FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
@@ -239,8 +240,7 @@ fn check(tx: &mut impl GenericClient, table: &TableName, cols: &[Column]) -> any
     if problems.is_empty() {
         Ok(())
     } else {
-        let kind = if cols == AD_METRICS { "ad-metrics" } else { "attributed-orders" };
-        Err(IncompatibleTable { table: table.to_string(), kind, problems }.into())
+        Err(IncompatibleTable { table: table.to_string(), kind: kind.name(), problems }.into())
     }
 }
 

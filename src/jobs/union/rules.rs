@@ -64,11 +64,10 @@ impl UnionRules {
         }
         let mut tables = Vec::new();
         for t in f.tables {
-            let kind = match t.kind.as_str() {
-                "ad-metrics" => TableKind::AdMetrics,
-                "attributed-orders" => TableKind::AttributedOrders,
-                other => return Err(ConfigError::Rule(format!("[[tables]] kind {other:?}: ad-metrics or attributed-orders"))),
-            };
+            let kind = TableKind::parse(&t.kind).ok_or_else(|| {
+                let names: Vec<&str> = TableKind::ALL.iter().map(|k| k.name()).collect();
+                ConfigError::Rule(format!("[[tables]] kind {:?}: one of {}", t.kind, names.join(", ")))
+            })?;
             if tables.iter().any(|x: &Table| x.kind == kind) {
                 return Err(ConfigError::Rule(format!("[[tables]]: two tables of kind {:?}", t.kind)));
             }
