@@ -47,9 +47,9 @@ pub struct Applied {
 pub struct Upserter {
     client: Client,
     table: TableName,
-    kind: TableKind,
     topic: String,
     types: Vec<Type>,
+    copy: String,
     merge: String,
 }
 
@@ -76,7 +76,8 @@ impl Upserter {
             current.join(", "),
             new.join(", ")
         );
-        Ok(Self { client, table, kind, topic: topic.to_string(), types: cols.iter().map(|c| c.ty.wire()).collect(), merge })
+        let copy = format!("COPY adsproc_staging ({names}) FROM STDIN (FORMAT binary)");
+        Ok(Self { client, table, topic: topic.to_string(), types: cols.iter().map(|c| c.ty.wire()).collect(), copy, merge })
     }
 
     /// Per partition, the first offset not in the table yet (partitions never loaded: absent).
@@ -97,8 +98,7 @@ impl Upserter {
         let mut applied = Applied::default();
         let mut t_copy = t0;
         if !batch.rows.is_empty() {
-            let names: Vec<String> = columns(self.kind).iter().map(|c| format!("\"{}\"", c.name)).collect();
-            let sink = tx.copy_in(&format!("COPY adsproc_staging ({}) FROM STDIN (FORMAT binary)", names.join(", ")))?;
+            let sink = tx.copy_in(&self.copy)?;
             let mut writer = BinaryCopyInWriter::new(sink, &self.types);
             for r in &batch.rows {
                 r.write(&mut writer).with_context(|| format!("cannot copy record {} into the staging table", r.record_uuid()))?;
