@@ -2,7 +2,9 @@
 //! one. A record that does not fit (not the table's JSON, text PostgreSQL cannot store, a time
 //! outside PostgreSQL's range) becomes a dead letter of the load, never a failed batch.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use std::sync::LazyLock;
+
+use chrono::{DateTime, NaiveDate};
 use postgres::binary_copy::BinaryCopyInWriter;
 use uuid::Uuid;
 
@@ -37,11 +39,14 @@ fn reason(value: &[u8], e: serde_json::Error) -> String {
 
 /// PostgreSQL's `timestamp with time zone` starts at 4714-11-24 BC and ends at 294276 AD,
 /// after the last time chrono represents (262143 AD), so chrono's range bounds it above.
-fn pg_time(column: &str, ms: i64) -> Result<DateTime<Utc>, String> {
-    let min = NaiveDate::from_ymd_opt(-4713, 11, 24).expect("within chrono's range").and_hms_opt(0, 0, 0).expect("valid time").and_utc();
-    match DateTime::from_timestamp_millis(ms) {
-        Some(t) if t >= min => Ok(t),
-        _ => Err(format!("time-out-of-range: {column} = {ms} ms is outside PostgreSQL's timestamp range")),
+fn pg_time(column: &str, ms: i64) -> Result<(), String> {
+    static MIN_MS: LazyLock<i64> = LazyLock::new(|| {
+        NaiveDate::from_ymd_opt(-4713, 11, 24).expect("within chrono's range").and_hms_opt(0, 0, 0).expect("valid time").and_utc().timestamp_millis()
+    });
+    if ms >= *MIN_MS && DateTime::from_timestamp_millis(ms).is_some() {
+        Ok(())
+    } else {
+        Err(format!("time-out-of-range: {column} = {ms} ms is outside PostgreSQL's timestamp range"))
     }
 }
 
@@ -154,6 +159,9 @@ mod tests {
         assert_eq!(code(br#"{"record_uuid":"0b7d1b3e-4c52-5e0f-9d0c-3f1c6f0a9e11"}"#), "not-a-record");
         assert_eq!(code(&String::from_utf8_lossy(ok).replace("ad-1", "ad\\u0000x").into_bytes()), "nul-in-text");
         assert_eq!(code(&String::from_utf8_lossy(ok).replace(":60000", ":9000000000000000").into_bytes()), "time-out-of-range");
+        // Before 4714-11-24 BC (-210866803200000 ms), PostgreSQL's first timestamp; at it, fine.
+        assert_eq!(code(&String::from_utf8_lossy(ok).replace(":60000", ":-210866803200001").into_bytes()), "time-out-of-range");
+        assert!(parse(TableKind::AdMetrics, Some(&String::from_utf8_lossy(ok).replace(":60000", ":-210866803200000").into_bytes())).is_ok());
         // An attributed order is not a metric.
         assert_eq!(code(br#"{"record_uuid":"0b7d1b3e-4c52-5e0f-9d0c-3f1c6f0a9e11","order_id":"o"}"#), "not-a-record");
     }
