@@ -7,7 +7,7 @@ use crate::connector::kafka::KafkaSettings;
 use crate::connector::parquet_sink::HiveParquetSink;
 use crate::connector::store::{is_s3, open, parse_key_value};
 use crate::contract::time::{rfc3339, to_datetime};
-use crate::core::job::{Job, JobAudit};
+use crate::core::job::{Job, JobAudit, OutputRecord};
 use crate::jobs::JobVisitor;
 use crate::runtime::backfill::{run as run_backfill, ArchiveSource, BackfillOptions, BackfillReport, OutputSink};
 use crate::runtime::progress;
@@ -108,11 +108,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// output) merged into the union's tables under --sink, one record per record_uuid in the
 /// range: the newest file's where two disagree.
 fn run_union(a: Args) -> anyhow::Result<ExitCode> {
-    use crate::connector::output_tables::read_table;
     use crate::contract::attributed_orders::{self, AttributedOrder};
     use crate::contract::outputs::{ad_metrics_batch, AdMetric};
     use crate::contract::table::TableKind;
-    use crate::jobs::union::merge::newest_per_uuid;
     use crate::jobs::union::Union;
 
     anyhow::ensure!(!a.complete, "--complete applies to the aggregation job's lateness rule; the union job has none");
@@ -132,32 +130,23 @@ fn run_union(a: Args) -> anyhow::Result<ExitCode> {
     println!("backfill of the union job, [{}, {}) from {} regions' tables", rfc3339(a.from), rfc3339(a.to), sources.len());
     let mut written = 0;
     for (t, table) in rules.tables.iter().enumerate() {
-        let mut files = 0;
         let batch = match table.kind {
-            TableKind::AdMetrics => {
-                let mut rows = Vec::new();
-                for s in &sources {
-                    let (r, f) = read_table::<AdMetric>(s, rt.handle(), &table.source, a.from, a.to)?;
-                    rows.extend(r.into_iter().map(|r| (r.written, r.file, r.record)));
-                    files += f;
-                }
-                let mut merged = newest_per_uuid(rows);
-                merged.records.sort_by(|x, y| (x.window_start, &x.region, &x.ad_id).cmp(&(y.window_start, &y.region, &y.ad_id)));
-                println!("  {}: {} rows in {files} files, {} replicas, {} conflicts (newest file kept)", table.source, merged.read, merged.replicas, merged.conflicts);
-                ad_metrics_batch(&merged.records)
-            }
-            TableKind::AttributedOrders => {
-                let mut rows = Vec::new();
-                for s in &sources {
-                    let (r, f) = read_table::<AttributedOrder>(s, rt.handle(), &table.source, a.from, a.to)?;
-                    rows.extend(r.into_iter().map(|r| (r.written, r.file, r.record)));
-                    files += f;
-                }
-                let mut merged = newest_per_uuid(rows);
-                merged.records.sort_by(|x, y| (x.order_time, &x.order_id).cmp(&(y.order_time, &y.order_id)));
-                println!("  {}: {} rows in {files} files, {} replicas, {} conflicts (newest file kept)", table.source, merged.read, merged.replicas, merged.conflicts);
-                attributed_orders::to_batch(&merged.records)
-            }
+            TableKind::AdMetrics => merged_table::<AdMetric>(
+                &sources,
+                rt.handle(),
+                &table.source,
+                &a,
+                |x, y| (x.window_start, &x.region, &x.ad_id).cmp(&(y.window_start, &y.region, &y.ad_id)),
+                ad_metrics_batch,
+            )?,
+            TableKind::AttributedOrders => merged_table::<AttributedOrder>(
+                &sources,
+                rt.handle(),
+                &table.source,
+                &a,
+                |x, y| (x.order_time, &x.order_id).cmp(&(y.order_time, &y.order_id)),
+                attributed_orders::to_batch,
+            )?,
         };
         println!("  wrote {} {} records", batch.num_rows(), table.target);
         written += batch.num_rows();
@@ -168,6 +157,29 @@ fn run_union(a: Args) -> anyhow::Result<ExitCode> {
     let sink_said = sink.finish()?;
     println!("  {written} records in {:.2} s: {sink_said}", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// One table of every region's root, merged (newest file per record_uuid), in the table's
+/// order (`order`: how the table's Parquet files are sorted), as one batch.
+fn merged_table<R: OutputRecord>(
+    sources: &[crate::connector::store::Location],
+    rt: &tokio::runtime::Handle,
+    table: &str,
+    a: &Args,
+    order: fn(&R, &R) -> std::cmp::Ordering,
+    to_batch: fn(&[R]) -> arrow::array::RecordBatch,
+) -> anyhow::Result<arrow::array::RecordBatch> {
+    let mut rows = Vec::new();
+    let mut files = 0;
+    for s in sources {
+        let (r, f) = crate::connector::output_tables::read_table::<R>(s, rt, table, a.from, a.to)?;
+        rows.extend(r.into_iter().map(|r| (r.written, r.file, r.record)));
+        files += f;
+    }
+    let mut merged = crate::jobs::union::merge::newest_per_uuid(rows);
+    merged.records.sort_by(order);
+    println!("  {table}: {} rows in {files} files, {} replicas, {} conflicts (newest file kept)", merged.read, merged.replicas, merged.conflicts);
+    Ok(to_batch(&merged.records))
 }
 
 struct Backfill(Args);
