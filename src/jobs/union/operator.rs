@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,27 @@ impl StateSize for UnionState {
     }
 }
 
+/// A `records` batch's columns, typed once per batch.
+struct Columns<'a> {
+    uuid: &'a FixedSizeBinaryArray,
+    payload: &'a BinaryArray,
+    partition: &'a Int32Array,
+    offset: &'a Int64Array,
+    timestamp: &'a TimestampMillisecondArray,
+}
+
+impl<'a> Columns<'a> {
+    fn of(batch: &'a RecordBatch) -> Self {
+        Self {
+            uuid: batch.column(col::RECORD_UUID).as_fixed_size_binary(),
+            payload: batch.column(col::PAYLOAD).as_binary::<i32>(),
+            partition: batch.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>(),
+            offset: batch.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>(),
+            timestamp: batch.column(col::KAFKA_TIMESTAMP).as_primitive::<TimestampMillisecondType>(),
+        }
+    }
+}
+
 pub struct UnionOperator {
     rules: UnionRules,
     settings: RunSettings,
@@ -69,13 +90,11 @@ impl UnionOperator {
         op
     }
 
-    fn row(&mut self, input: usize, batch: &RecordBatch, row: usize) {
+    fn row(&mut self, input: usize, cols: &Columns<'_>, row: usize) {
         self.audit.read += 1;
         let tables = self.rules.tables.len();
         let (region, table) = (input / tables, input % tables);
-        let payload = batch.column(col::PAYLOAD).as_binary::<i32>().value(row);
-        let ts = batch.column(col::KAFKA_TIMESTAMP).as_primitive::<TimestampMillisecondType>().value(row);
-        let uuid = batch.column(col::RECORD_UUID).as_fixed_size_binary();
+        let (payload, ts, uuid) = (cols.payload.value(row), cols.timestamp.value(row), cols.uuid);
         let parsed = if uuid.is_null(row) {
             Err("no record_uuid".to_string())
         } else {
@@ -103,8 +122,7 @@ impl UnionOperator {
             Err(why) => {
                 self.audit.invalid += 1;
                 let source = &self.rules.tables[table].source;
-                let partition = batch.column(col::KAFKA_PARTITION).as_primitive::<Int32Type>().value(row);
-                let offset = batch.column(col::KAFKA_OFFSET).as_primitive::<Int64Type>().value(row);
+                let (partition, offset) = (cols.partition.value(row), cols.offset.value(row));
                 let region = &self.rules.regions[region];
                 self.dead.push(DeadLetter {
                     // Region and topic: two regions' topics of one name hold different records.
@@ -129,9 +147,10 @@ impl Operator for UnionOperator {
     fn process_epoch(&mut self, epoch: &[EpochInput<'_>]) {
         for (input, part) in epoch.iter().enumerate() {
             for (batch, rows) in part.selections() {
+                let cols = Columns::of(batch);
                 match rows {
-                    Some(rows) => rows.iter().for_each(|&r| self.row(input, batch, r as usize)),
-                    None => (0..batch.num_rows()).for_each(|r| self.row(input, batch, r)),
+                    Some(rows) => rows.iter().for_each(|&r| self.row(input, &cols, r as usize)),
+                    None => (0..batch.num_rows()).for_each(|r| self.row(input, &cols, r)),
                 }
             }
         }
