@@ -189,7 +189,6 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
             );
         }
         if stopping {
-            tracing::info!("stopping: every record consumed so far is committed");
             break;
         }
         let caught_up = at_end.len() == known.len();
@@ -211,6 +210,9 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
     }
     drop(to_writer);
     writer.join().map_err(|_| anyhow::anyhow!("the database writer panicked"))??;
+    if s.shutdown.load(Ordering::Relaxed) {
+        tracing::info!("stopped: every record consumed is committed");
+    }
     report.written = written.load(Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
