@@ -55,6 +55,24 @@ fn stream_output_equals_a_backfill_of_the_archived_topic_record_for_record() {
     assert_equals_backfill(&broker, work.path(), T0, T0 + 2 * HOUR);
 }
 
+/// The windows of a backfill of the archived input topic over [from, to), once the committed
+/// output of the processes still running has reached them (within 90 s).
+fn converge_on_backfill(broker: &Broker, work: &std::path::Path, from: i64, to: i64) -> Windows {
+    let (archive, out) = (work.join("archive"), work.join("out"));
+    adsproc(&["archive", "--topic", "ad-events", "--brokers", &broker.addr, "--sink", archive.to_str().unwrap(), "--until-caught-up"]);
+    backfill(&archive, &out, from, to, &[]);
+    let expected = read_metrics(&out);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let got = as_windows(&metrics_upsert(&broker.addr, "ad-metrics").0, from, to);
+        if got == expected {
+            return expected;
+        }
+        assert!(std::time::Instant::now() < deadline, "the output did not converge on the backfill within 90 s: {}", diff(&expected, &got));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Archives the input topic, backfills [from, to) from the archive, and compares what an
 /// upsert store keeps of the stream job's committed output with it: every window, every dead
 /// letter.
@@ -181,23 +199,8 @@ fn several_processes_share_the_key_groups_and_their_state_moves_on_rebalance() {
     let (d, d_log) = start("d");
     assert!(producer.wait().unwrap().success(), "producer failed");
 
-    // The reference: a backfill of the archived topic.
-    let archive = work.path().join("archive");
-    let out = work.path().join("out");
-    adsproc(&["archive", "--topic", "ad-events", "--brokers", &broker.addr, "--sink", archive.to_str().unwrap(), "--until-caught-up"]);
     let (from, to) = (T0, T0 + 2 * HOUR);
-    backfill(&archive, &out, from, to, &[]);
-    let expected = read_metrics(&out);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let (live, _) = metrics_upsert(&broker.addr, "ad-metrics");
-        let got = as_windows(&live, from, to);
-        if got == expected {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the group did not converge on the backfill within 90 s: {}", diff(&expected, &got));
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    let expected = converge_on_backfill(&broker, work.path(), from, to);
     // A clean stop: SIGTERM, a final checkpoint, exit 0; and the output is still exactly right.
     for mut p in [a, c, d] {
         let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
@@ -296,21 +299,8 @@ fn a_paused_process_that_resumes_after_its_key_groups_moved_is_fenced() {
     assert!(producer.wait().unwrap().success(), "producer failed");
     std::thread::sleep(std::time::Duration::from_secs(3));
 
-    let archive = work.path().join("archive");
-    let out = work.path().join("out");
-    adsproc(&["archive", "--topic", "ad-events", "--brokers", &broker.addr, "--sink", archive.to_str().unwrap(), "--until-caught-up"]);
     let (from, to) = (T0, T0 + 2 * HOUR);
-    backfill(&archive, &out, from, to, &[]);
-    let expected = read_metrics(&out);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let got = as_windows(&metrics_upsert(&broker.addr, "ad-metrics").0, from, to);
-        if got == expected {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the output did not converge on the backfill within 90 s: {}", diff(&expected, &got));
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    let expected = converge_on_backfill(&broker, work.path(), from, to);
     for p in [&mut zombie, &mut heir] {
         let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
         let _ = p.wait();
