@@ -68,8 +68,13 @@ impl<R: OutputRecord> KafkaTableSink<R> {
         Ok(Self { out, tables, dead_letter_topics, brokers: settings.brokers.clone(), value: Vec::new(), in_transaction: 0, sent: 0, first_send: None, _records: PhantomData })
     }
 
-    fn sent(&mut self, n: u64) -> anyhow::Result<()> {
+    /// Opens a transaction if none is; the rate's clock starts at the first send.
+    fn begin(&mut self) -> anyhow::Result<()> {
         self.first_send.get_or_insert_with(std::time::Instant::now);
+        self.out.begin()
+    }
+
+    fn sent(&mut self, n: u64) -> anyhow::Result<()> {
         self.sent += n;
         self.in_transaction += n;
         if self.in_transaction >= RECORDS_PER_TRANSACTION {
@@ -83,8 +88,8 @@ impl<R: OutputRecord> KafkaTableSink<R> {
 impl<R: OutputRecord> OutputSink for KafkaTableSink<R> {
     fn write(&mut self, table: usize, batch: RecordBatch) -> anyhow::Result<()> {
         let records = R::from_batch(table, &batch)?;
+        self.begin()?;
         let topic = &self.tables[table];
-        self.out.begin()?;
         let mut key = uuid::Uuid::encode_buffer();
         for r in &records {
             self.value.clear();
@@ -97,7 +102,7 @@ impl<R: OutputRecord> OutputSink for KafkaTableSink<R> {
     }
 
     fn write_dead_letters(&mut self, records: Vec<DeadLetter>) -> anyhow::Result<()> {
-        self.out.begin()?;
+        self.begin()?;
         let mut key = uuid::Uuid::encode_buffer();
         for d in &records {
             let (_, topic) = self
