@@ -73,6 +73,14 @@ pub fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(bin()).args(args).stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).spawn().unwrap()
 }
 
+/// [`spawn`] with environment variables set.
+pub fn spawn_with_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Child {
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(args).envs(env.iter().copied()).stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f));
+    cmd.spawn().unwrap()
+}
+
 /// Starts `adsproc stream --job <job>` as process `instance` of the default group, with a short
 /// checkpoint interval and session timeout (so that a lost process's key groups move within
 /// seconds), its output to `<dir>/stream-<instance>.log`.

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod attribution;
+pub mod broker_log;
+pub mod exactly_once;
 pub mod kafka;
 pub mod parquet_out;
 pub mod postgres;

@@ -351,8 +351,10 @@ fn checkpoint_now<J: Job>(
         seqs.insert(*g, *n);
         // Only the committed checkpoint should ever be restored now; two older ones stay as a
         // margin (seen once on Nisshi: a restarted process read the offset committed one
-        // transaction earlier). Restoring an older one is still consistent: it recomputes
-        // and re-emits the same records, which upsert over themselves.
+        // transaction earlier). Restoring an older one recomputes and re-emits the same
+        // records, which upsert over themselves, but commits that checkpoint's dead letters a
+        // second time: the broker kill test fails on it (it reads committed dead letters from
+        // the broker's storage), so it must not happen silently.
         if let Err(e) = store.prune(*g, n.saturating_sub(2)) {
             tracing::warn!("{e:#}");
         }
