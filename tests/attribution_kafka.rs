@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use adsproc::contract::attributed_orders::{AttributedOrder, AttributionType};
 use adsproc::contract::outputs::DeadLetter;
 use adsproc::contract::time::rfc3339;
+use common::exactly_once::{assert_held_as_sent, committed_dead_letters, committed_output};
 use common::kafka::*;
 use common::parquet_out::{read_dead_of, read_table};
 use common::{HOUR, T0};
@@ -121,7 +122,8 @@ fn sigkill_at_random_moments_while_both_topics_flow_loses_nothing_and_repeats_no
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let broker = Broker::start("sqlite");
     let work = tempfile::tempdir().unwrap();
-    let mut producer = spawn(&produce_args(&broker.addr, "60000", "6000", "7", &["--rate", "3000"]), &work.path().join("produce.log"));
+    let produce_log = work.path().join("produce.log");
+    let mut producer = spawn(&produce_args(&broker.addr, "60000", "6000", "7", &["--rate", "3000"]), &produce_log);
     wait_for_topic(&broker.addr, "ad-events");
     wait_for_topic(&broker.addr, "orders");
     let ckpt = work.path().join("ckpt");
@@ -138,7 +140,8 @@ fn sigkill_at_random_moments_while_both_topics_flow_loses_nothing_and_repeats_no
         std::thread::sleep(Duration::from_millis(rng.random_range(500..2500)));
         assert!(child.try_wait().unwrap().is_none(), "run {kill} ended on its own:\n{}", std::fs::read_to_string(&log_path).unwrap());
         child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "run {kill} ended on its own ({status})");
         child = spawn(&args, &log_path);
     }
     let produced = producer.wait().unwrap();
@@ -152,7 +155,20 @@ fn sigkill_at_random_moments_while_both_topics_flow_loses_nothing_and_repeats_no
     assert!(log.matches("owning key groups").count() >= kills, "every killed run got its key groups:\n{log}");
     assert!(log.matches("restored checkpoints {0:").count() >= kills / 2, "restarts resumed from committed checkpoints:\n{log}");
     let n = assert_equals_backfill(&broker, work.path());
-    eprintln!("{n} attributed orders after {kills} kills");
+
+    // What the broker stored, committed told from aborted: the same strict reading as the
+    // aggregation job's kill test. Between committed values of an order only its status and
+    // amount may change: the attribution is decided once.
+    assert_held_as_sent(&broker, &std::fs::read_to_string(&produce_log).unwrap(), &["ad-events", "orders"]);
+    let out = committed_output::<AttributedOrder>(&broker, "attributed-orders", |a, b| {
+        let decided = |o: &AttributedOrder| {
+            (o.order_id.clone(), o.user_id.clone(), o.store_id.clone(), o.order_time, o.ad_id.clone(), o.attributed_event_id.clone(), o.attribution_type, o.ad_event_time)
+        };
+        if decided(a) == decided(b) { Ok(()) } else { Err("a committed attribution changed".into()) }
+    });
+    assert_eq!(out.last, streamed(&broker), "the last committed values are what an upsert consumer keeps");
+    let dead = committed_dead_letters(&broker, "orders-dlq");
+    eprintln!("{n} attributed orders after {kills} kills: {} committed records and {} of aborted transactions; {} dead letters, each committed once", out.committed, out.aborted, dead.len());
 }
 
 /// Three processes of one group, one killed for good and one joining late: the key groups,

@@ -85,6 +85,21 @@ pub fn committed_dead_letters(broker: &Broker, topic: &str) -> BTreeMap<Uuid, De
     out
 }
 
+/// Every message `adsproc produce` said it sent (its last line: "sent N messages to ...") is
+/// held by the broker, once, across `topics`: "lose nothing" is measured against what was
+/// sent, not against what happened to arrive.
+pub fn assert_held_as_sent(broker: &Broker, produce_output: &str, topics: &[&str]) -> usize {
+    let sent: usize = produce_output
+        .rsplit("sent ")
+        .next()
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("produce reports what it sent: {produce_output}"));
+    let held: usize = topics.iter().map(|t| held(broker, t).len()).sum();
+    assert_eq!(held, sent, "the broker holds every message produce sent to {topics:?}, once");
+    sent
+}
+
 fn parse<T: serde::de::DeserializeOwned>(topic: &str, h: &Held) -> T {
     serde_json::from_slice(&h.value)
         .unwrap_or_else(|e| panic!("{topic} {}@{} is not the contract's JSON ({e}): {}", h.partition, h.offset, String::from_utf8_lossy(&h.value)))
