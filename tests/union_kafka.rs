@@ -15,6 +15,7 @@ use std::time::Duration;
 use adsproc::contract::attributed_orders::AttributedOrder;
 use adsproc::contract::outputs::AdMetric;
 use adsproc::contract::time::rfc3339;
+use common::exactly_once::committed_output;
 use common::kafka::{adsproc, read_all, spawn, upsert, Broker};
 use common::parquet_out::{backfill, read_table};
 use common::postgres::{metrics_table, Postgres};
@@ -110,7 +111,8 @@ fn two_regions_serve_the_same_rows_through_union_and_load_with_kills() {
     let seed: u64 = std::env::var("ADSPROC_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(34);
     println!("seed {seed} (ADSPROC_TEST_SEED reproduces the kill moments)");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let (a, b) = (Broker::start("memory"), Broker::start("memory"));
+    // Region a's broker stores to sqlite: what the killed union committed is read from it.
+    let (a, b) = (Broker::start("sqlite"), Broker::start("memory"));
     let work = tempfile::tempdir().unwrap();
     // Region b's aggregation runs live with a faulty rule: events more than two minutes behind
     // their ingest time are "too old" (the fixed job file restates it below).
@@ -156,6 +158,17 @@ fn two_regions_serve_the_same_rows_through_union_and_load_with_kills() {
     assert!(live.wait().unwrap().success());
     adsproc(&["stream", "--job", "aggregation", "--brokers", &a.addr, "--checkpoint", ckpt_agg.to_str().unwrap(), "--stop-when-caught-up"]);
     union_until_caught_up(&a, &ckpt_a, &a, &b);
+    // What the killed union committed, read from region a's broker storage (the kill test's
+    // strict reading): every record keyed by its derived record_uuid, and the upsert of all
+    // records, aborted ones included, ending on the committed values. (No order rule between
+    // committed values: the union forwards its sources' values as they come.)
+    let forwarded_metrics = committed_output::<AdMetric>(&a, "ad-metrics-all", |_, _| Ok(()));
+    let forwarded_orders = committed_output::<AttributedOrder>(&a, "attributed-orders-all", |_, _| Ok(()));
+    println!(
+        "union a after 10 kills: ad-metrics-all {} committed and {} aborted records, attributed-orders-all {} and {}",
+        forwarded_metrics.committed, forwarded_metrics.aborted, forwarded_orders.committed, forwarded_orders.aborted
+    );
+    assert!(forwarded_metrics.aborted > 0, "some kill aborted an open transaction of the union");
     // Region b's union resumes from its checkpoint and forwards region a's new records.
     let text = union_until_caught_up(&b, &ckpt_b, &a, &b);
     assert!(text.contains("restored checkpoints {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}"), "{text}");
