@@ -10,6 +10,12 @@ use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
+    /// Stream key-group assignment (the first or a rebalance): the earlier owners' producers
+    /// fenced and their open transactions aborted, no group restored yet.
+    StreamAfterFence,
+    /// Stream key-group assignment: every owned group restored from its committed checkpoint
+    /// and the sources sought, nothing read yet.
+    StreamAfterRestore,
     /// Stream checkpoint: snapshots encoded, not yet written to the checkpoint store.
     StreamBeforeSnapshot,
     /// Stream checkpoint: snapshots written (pre-commit), no group's transaction committed.
@@ -26,6 +32,8 @@ pub enum CrashPoint {
 
 impl CrashPoint {
     pub const ALL: &'static [CrashPoint] = &[
+        Self::StreamAfterFence,
+        Self::StreamAfterRestore,
         Self::StreamBeforeSnapshot,
         Self::StreamAfterSnapshot,
         Self::StreamBetweenCommits,
@@ -33,14 +41,22 @@ impl CrashPoint {
         Self::LoadBeforeCommit,
         Self::LoadAfterCommit,
     ];
-    /// The stream loop's checkpoint, in protocol order.
-    pub const STREAM: &'static [CrashPoint] =
-        &[Self::StreamBeforeSnapshot, Self::StreamAfterSnapshot, Self::StreamBetweenCommits, Self::StreamAfterCommit];
+    /// The stream loop: a key-group assignment, then a checkpoint, in protocol order.
+    pub const STREAM: &'static [CrashPoint] = &[
+        Self::StreamAfterFence,
+        Self::StreamAfterRestore,
+        Self::StreamBeforeSnapshot,
+        Self::StreamAfterSnapshot,
+        Self::StreamBetweenCommits,
+        Self::StreamAfterCommit,
+    ];
     /// The load's batch commit.
     pub const LOAD: &'static [CrashPoint] = &[Self::LoadBeforeCommit, Self::LoadAfterCommit];
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::StreamAfterFence => "stream-after-fence",
+            Self::StreamAfterRestore => "stream-after-restore",
             Self::StreamBeforeSnapshot => "stream-before-snapshot",
             Self::StreamAfterSnapshot => "stream-after-snapshot",
             Self::StreamBetweenCommits => "stream-between-commits",

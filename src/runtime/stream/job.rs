@@ -154,6 +154,7 @@ pub fn run<J: Job>(
         if let Some(groups) = broker.poll_membership(wait)? {
             // Fence first, then read what is committed: no earlier owner can commit after.
             broker.take_ownership(&groups)?;
+            CrashPoint::StreamAfterFence.reached();
             // Their transactions were just aborted; the restored checkpoints recompute them.
             unsent.clear();
             driver = StreamDriver::<J>::with_key_groups(rules.clone(), partitions.iter().copied(), opts.key_groups);
@@ -172,6 +173,7 @@ pub fn run<J: Job>(
             let resume = driver.resume_offsets();
             tracing::info!("owning key groups {groups:?} (restored checkpoints {seqs:?}); reading from {resume:?}");
             broker.seek(&resume)?;
+            CrashPoint::StreamAfterRestore.reached();
             // A checkpoint taken by another process can name partitions this one has not
             // found yet: they are read too. Added after the seek, which positions (and checks
             // against retention) only the partitions already read, so that each partition is
@@ -493,25 +495,47 @@ mod tests {
         run::<J>(rules, &partitions, &mut broker, store, opts, &AtomicBool::new(false)).unwrap();
     }
 
-    /// Kills a job at each step of a checkpoint (`CrashPoint::STREAM`), the first, second and
-    /// third time it gets there, and runs it again over the same broker and checkpoint store
-    /// (the dead run's open transactions dropped, as the next owner's producer fences them);
-    /// `check` then judges the committed output.
+    /// [`run_any`] with two rebalances: after the third poll the process keeps only key group
+    /// 0, after the sixth it owns them all again (a group's state leaves and comes back).
+    fn run_rebalancing<J: Job>(rules: &J::Rules, topics: &mut Topics<J::Record>, store: &MemoryCheckpoints, opts: &StreamOptions) {
+        let partitions: Vec<Source> = topics.source.keys().copied().collect();
+        let all: BTreeSet<u32> = (0..opts.key_groups).collect();
+        let mut broker = MemoryBroker::new(topics, &partitions, opts.key_groups).rebalancing_at(vec![(3, BTreeSet::from([0])), (6, all)]);
+        run::<J>(rules, &partitions, &mut broker, store, opts, &AtomicBool::new(false)).unwrap();
+    }
+
+    /// Kills a job at each step of a key-group assignment and of a checkpoint
+    /// (`CrashPoint::STREAM`), the first, second and third time it gets there (the first
+    /// assignment and two rebalances; three checkpoints), and runs it again over the same
+    /// broker and checkpoint store (the dead run's open transactions dropped, as the next
+    /// owner's producer fences them); `check` then judges the committed output. Both runs
+    /// rebalance twice.
     fn crash_everywhere<J: Job>(rules: &J::Rules, base: &Topics<J::Record>, check: impl Fn(&str, &Topics<J::Record>)) {
         use crate::runtime::crash_point::{arm, Crashed};
         // A checkpoint after every poll of 4 messages.
         let opts = StreamOptions { checkpoint_interval: Duration::ZERO, min_checkpoint_pause: Duration::ZERO, ..options(None) };
+        let dead_letters = |case: &str, topics: &Topics<J::Record>| {
+            let mut seen = BTreeSet::new();
+            for d in &topics.dead_letters {
+                assert!(seen.insert(d.record_uuid), "{case}: dead letter committed twice: {d:?}");
+            }
+            seen
+        };
+        let mut clean = Topics { source: base.source.clone(), ..Topics::new(base.formats.clone()) };
+        run_any::<J>(rules, &mut clean, &MemoryCheckpoints::default(), &opts);
+        let expected_dead = dead_letters("a run without faults", &clean);
         for point in CrashPoint::STREAM {
             for pass in [1, 2, 3] {
                 let case = format!("{}: a crash at {} (pass {pass})", J::NAME, point.name());
                 let mut topics = Topics { source: base.source.clone(), ..Topics::new(base.formats.clone()) };
                 let store = MemoryCheckpoints::default();
                 arm(Some((*point, pass)));
-                let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_any::<J>(rules, &mut topics, &store, &opts)));
+                let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_rebalancing::<J>(rules, &mut topics, &store, &opts)));
                 arm(None);
                 let Err(payload) = crashed else { panic!("{case}: the armed crash point was not reached") };
                 assert_eq!(payload.downcast_ref::<Crashed>(), Some(&Crashed { point: *point, pass }), "{case}");
-                run_any::<J>(rules, &mut topics, &store, &opts);
+                run_rebalancing::<J>(rules, &mut topics, &store, &opts);
+                assert_eq!(dead_letters(&case, &topics), expected_dead, "{case}: the dead letters of a run without faults");
                 check(&case, &topics);
             }
         }
@@ -520,10 +544,13 @@ mod tests {
     /// Aggregation: the output equals a run without faults, and no committed count ever
     /// exceeded its window's final one (a count committed twice would).
     #[test]
-    fn a_crash_at_every_step_of_a_checkpoint_loses_and_doubles_nothing() {
+    fn a_crash_at_every_step_of_an_assignment_or_checkpoint_loses_and_doubles_nothing() {
         let mut base = Topics::new(vec![Format::AdEvents]);
         append_events(&mut base, T0, "e", T0 + 300_000);
         append_events(&mut base, T0 + 600_000, "f", T0 + 900_000);
+        // Dead letters too: each must be committed once.
+        base.append(1, T0 + 1_000, "not json");
+        base.append(0, T0 + 601_000, r#"{"event_id":"x","event_type":"impression","ad_id":"a","event_time":1767225600000}"#);
         let expected = reference(&base);
         crash_everywhere::<Aggregation>(&AggregationRules::defaults(), &base, |case, topics| {
             let last = topics.upserted();
@@ -538,7 +565,7 @@ mod tests {
     /// Attribution: orders and the ad events that lead to them on two topics; after a crash at
     /// any step the final value of every attributed order is a run without faults'.
     #[test]
-    fn attribution_survives_a_crash_at_every_step_of_a_checkpoint() {
+    fn attribution_survives_a_crash_at_every_step_of_an_assignment_or_checkpoint() {
         use crate::jobs::attribution::rules::AttributionRules;
         use crate::jobs::attribution::Attribution;
         let mut base = Topics::new(vec![Format::Orders, Format::AdEvents]);
@@ -577,7 +604,7 @@ mod tests {
     /// Union: two regions' ad-metrics, with values that change and replicas; after a crash at
     /// any step the last value per record_uuid is the sources' last.
     #[test]
-    fn union_survives_a_crash_at_every_step_of_a_checkpoint() {
+    fn union_survives_a_crash_at_every_step_of_an_assignment_or_checkpoint() {
         use crate::jobs::union::rules::UnionRules;
         use crate::jobs::union::Union;
         let mut rules = UnionRules::from_toml(crate::jobs::union::rules::DEFAULT_JOB_FILE).unwrap();

@@ -89,6 +89,8 @@ pub struct MemoryBroker<'a, R> {
     paused: BTreeSet<Source>,
     at_end: BTreeMap<Source, Instant>,
     open: BTreeMap<u32, (Vec<R>, Vec<DeadLetter>)>,
+    /// Scripted rebalances: at poll n, the process is assigned these key groups.
+    rebalances: Vec<(usize, BTreeSet<u32>)>,
 }
 
 impl<'a, R: OutputRecord> MemoryBroker<'a, R> {
@@ -103,7 +105,16 @@ impl<'a, R: OutputRecord> MemoryBroker<'a, R> {
             paused: BTreeSet::new(),
             at_end: BTreeMap::new(),
             open: BTreeMap::new(),
+            rebalances: Vec::new(),
         }
+    }
+
+    /// Rebalances at the given polls (in order), each assigning the listed key groups: the
+    /// loop then aborts its open transactions and restores what it owns, as after a Kafka
+    /// group rebalance. Until the last has happened the broker is never caught up.
+    pub fn rebalancing_at(mut self, script: Vec<(usize, BTreeSet<u32>)>) -> Self {
+        self.rebalances = script;
+        self
     }
 
     fn visible(&self, p: Source) -> bool {
@@ -114,6 +125,9 @@ impl<'a, R: OutputRecord> MemoryBroker<'a, R> {
 impl<R: OutputRecord> Broker<R> for MemoryBroker<'_, R> {
     fn poll_membership(&mut self, _wait: Duration) -> anyhow::Result<Option<BTreeSet<u32>>> {
         if self.joined {
+            if self.rebalances.first().is_some_and(|(at, _)| self.polls >= *at) {
+                return Ok(Some(self.rebalances.remove(0).1));
+            }
             return Ok(None);
         }
         self.joined = true;
@@ -190,7 +204,7 @@ impl<R: OutputRecord> Broker<R> for MemoryBroker<'_, R> {
     }
 
     fn caught_up(&self) -> bool {
-        self.reading.keys().all(|p| self.at_end.contains_key(p))
+        self.rebalances.is_empty() && self.reading.keys().all(|p| self.at_end.contains_key(p))
     }
 
     fn pause_only(&mut self, partitions: &BTreeSet<Source>) -> anyhow::Result<()> {
