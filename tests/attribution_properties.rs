@@ -375,7 +375,7 @@ fn backfill(ads: &[AdEvent], orders: &[Order], assign: &[u8], parallelism: usize
     let archives = archives(ads, orders, assign);
     let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();
     let mut sink = MemorySink::<AttributedOrder>::default();
-    let options = BackfillOptions { from, to, complete: false, parallelism, max_rate: None };
+    let options = BackfillOptions::new(from, to, false, parallelism);
     let report = backfill::run::<Attribution>(&AttributionRules::defaults(), &sources, &mut sink, &options, &Silent).unwrap();
     assert!(report.audit.balances(), "{}", report.audit);
     assert_eq!(report.audit.awaiting_decision, 0);

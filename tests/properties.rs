@@ -113,7 +113,7 @@ fn archive(rows: &[Row], assign: &[u8]) -> MemoryArchive {
 
 fn run_backfill(rows: &[Row], assign: &[u8], parallelism: usize, complete: bool) -> (Windows, BTreeSet<(i32, i64)>) {
     let mut sink = MemorySink::<AdMetric>::default();
-    let options = BackfillOptions { from: FROM, to: TO, complete, parallelism, max_rate: None };
+    let options = BackfillOptions::new(FROM, TO, complete, parallelism);
     let archive = archive(rows, assign);
     let report = backfill::run::<Aggregation>(&AggregationRules::defaults(), &[&archive as &dyn ArchiveSource], &mut sink, &options, &Silent).unwrap();
     assert!(report.audit.balances(), "{}", report.audit);

@@ -4,12 +4,13 @@ use std::process::ExitCode;
 use crate::connector::archive::ParquetArchive;
 use crate::connector::kafka::table_sink::KafkaTableSink;
 use crate::connector::kafka::KafkaSettings;
+use crate::connector::hive_overwrite::RunInfo;
 use crate::connector::parquet_sink::HiveParquetSink;
 use crate::connector::store::{is_s3, open, parse_key_value};
 use crate::contract::time::{rfc3339, to_datetime};
 use crate::core::job::{Job, JobAudit, OutputRecord};
 use crate::jobs::JobVisitor;
-use crate::runtime::backfill::{run as run_backfill, ArchiveSource, BackfillOptions, BackfillReport, OutputSink};
+use crate::runtime::backfill::{run as run_backfill, ArchiveSource, BackfillOptions, BackfillReport, Interrupted, OutputSink};
 use crate::runtime::progress;
 
 /// Recompute a time range from the Parquet archive (Kappa+ backfill).
@@ -74,9 +75,13 @@ pub struct Args {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
-    /// Also write the report as JSON to this file.
+    /// Also write the report as JSON to this file (checked before any work).
     #[arg(long)]
     report_json: Option<PathBuf>,
+    /// Make an hour missing inside an archive (between its first and last hour) an error
+    /// instead of a warning: its messages would go uncounted.
+    #[arg(long)]
+    fail_on_gap: bool,
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -88,6 +93,55 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 
 fn compact(ms: i64) -> String {
     to_datetime(ms).format("%Y%m%dT%H%MZ").to_string()
+}
+
+/// Who writes a Parquet sink: stamped on each partition file and in the run's manifest.
+fn run_info(job: &str, prefix: &str, a: &Args, job_file_text: &str) -> RunInfo {
+    use sha2::Digest;
+    let started = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let mode = if a.complete { "complete" } else { "default" };
+    RunInfo {
+        id: format!("{prefix}-{}-{}{}-{started}", compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" }),
+        job: job.to_string(),
+        mode: mode.to_string(),
+        from: a.from,
+        to: a.to,
+        job_file_sha256: format!("{:x}", sha2::Sha256::digest(job_file_text.as_bytes())),
+        file_prefix: prefix.to_string(),
+    }
+}
+
+/// Opens --report-json for writing before any work, so that a bad path fails at once and by
+/// name rather than after the whole backfill.
+fn report_file(a: &Args) -> anyhow::Result<Option<std::fs::File>> {
+    a.report_json
+        .as_ref()
+        .map(|p| std::fs::File::create(p).map_err(|e| anyhow::anyhow!("--report-json {}: cannot write it: {e}", p.display())))
+        .transpose()
+}
+
+/// SIGINT and SIGTERM set the flag the backfill checks between hours.
+fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    }
+    Ok(stop)
+}
+
+/// After a run that did not finish: the sink's manifest says why; an interrupted run exits
+/// 130 with what it leaves behind, any other failure is the error.
+fn ended_early(sink: &mut dyn OutputSink, e: anyhow::Error) -> anyhow::Result<ExitCode> {
+    if let Some(i) = e.downcast_ref::<Interrupted>() {
+        sink.abandon("interrupted", &i.to_string());
+        eprintln!(
+            "adsproc backfill: {i}. Every output partition is either as it was or completely this run's (none is half \
+written); run the same backfill again to finish the range."
+        );
+        return Ok(ExitCode::from(130));
+    }
+    sink.abandon("failed", &format!("{e:#}"));
+    Err(e)
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -117,7 +171,9 @@ fn run_union(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.topic.is_none() && a.max_rate.is_none(), "--topic and --max-rate do not apply to the union job's backfill");
     anyhow::ensure!(!a.sink.starts_with("kafka://"), "the union job's backfill writes Parquet tables; its topics are written by the union stream job");
     anyhow::ensure!(a.from < a.to, "--from must be before --to");
-    let rules = super::load_rules::<Union>(a.job_file.as_deref())?;
+    let (rules, job_file_text) = super::load_rules_and_text::<Union>(a.job_file.as_deref())?;
+    let report = report_file(&a)?;
+    anyhow::ensure!(report.is_none(), "--report-json is not written by the union job's backfill");
     let rt = super::tokio_runtime()?;
     let sources = a
         .source
@@ -126,7 +182,8 @@ fn run_union(a: Args) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sink_loc = open(&a.sink, &a.store_options, true).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;
     let started = std::time::Instant::now();
-    let mut sink = HiveParquetSink::new(sink_loc, rt.handle().clone(), format!("union-{}-{}", compact(a.from), compact(a.to)), Union::outputs(&rules));
+    let mut sink = HiveParquetSink::new(sink_loc, rt.handle().clone(), run_info(Union::NAME, Union::FILE_PREFIX, &a, &job_file_text), Union::outputs(&rules), Vec::new())
+        .map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;
     println!("backfill of the union job, [{}, {}) from {} regions' tables", rfc3339(a.from), rfc3339(a.to), sources.len());
     let mut written = 0;
     for (t, table) in rules.tables.iter().enumerate() {
@@ -192,7 +249,7 @@ impl JobVisitor for Backfill {
 }
 
 fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
-    let mut rules = super::load_rules::<J>(a.job_file.as_deref())?;
+    let (mut rules, job_file_text) = super::load_rules_and_text::<J>(a.job_file.as_deref())?;
     let inputs = J::inputs(&rules);
     if let Some(topic) = &a.topic {
         anyhow::ensure!(
@@ -216,10 +273,12 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     let archives: Vec<ParquetArchive> =
         J::inputs(&rules).iter().map(|i| ParquetArchive::new(source_loc.clone(), &i.topic, i.format, rt.handle().clone())).collect();
     let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();
+    let report_out = report_file(&a)?;
+    // After --topic: the topics as this run names them.
+    let dead_letters: Vec<String> = J::inputs(&rules).iter().filter(|i| i.dead_letters).map(|i| i.topic.clone()).collect();
     let run_name = format!("{}-{}-{}{}", J::FILE_PREFIX, compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" });
     let mut sink: Box<dyn OutputSink> = match &kafka_sink {
         Some(brokers) => {
-            let dead_letters: Vec<String> = inputs.iter().filter(|i| i.dead_letters).map(|i| i.topic.clone()).collect();
             let settings = KafkaSettings::new(brokers, &a.kafka_options);
             // One id per job and range: a re-run of the range fences a stuck earlier run.
             let id = format!("adsproc-{run_name}");
@@ -227,7 +286,8 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         }
         None => {
             let sink_loc = open(&a.sink, &a.store_options, true).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?;
-            Box::new(HiveParquetSink::new(sink_loc, rt.handle().clone(), run_name, J::outputs(&rules)))
+            let run = run_info(J::NAME, J::FILE_PREFIX, &a, &job_file_text);
+            Box::new(HiveParquetSink::new(sink_loc, rt.handle().clone(), run, J::outputs(&rules), dead_letters).map_err(|e| anyhow::anyhow!("--sink: {e:#}"))?)
         }
     };
     let options = BackfillOptions {
@@ -236,13 +296,22 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         complete: a.complete,
         parallelism: a.parallelism.unwrap_or_else(rayon::current_num_threads).max(1),
         max_rate: a.max_rate,
+        fail_on_gap: a.fail_on_gap,
+        stop: Some(stop_on_signals()?),
     };
     let progress = progress::for_stderr(a.quiet);
-    let report = run_backfill::<J>(&rules, &sources, sink.as_mut(), &options, progress.as_ref())?;
+    let report = match run_backfill::<J>(&rules, &sources, sink.as_mut(), &options, progress.as_ref()) {
+        Ok(report) => report,
+        Err(e) => {
+            progress.end();
+            return ended_early(sink.as_mut(), e);
+        }
+    };
     let tables: Vec<String> = J::outputs(&rules).into_iter().map(|t| t.name).collect();
     print_report::<J>(&report, &tables, a.complete);
-    if let Some(path) = &a.report_json {
-        std::fs::write(path, report_json::<J>(&report, &tables).to_string())?;
+    if let (Some(mut file), Some(path)) = (report_out, &a.report_json) {
+        use std::io::Write;
+        file.write_all(report_json::<J>(&report, &tables).to_string().as_bytes()).map_err(|e| anyhow::anyhow!("--report-json {}: {e}", path.display()))?;
     }
     Ok(if report.audit.balances() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

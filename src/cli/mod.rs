@@ -55,14 +55,20 @@ pub fn job_names() -> clap::builder::PossibleValuesParser {
 
 /// The job's rules: from `job_file`, or the job file compiled in (`jobs/<name>.toml`).
 pub fn load_rules<J: Job>(job_file: Option<&std::path::Path>) -> anyhow::Result<J::Rules> {
+    Ok(load_rules_and_text::<J>(job_file)?.0)
+}
+
+/// The rules and the text they were read from (a backfill stamps its output with its digest).
+pub fn load_rules_and_text<J: Job>(job_file: Option<&std::path::Path>) -> anyhow::Result<(J::Rules, String)> {
     let text = match job_file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read job file {}: {e}", p.display()))?,
         None => J::DEFAULT_JOB_FILE.to_string(),
     };
-    J::parse_rules(&text).map_err(|e| match job_file {
+    let rules = J::parse_rules(&text).map_err(|e| match job_file {
         Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
-        None => e.into(),
-    })
+        None => anyhow::Error::from(e),
+    })?;
+    Ok((rules, text))
 }
 
 /// Calls `visitor` with the job `name` names (checked by clap against [`job_names`]).

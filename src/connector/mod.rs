@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod checkpoint_store;
+pub mod hive_overwrite;
 pub mod kafka;
 pub mod load;
 pub mod output_tables;

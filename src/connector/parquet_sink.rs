@@ -1,32 +1,34 @@
-//! Output tables in the Hive layout: `<root>/<table>/dt=…/hr=…/<run>-<n>.parquet`.
+//! Output tables in the Hive layout: `<root>/<table>/dt=…/hr=…/data.parquet`.
 //!
 //! A job's tables are partitioned by their event-time hour (`ad-metrics` by the window's start,
 //! `attributed-orders` by `order_time`), `dlq` by ingest hour (a rejected message may have no
-//! event time). File names are derived from the run (job and backfilled range), and a run first
-//! removes its own earlier files from each partition it writes, so re-running a backfill
-//! replaces its output instead of adding to it.
+//! event time). Each partition is one file, replaced as a whole when the run's rows of that
+//! hour are complete (connector::hive_overwrite: atomic per partition, INSERT OVERWRITE of the
+//! hours the range covers), so re-running a backfill, or restating part of an earlier run's
+//! range, replaces output instead of adding to it. A partition's rows wait in memory until
+//! the watermark completes its hour, then are merged into the table's order and written once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use anyhow::Context;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use arrow::array::{AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
-use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::path::Path;
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk};
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use tokio::runtime::Handle;
 
+use super::hive_overwrite::{self, Manifest, Owned, Replaced, RunInfo};
 use super::store::Location;
 use crate::contract::attributed_orders;
 use crate::contract::columns::{DLQ_TABLE, RECORD_UUID};
@@ -35,97 +37,158 @@ use crate::contract::table::{OutputTable, TableKind};
 use crate::contract::time::{floor_to, hive_hour_dir, HOUR_MS};
 use crate::runtime::backfill::OutputSink;
 
-/// Rows buffered per partition before a file is written.
-const FILE_ROWS: usize = 1 << 20;
-
-/// Where rows go: a job's output table, or the dead letters.
+/// Where rows go: a job's output table, or the dead letters of one source topic (an index into
+/// the sink's dead-letter topics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Dest {
     Table(usize),
-    DeadLetters,
+    DeadLetters(usize),
 }
 
 pub struct HiveParquetSink {
     location: Location,
     rt: Handle,
-    run: String,
+    run: RunInfo,
     tables: Vec<OutputTable>,
+    /// The source topics whose dead letters this run writes (the inputs that have them).
+    dead_letter_topics: Vec<String>,
     /// Per table, per partition hour: slices, each sorted as the table is.
     buffers: Vec<BTreeMap<i64, Vec<RecordBatch>>>,
     dead: BTreeMap<i64, Vec<DeadLetter>>,
-    /// Partitions already cleared of this run's earlier files, with the next file number.
-    seq: BTreeMap<(String, i64), usize>,
-    files: usize,
-    written: BTreeSet<String>,
+    /// What this run replaced, for its manifest.
+    replaced: Vec<Replaced>,
+    written: BTreeSet<(Dest, i64)>,
 }
 
 impl HiveParquetSink {
-    /// `run` names this run's files, e.g. `backfill-20260101T0000Z-20260102T0000Z` (`Job::FILE_PREFIX`);
-    /// `tables` are the job's output tables.
-    pub fn new(location: Location, rt: Handle, run: String, tables: Vec<OutputTable>) -> Self {
+    /// `tables` are the job's output tables, `dead_letter_topics` the inputs it dead-letters.
+    /// Writes the run's manifest (status `running`) first, so an unwritable sink fails before
+    /// any work.
+    pub fn new(location: Location, rt: Handle, run: RunInfo, tables: Vec<OutputTable>, dead_letter_topics: Vec<String>) -> anyhow::Result<Self> {
         let buffers = tables.iter().map(|_| BTreeMap::new()).collect();
-        Self { location, rt, run, tables, buffers, dead: BTreeMap::new(), seq: BTreeMap::new(), files: 0, written: BTreeSet::new() }
+        let sink =
+            Self { location, rt, run, tables, dead_letter_topics, buffers, dead: BTreeMap::new(), replaced: Vec::new(), written: BTreeSet::new() };
+        sink.manifest("running", None)?;
+        Ok(sink)
+    }
+
+    fn manifest(&self, status: &str, detail: Option<String>) -> anyhow::Result<()> {
+        let range = format!("[{}, {})", crate::contract::time::rfc3339(self.run.from), crate::contract::time::rfc3339(self.run.to));
+        hive_overwrite::write_manifest(&self.location, &self.rt, &Manifest { run: &self.run, range, status, detail, partitions: &self.replaced })
     }
 
     fn name(&self, dest: Dest) -> String {
         match dest {
             Dest::Table(t) => self.tables[t].name.clone(),
-            Dest::DeadLetters => DLQ_TABLE.to_string(),
+            Dest::DeadLetters(_) => DLQ_TABLE.to_string(),
         }
+    }
+
+    fn schema(&self, dest: Dest) -> SchemaRef {
+        match dest {
+            Dest::Table(t) => self.tables[t].kind.schema(),
+            Dest::DeadLetters(_) => dead_letter_schema(),
+        }
+    }
+
+    fn time_column(&self, dest: Dest) -> usize {
+        match dest {
+            Dest::Table(t) => self.tables[t].kind.partition_column(),
+            Dest::DeadLetters(_) => dead_letter_col::KAFKA_TIMESTAMP,
+        }
+    }
+
+    fn order(&self, dest: Dest) -> Order {
+        match dest {
+            Dest::Table(t) => Order::Table(self.tables[t].kind),
+            Dest::DeadLetters(_) => Order::DeadLetters,
+        }
+    }
+
+    /// Calls `f` with the files `dest` owns in a partition (see [`Owned`]).
+    fn with_owned<T>(&self, dest: Dest, f: impl FnOnce(&Owned) -> T) -> T {
+        let prefix = format!("{}-", self.run.file_prefix);
+        match dest {
+            Dest::Table(_) => f(&Owned { file: hive_overwrite::DATA_FILE.to_string(), earlier: &|_: &str| true, topic: None }),
+            Dest::DeadLetters(i) => {
+                let topic = self.dead_letter_topics[i].as_str();
+                f(&Owned { file: format!("{topic}.parquet"), earlier: &|name: &str| name.starts_with(&prefix), topic: Some(topic) })
+            }
+        }
+    }
+
+    fn dests(&self) -> Vec<Dest> {
+        (0..self.tables.len()).map(Dest::Table).chain((0..self.dead_letter_topics.len()).map(Dest::DeadLetters)).collect()
+    }
+
+    fn dir(&self, dest: Dest, hour: i64) -> Path {
+        self.location.child(&format!("{}/{}", self.name(dest), hive_hour_dir(hour)))
+    }
+
+    /// The rows of the partition's current file that the range does not cover, if it covers
+    /// the hour only in part.
+    fn carried(&self, dest: Dest, hour: i64) -> anyhow::Result<Vec<RecordBatch>> {
+        if self.run.covers(hour) {
+            return Ok(Vec::new());
+        }
+        let dir = self.dir(dest, hour);
+        self.with_owned(dest, |owned| {
+            hive_overwrite::carried_rows(&self.location, &self.rt, &dir, owned, &self.schema(dest), self.time_column(dest), self.run.from, self.run.to)
+        })
+    }
+
+    fn put_partition(&mut self, dest: Dest, hour: i64, rows: usize, carried: usize, bytes: Option<Vec<u8>>) -> anyhow::Result<()> {
+        let dir = self.dir(dest, hour);
+        let removed = self.with_owned(dest, |owned| match bytes {
+            Some(bytes) => hive_overwrite::replace(&self.location, &self.rt, &dir, owned, bytes),
+            None => hive_overwrite::empty(&self.location, &self.rt, &dir, owned),
+        })?;
+        let table = match dest {
+            Dest::Table(_) => self.name(dest),
+            Dest::DeadLetters(i) => format!("{DLQ_TABLE} ({})", self.dead_letter_topics[i]),
+        };
+        self.written.insert((dest, hour));
+        self.replaced.push(Replaced { table, partition: hive_hour_dir(hour), rows, carried, removed });
+        Ok(())
+    }
+
+    /// Partitions in the range that hold earlier output and got no rows of this run: emptied,
+    /// but for rows outside the range, which stay (INSERT OVERWRITE of the range's hours).
+    fn empty_the_rest(&mut self) -> anyhow::Result<()> {
+        for dest in self.dests() {
+            for (hour, dir) in hive_overwrite::partitions(&self.location, &self.rt, &self.name(dest))? {
+                if !self.run.touches(hour) || self.written.contains(&(dest, hour)) {
+                    continue;
+                }
+                if !self.with_owned(dest, |owned| hive_overwrite::holds(&self.location, &self.rt, &dir, owned))? {
+                    continue;
+                }
+                let carried = self.carried(dest, hour)?;
+                if carried.is_empty() {
+                    self.put_partition(dest, hour, 0, 0, None)?;
+                } else {
+                    let n = carried.iter().map(RecordBatch::num_rows).sum();
+                    let bytes = encode(merge_sorted(self.order(dest), carried)?, self.properties(dest), &self.run.footer())?;
+                    self.put_partition(dest, hour, 0, n, Some(bytes))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn properties(&self, dest: Dest) -> &'static WriterProperties {
         match dest {
             Dest::Table(t) => table_properties(self.tables[t].kind),
-            Dest::DeadLetters => dead_letter_properties(),
+            Dest::DeadLetters(_) => dead_letter_properties(),
         }
     }
+}
 
-    fn write_file(&mut self, dest: Dest, hour: i64, batch: RecordBatch) -> anyhow::Result<()> {
-        let bytes = encode(batch, self.properties(dest))?;
-        self.put_file(dest, hour, bytes)
-    }
-
-    fn put_file(&mut self, dest: Dest, hour: i64, bytes: Vec<u8>) -> anyhow::Result<()> {
-        let table = self.name(dest);
-        let dir = self.location.child(&format!("{table}/{}", hive_hour_dir(hour)));
-        let key = (table.to_string(), hour);
-        if !self.seq.contains_key(&key) {
-            let prefix = format!("{}-", self.run);
-            let old: Vec<_> = self
-                .rt
-                .block_on(self.location.store.list(Some(&dir)).try_collect::<Vec<_>>())
-                .with_context(|| format!("cannot list {dir}"))?;
-            for m in old.into_iter().filter(|m| m.location.filename().is_some_and(|f| f.starts_with(&prefix))) {
-                self.rt.block_on(self.location.store.delete(&m.location)).with_context(|| format!("cannot delete {}", m.location))?;
-            }
-            self.seq.insert(key.clone(), 0);
-        }
-        let n = self.seq.get_mut(&key).expect("inserted above");
-        let path = dir.clone().join(format!("{}-{:05}.parquet", self.run, n));
-        *n += 1;
-        self.rt
-            .block_on(self.location.store.put(&path, PutPayload::from(bytes)))
-            .with_context(|| format!("cannot write {path}"))?;
-        self.files += 1;
-        self.written.insert(table);
-        Ok(())
-    }
-
-    fn flush_table(&mut self, table: usize, hour: i64) -> anyhow::Result<()> {
-        if let Some(slices) = self.buffers[table].remove(&hour) {
-            let kind = self.tables[table].kind;
-            self.write_file(Dest::Table(table), hour, merge_sorted(kind, slices)?)?;
-        }
-        Ok(())
-    }
-
-    fn flush_dead(&mut self, hour: i64) -> anyhow::Result<()> {
-        if let Some(rows) = self.dead.remove(&hour) {
-            self.write_file(Dest::DeadLetters, hour, sorted_dead(rows))?;
-        }
-        Ok(())
-    }
+/// The order of a file's rows.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    Table(TableKind),
+    DeadLetters,
 }
 
 /// (window_start, region, ad_id) of each row: the order of an ad-metrics file.
@@ -165,19 +228,40 @@ impl<'a> OrderOrder<'a> {
     }
 }
 
+/// (partition, offset) of each row: the order of a dead-letter file.
+struct DeadOrder<'a> {
+    partition: &'a Int32Array,
+    offset: &'a Int64Array,
+}
+
+impl<'a> DeadOrder<'a> {
+    fn new(b: &'a RecordBatch) -> Self {
+        Self { partition: b.column(dead_letter_col::PARTITION).as_primitive(), offset: b.column(dead_letter_col::OFFSET).as_primitive() }
+    }
+
+    fn key(&self, row: usize) -> (Option<i32>, Option<i64>) {
+        use arrow::array::Array;
+        ((!self.partition.is_null(row)).then(|| self.partition.value(row)), (!self.offset.is_null(row)).then(|| self.offset.value(row)))
+    }
+}
+
 /// Merges slices that are each sorted as the table is into one batch in that order, so a
 /// file's content does not depend on parallelism or on how the rows arrived.
-fn merge_sorted(kind: TableKind, slices: Vec<RecordBatch>) -> anyhow::Result<RecordBatch> {
+fn merge_sorted(order: Order, slices: Vec<RecordBatch>) -> anyhow::Result<RecordBatch> {
     if slices.len() == 1 {
         return Ok(slices.into_iter().next().expect("one slice"));
     }
     let lens: Vec<usize> = slices.iter().map(|b| b.num_rows()).collect();
-    let indices = match kind {
-        TableKind::AdMetrics => {
+    let indices = match order {
+        Order::DeadLetters => {
+            let orders: Vec<DeadOrder> = slices.iter().map(DeadOrder::new).collect();
+            merge_order(&lens, |i, row| orders[i].key(row))
+        }
+        Order::Table(TableKind::AdMetrics) => {
             let orders: Vec<MetricOrder> = slices.iter().map(MetricOrder::new).collect();
             merge_order(&lens, |i, row| orders[i].key(row))
         }
-        TableKind::AttributedOrders => {
+        Order::Table(TableKind::AttributedOrders) => {
             let orders: Vec<OrderOrder> = slices.iter().map(OrderOrder::new).collect();
             merge_order(&lens, |i, row| orders[i].key(row))
         }
@@ -312,7 +396,9 @@ fn table_defaults() -> WriterPropertiesBuilder {
         .set_column_dictionary_enabled(ColumnPath::from(RECORD_UUID), false)
 }
 
-fn encode(batch: RecordBatch, props: &WriterProperties) -> anyhow::Result<Vec<u8>> {
+/// One Parquet file of `batch`, its row groups' columns encoded in parallel, with `footer`
+/// as key-value metadata (the run that wrote it).
+fn encode(batch: RecordBatch, props: &WriterProperties, footer: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
     let rows_per_group = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
     let schema = batch.schema();
     let mut buf = Vec::new();
@@ -344,51 +430,35 @@ fn encode(batch: RecordBatch, props: &WriterProperties) -> anyhow::Result<Vec<u8
         row_group.close()?;
         offset += part.num_rows();
     }
+    for (k, v) in footer {
+        file.append_key_value_metadata(KeyValue::new(k.clone(), v.clone()));
+    }
     file.close()?;
     Ok(buf)
 }
 
 impl OutputSink for HiveParquetSink {
     fn write(&mut self, table: usize, batch: RecordBatch) -> anyhow::Result<()> {
-        // Sorted by the partition time first, so each hour's rows are one contiguous slice.
         let times: &TimestampMillisecondArray = batch.column(self.tables[table].kind.partition_column()).as_primitive();
         let times = times.values();
-        let mut full = Vec::new();
         let mut from = 0;
         while from < times.len() {
             let hour = floor_to(times[from], HOUR_MS);
             let to = from + times[from..].partition_point(|&s| s < hour + HOUR_MS);
-            let buf = self.buffers[table].entry(hour).or_default();
-            buf.push(batch.slice(from, to - from));
-            if buf.iter().map(|b| b.num_rows()).sum::<usize>() >= FILE_ROWS {
-                full.push(hour);
-            }
+            self.buffers[table].entry(hour).or_default().push(batch.slice(from, to - from));
             from = to;
-        }
-        for h in full {
-            self.flush_table(table, h)?;
         }
         Ok(())
     }
 
     fn write_dead_letters(&mut self, records: Vec<DeadLetter>) -> anyhow::Result<()> {
-        let mut full = Vec::new();
         for r in records {
-            let hour = floor_to(r.kafka_timestamp.unwrap_or(0), HOUR_MS);
-            let buf = self.dead.entry(hour).or_default();
-            buf.push(r);
-            if buf.len() >= FILE_ROWS {
-                full.push(hour);
-            }
-        }
-        for h in full {
-            self.flush_dead(h)?;
+            self.dead.entry(floor_to(r.kafka_timestamp.unwrap_or(0), HOUR_MS)).or_default().push(r);
         }
         Ok(())
     }
 
     fn complete_before(&mut self, records_before: i64, dead_letters_before: i64) -> anyhow::Result<()> {
-        // Partition h is complete once its whole hour is before the limit: h + 1 h <= limit.
         let done = |limit: i64| limit.saturating_sub(HOUR_MS - 1);
         let mut complete: Vec<(Dest, i64, Vec<RecordBatch>)> = Vec::new();
         for (t, buffer) in self.buffers.iter_mut().enumerate() {
@@ -397,39 +467,70 @@ impl OutputSink for HiveParquetSink {
         }
         let later_dead = self.dead.split_off(&done(dead_letters_before));
         let dead = std::mem::replace(&mut self.dead, later_dead);
-        self.write_partitions(complete, dead)
+        for (hour, rows) in dead {
+            let mut by_topic: BTreeMap<usize, Vec<DeadLetter>> = BTreeMap::new();
+            for d in rows {
+                let i = self.dead_letter_topics.iter().position(|t| **t == *d.topic).ok_or_else(|| {
+                    anyhow::anyhow!("a dead letter of topic {}, which is not among this run's inputs {:?}", d.topic, self.dead_letter_topics)
+                })?;
+                by_topic.entry(i).or_default().push(d);
+            }
+            complete.extend(by_topic.into_iter().map(|(i, rows)| (Dest::DeadLetters(i), hour, vec![sorted_dead(rows)])));
+        }
+        self.write_partitions(complete)
     }
 
     fn finish(&mut self) -> anyhow::Result<String> {
         self.complete_before(i64::MAX, i64::MAX)?;
-        Ok(format!("{} files under {} ({})", self.files, self.location.url, self.written.iter().cloned().collect::<Vec<_>>().join(", ")))
+        self.empty_the_rest()?;
+        self.manifest("complete", None)?;
+        let files = self.replaced.iter().filter(|r| r.rows + r.carried > 0).count();
+        let emptied = self.replaced.len() - files;
+        let carried: usize = self.replaced.iter().map(|r| r.carried).sum();
+        let tables: BTreeSet<&str> = self.replaced.iter().map(|r| r.table.as_str()).collect();
+        let mut text = format!("{files} partitions replaced under {} ({})", self.location.url, tables.into_iter().collect::<Vec<_>>().join(", "));
+        if emptied > 0 {
+            text.push_str(&format!(", {emptied} emptied"));
+        }
+        if carried > 0 {
+            text.push_str(&format!(", {carried} rows outside the range kept"));
+        }
+        text.push_str(&format!("; manifest {}/{}.json", hive_overwrite::RUNS_DIR, self.run.id));
+        Ok(text)
+    }
+
+    fn abandon(&mut self, status: &str, detail: &str) {
+        if let Err(e) = self.manifest(status, Some(detail.to_string())) {
+            tracing::warn!("{e:#}");
+        }
     }
 }
 
 impl HiveParquetSink {
-    fn write_partitions(&mut self, tables: Vec<(Dest, i64, Vec<RecordBatch>)>, dead: BTreeMap<i64, Vec<DeadLetter>>) -> anyhow::Result<()> {
-        if tables.is_empty() && dead.is_empty() {
+    /// Writes complete partitions: each merged with the rows it keeps from its current file (if
+    /// the range covers it in part), encoded (in parallel), and put as the partition's one file.
+    fn write_partitions(&mut self, partitions: Vec<(Dest, i64, Vec<RecordBatch>)>) -> anyhow::Result<()> {
+        if partitions.is_empty() {
             return Ok(());
         }
-        let kinds: Vec<TableKind> = self.tables.iter().map(|t| t.kind).collect();
-        // Partitions are independent: merge, encode and compress them in parallel.
-        let encoded: Vec<(Dest, i64, Vec<u8>)> = tables
+        let mut work = Vec::with_capacity(partitions.len());
+        for (dest, hour, mut slices) in partitions {
+            let rows: usize = slices.iter().map(RecordBatch::num_rows).sum();
+            let carried = self.carried(dest, hour)?;
+            let kept: usize = carried.iter().map(RecordBatch::num_rows).sum();
+            slices.extend(carried);
+            work.push((dest, hour, rows, kept, slices, self.order(dest), self.properties(dest)));
+        }
+        let footer = self.run.footer();
+        let encoded: Vec<(Dest, i64, usize, usize, Vec<u8>)> = work
             .into_par_iter()
-            .map(|(dest, h, slices)| {
-                let Dest::Table(t) = dest else { unreachable!("tables only") };
-                (dest, h, merge_sorted(kinds[t], slices))
-            })
-            .chain(dead.into_par_iter().map(|(h, rows)| (Dest::DeadLetters, h, Ok(sorted_dead(rows)))))
-            .map(|(dest, h, batch)| {
-                let props = match dest {
-                    Dest::Table(t) => table_properties(kinds[t]),
-                    Dest::DeadLetters => dead_letter_properties(),
-                };
-                batch.and_then(|b| encode(b, props)).map(|bytes| (dest, h, bytes))
+            .map(|(dest, hour, rows, kept, slices, order, props)| {
+                let bytes = encode(merge_sorted(order, slices)?, props, &footer)?;
+                Ok((dest, hour, rows, kept, bytes))
             })
             .collect::<anyhow::Result<_>>()?;
-        for (dest, hour, bytes) in encoded {
-            self.put_file(dest, hour, bytes)?;
+        for (dest, hour, rows, kept, bytes) in encoded {
+            self.put_partition(dest, hour, rows, kept, Some(bytes))?;
         }
         Ok(())
     }
@@ -457,7 +558,7 @@ mod tests {
                 payload: format!(r#"{{"event_id":"e{i}"}}"#),
             })
             .collect();
-        let file = encode(sorted_dead(rows), dead_letter_properties()).unwrap();
+        let file = encode(sorted_dead(rows), dead_letter_properties(), &[]).unwrap();
         let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
         let group = reader.metadata().row_group(0);
         let column = |name: &str| group.columns().iter().find(|c| c.column_path().string() == name).unwrap();

@@ -352,7 +352,7 @@ fn run_backfill_feed<J: Job>(s: &Scenario, rules: &J::Rules) -> anyhow::Result<P
     let archives = s.archives::<J>(rules)?;
     let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();
     let mut sink = MemorySink::default();
-    let options = BackfillOptions { from: s.from, to: s.to, complete: s.complete, parallelism: 2, max_rate: None };
+    let options = BackfillOptions::new(s.from, s.to, s.complete, 2);
     let report = backfill::run::<J>(rules, &sources, &mut sink, &options, &Silent)?;
     Ok(Produced::new(sink.records, sink.dead, &report.audit))
 }

@@ -76,6 +76,9 @@ pub trait OutputSink: Send {
     fn complete_before(&mut self, records_before: i64, dead_letters_before: i64) -> anyhow::Result<()>;
     /// Makes everything written durable; returns a description of what was written.
     fn finish(&mut self) -> anyhow::Result<String>;
+    /// The run ends without finishing (`status`: failed, interrupted): what is written stays,
+    /// and the sink records why, where it can.
+    fn abandon(&mut self, _status: &str, _detail: &str) {}
 }
 
 #[derive(Debug, Clone)]
@@ -86,7 +89,29 @@ pub struct BackfillOptions {
     /// Number of key groups, processed in parallel.
     pub parallelism: usize,
     pub max_rate: Option<f64>,
+    /// An hour missing inside an archive is an error instead of a warning.
+    pub fail_on_gap: bool,
+    /// Set (by SIGINT/SIGTERM) to stop between hours: the run then fails with [`Interrupted`].
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
+
+impl BackfillOptions {
+    pub fn new(from: i64, to: i64, complete: bool, parallelism: usize) -> Self {
+        Self { from, to, complete, parallelism, max_rate: None, fail_on_gap: false, stop: None }
+    }
+
+    fn check_stop(&self, at: &str) -> anyhow::Result<()> {
+        match &self.stop {
+            Some(stop) if stop.load(std::sync::atomic::Ordering::Relaxed) => Err(Interrupted(at.to_string()).into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The run was asked to stop (SIGINT/SIGTERM) before its end.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by a signal {0}")]
+pub struct Interrupted(pub String);
 
 /// What a read filter left out of an input's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +224,9 @@ pub fn run<J: Job>(
     let started = Instant::now();
     let range = BackfillRange { from: options.from, to: options.to, complete: options.complete };
     let plan = plan::<J>(rules, sources, range)?;
+    if options.fail_on_gap && !plan.gaps.is_empty() {
+        return Err(PlanError::Gaps(plan.gaps.clone()).into());
+    }
     let groups = options.parallelism.max(1);
     let settings = |g: usize| RunSettings {
         emit: Emit::FinalOnly,
@@ -277,6 +305,7 @@ pub fn run<J: Job>(
         let mut first = true;
         for received in decoded_rx {
             let (hour, mut decoded, took) = received?;
+            options.check_stop(&format!("while reading ingest hour {}", crate::contract::time::rfc3339(hour)))?;
             decode_time += took;
             let inputs: Vec<Decoded> = decoded
                 .iter_mut()
@@ -328,6 +357,7 @@ pub fn run<J: Job>(
     let mut hour_end = next_hour_end::<J>(&operators);
     let mut drained = drain::<J>(&mut operators, hour_end.unwrap_or(i64::MAX));
     loop {
+        options.check_stop("while writing the output")?;
         write(drained, sink, throttle.as_mut(), &mut written)?;
         let done = hour_end.unwrap_or(i64::MAX);
         let next = next_hour_end::<J>(&operators);

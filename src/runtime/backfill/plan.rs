@@ -21,6 +21,8 @@ pub enum PlanError {
         to: String,
         bounds: String,
     },
+    #[error("{}; --fail-on-gap makes a missing hour an error (without it, the backfill warns and reads the hours there are)", .0.join("; "))]
+    Gaps(Vec<String>),
 }
 
 /// What a backfill reads of one input.
@@ -41,6 +43,9 @@ pub struct Plan {
     /// Indexed as the job's inputs.
     pub inputs: Vec<InputPlan>,
     pub warnings: Vec<String>,
+    /// Hours missing inside an archive (between its first and last hour), by input: also in
+    /// `warnings`.
+    pub gaps: Vec<String>,
 }
 
 impl Plan {
@@ -71,10 +76,43 @@ pub fn plan<J: Job>(rules: &J::Rules, sources: &[&dyn ArchiveSource], range: Bac
     assert_eq!(reads.len(), sources.len(), "a read range and an archive per input");
     let mut planned = Vec::with_capacity(reads.len());
     let mut warnings = Vec::new();
+    let mut gaps = Vec::new();
     for ((read, source), input) in reads.iter().zip(sources).zip(&inputs) {
-        planned.push(plan_input(read, *source, &input.topic, range, &mut warnings)?);
+        let p = plan_input(read, *source, &input.topic, range, &mut warnings)?;
+        if let Some(gap) = gaps_of(&p, source.describe()) {
+            warnings.push(gap.clone());
+            gaps.push(gap);
+        }
+        planned.push(p);
     }
-    Ok(Plan { from: range.from, to: range.to, inputs: planned, warnings })
+    Ok(Plan { from: range.from, to: range.to, inputs: planned, warnings, gaps })
+}
+
+/// The hours the read range needs that the archive lacks although it holds hours before and
+/// after them: an hour lost in the middle (a failed archiver, a deleted directory), whose
+/// messages would otherwise go silently uncounted.
+fn gaps_of(p: &InputPlan, source: String) -> Option<String> {
+    let (first, last) = p.archive_bounds?;
+    let lo = first.max(floor_to(p.read_from, HOUR_MS));
+    let hi = last.min(ceil_to(p.read_to, HOUR_MS) - HOUR_MS);
+    let present: std::collections::BTreeSet<i64> = p.hours.iter().filter(|h| !h.files.is_empty()).map(|h| h.hour).collect();
+    let missing: Vec<i64> = (lo..=hi).step_by(HOUR_MS as usize).filter(|h| !present.contains(h)).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = missing.iter().take(8).map(|h| crate::contract::time::hive_hour_dir(*h)).collect();
+    if missing.len() > names.len() {
+        names.push(format!("and {} more", missing.len() - names.len()));
+    }
+    Some(format!(
+        "the {} archive at {source} has no files for {} hour{} between its first hour {} and its last {}: {}",
+        p.topic,
+        missing.len(),
+        if missing.len() == 1 { "" } else { "s" },
+        rfc3339(first),
+        rfc3339(last),
+        names.join(", ")
+    ))
 }
 
 fn plan_input(read: &ReadRange, source: &dyn ArchiveSource, topic: &str, range: BackfillRange, warnings: &mut Vec<String>) -> anyhow::Result<InputPlan> {
