@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need, then runs every test
 # (unit, property, replay fixtures, acceptance over generated archives, bad input, S3 on a
-# local moto server, the stream job against a local Kafka-protocol broker, the load into a
+# local moto server, restatements read back with pyarrow, the stream job against a local Kafka-protocol broker, the load into a
 # local PostgreSQL server).
 #
 # The broker (Nisshi) is built once into ~/.cache/adsproc, beside the tests' own build. From
@@ -16,6 +16,7 @@ if [ "${CI:-}" = "true" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
   export CARGO_TARGET_DIR="$HOME/.cache/adsproc/target"
 fi
 scripts/ensure-moto.sh
+scripts/ensure-pyarrow.sh
 # Debian's postgresql package (the tests run their own servers, scripts/postgres.sh): installed
 # once here rather than by tests racing each other to apt-get.
 scripts/ensure-postgres.sh >/dev/null

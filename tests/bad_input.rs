@@ -321,3 +321,65 @@ fn options_of_another_job_are_refused_with_the_reason() {
     assert_eq!(stream.status.code(), Some(2));
     assert!(text(&stream).contains("--topic names the input topic of a job with one input"), "{}", text(&stream));
 }
+
+/// An hour missing in the middle of an archive (25 % of its messages, unread) is reported by
+/// name; --fail-on-gap makes it an error before any work.
+#[test]
+fn an_hour_missing_inside_the_archive_is_reported_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    let o = adsproc(&["gen", "--out", archive.to_str().unwrap(), "--events", "8000", "--hours", "4", "--ads", "50"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_dir_all(archive.join("ad-events/dt=2026-01-01/hr=02")).unwrap();
+    let o = backfill(&archive, &tmp.path().join("out"), "2026-01-01T00:00:00Z", "2026-01-01T04:00:00Z");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("warning: the ad-events archive at") && text(&o).contains("has no files for 1 hour between") && text(&o).contains("dt=2026-01-01/hr=02"), "{}", text(&o));
+    let o = adsproc(&["backfill", "--job", "aggregation", "--quiet", "--fail-on-gap", "--source", archive.to_str().unwrap(), "--sink", tmp.path().join("out2").to_str().unwrap(),
+        "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T04:00:00Z"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("dt=2026-01-01/hr=02") && text(&o).contains("--fail-on-gap"), "{}", text(&o));
+    assert!(!tmp.path().join("out2/ad-metrics").exists(), "nothing written");
+}
+
+/// Paths given in flags are checked before the work starts: an unwritable --report-json fails
+/// at once, naming it, and writes nothing.
+#[test]
+fn an_unwritable_report_path_fails_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    assert!(adsproc(&["gen", "--out", archive.to_str().unwrap(), "--events", "2000", "--hours", "1", "--ads", "20"]).status.success());
+    let report = tmp.path().join("no/such/dir/report.json");
+    let o = adsproc(&["backfill", "--job", "aggregation", "--quiet", "--source", archive.to_str().unwrap(), "--sink", tmp.path().join("out").to_str().unwrap(),
+        "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T01:00:00Z", "--report-json", report.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--report-json") && text(&o).contains("no/such/dir/report.json"), "{}", text(&o));
+    assert!(!tmp.path().join("out/ad-metrics").exists(), "nothing written");
+}
+
+/// gen into an archive root that holds the topics already refuses (two archives would merge,
+/// two messages at each offset) unless told to replace it.
+#[test]
+fn gen_refuses_a_non_empty_out_unless_told_to_replace_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("archive");
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["gen", "--out", out.to_str().unwrap(), "--events", "2000", "--hours", "1", "--ads", "20"];
+        args.extend_from_slice(extra);
+        adsproc(&args)
+    };
+    assert!(gen(&[]).status.success());
+    let files = parquet_files_under(&out);
+    let o = gen(&["--seed", "7"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("already holds") && text(&o).contains("--replace"), "{}", text(&o));
+    assert_eq!(parquet_files_under(&out), files, "nothing changed");
+    let o = gen(&["--seed", "7", "--replace", "--files-per-hour", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(parquet_files_under(&out.join("ad-events")).len(), 2, "the old files (4 per hour) are gone, the new ones (2) there");
+}
+
+fn parquet_files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = common::parquet_out::parquet_files(dir);
+    out.sort();
+    out
+}

@@ -24,6 +24,11 @@ pub struct Args {
     /// Object store setting, key=value (repeatable), for s3:// locations.
     #[arg(long = "store-option", value_parser = parse_key_value)]
     store_options: Vec<(String, String)>,
+    /// Delete what --out holds of the two topics first. Without it, gen refuses an --out that
+    /// holds files of them: a second archive written over the first would merge with it, two
+    /// messages at each offset.
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -134,6 +139,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let rt = super::tokio_runtime()?;
     let loc = open(&a.out, &a.store_options, true).map_err(|e| anyhow::anyhow!("--out: {e:#}"))?;
+    clear_topics(&loc, rt.handle(), &[&spec.topic, &spec.orders_topic], a.replace, &a.out)?;
     let started = std::time::Instant::now();
     let (files, rows) = spec.write(&loc, rt.handle())?;
     println!(
@@ -146,6 +152,29 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses (or, with `replace`, empties) an archive root that already holds files of `topics`.
+fn clear_topics(loc: &crate::connector::store::Location, rt: &tokio::runtime::Handle, topics: &[&str], replace: bool, out: &str) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    for topic in topics {
+        let dir = loc.child(topic);
+        let held: Vec<_> = rt.block_on(loc.store.list(Some(&dir)).try_collect::<Vec<_>>()).map_err(|e| anyhow::anyhow!("--out: cannot list {out}/{topic}: {e}"))?;
+        if held.is_empty() {
+            continue;
+        }
+        anyhow::ensure!(
+            replace,
+            "--out {out} already holds {} files of {topic}: pass --replace to delete them first, or another --out (two archives written \
+into one would merge, with two messages at each offset)",
+            held.len()
+        );
+        for m in held {
+            rt.block_on(loc.store.delete(&m.location)).map_err(|e| anyhow::anyhow!("--replace: cannot delete {}: {e}", m.location))?;
+        }
+    }
+    Ok(())
 }
 
 /// Generate a day of synthetic ad events and orders into a local archive and backfill it with
@@ -189,6 +218,8 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             orders_topic: "orders".into(),
         },
         store_options: vec![],
+        // The demo regenerates its own archive on every run.
+        replace: true,
     })?;
     if code != ExitCode::SUCCESS {
         return Ok(code);

@@ -6,6 +6,7 @@ pub mod attribution;
 pub mod broker_log;
 pub mod exactly_once;
 pub mod kafka;
+pub mod moto;
 pub mod parquet_out;
 pub mod postgres;
 
