@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need, then runs every test
 # (unit, property, replay fixtures, acceptance over generated archives, bad input, S3 on a
-# local moto server, restatements read back with pyarrow, the stream job against a local Kafka-protocol broker, the load into a
-# local PostgreSQL server).
+# local moto server, restatements read back with pyarrow, the stream job against a local
+# Kafka-protocol broker, the load into a local PostgreSQL server).
 #
 # The broker (Nisshi) is built once into ~/.cache/adsproc, beside the tests' own build. From
 # scratch on a slow 2-core VM the whole script took 59 minutes (the broker's build 56 of them);

@@ -190,7 +190,7 @@ fn interrupted_restatements(sink: &Sink, work: &Path, seed: u64) {
     let (mut mixed, mut interrupted) = (0, 0);
     for kill in 0..8 {
         sink.fill_from(&old_dir);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_adsproc")).args(&restate).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_adsproc")).args(&restate).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(rng.random_range(200..2600)));
         let sigterm = kill % 2 == 1;
         unsafe { libc::kill(child.id() as i32, if sigterm { libc::SIGTERM } else { libc::SIGKILL }) };
