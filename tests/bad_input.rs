@@ -218,7 +218,7 @@ fn an_unreachable_s3_endpoint_fails_quickly_with_the_endpoint_in_the_message() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     let o = Command::new(env!("CARGO_BIN_EXE_adsproc"))
-        .args(["backfill", "--job", "aggregation", "--quiet", "--source", "s3://archive/raw", "--sink", "/tmp/adsproc-unused"])
+        .args(["backfill", "--job", "aggregation", "--quiet", "--source", "s3://archive/raw", "--sink", tempfile::tempdir().unwrap().path().join("out").to_str().unwrap()])
         .args(["--from", FROM, "--to", TO])
         .args(["--store-option", &format!("endpoint={endpoint}"), "--store-option", "allow_http=true"])
         .args(["--store-option", "access_key_id=x", "--store-option", "secret_access_key=y", "--store-option", "region=us-east-1"])

@@ -21,7 +21,11 @@ the same rules as the live job. Reads what the rules need around the range (a wa
 dedupe decision matches the live job's, a tail after --to for late arrivals and later status updates). Writes \
 Parquet in the Hive layout under --sink: the job's tables (ad-metrics/ by window hour, attributed-orders/ by \
 order_time hour) and dlq/ by ingest hour. Every record_uuid equals the live job's for the same record, so the \
-output upserts over it.\n\nThe aggregation job recomputes the windows that start in the range (--from and --to on \
+output upserts over it.\n\nOver a sink that holds output already, the run replaces every partition hour its range \
+touches (Hive's INSERT OVERWRITE; an hour covered in part keeps its rows outside the range), each partition as one \
+atomic write of one file, on a local directory and on S3: however the run ends, each partition is entirely the old \
+output or entirely the new. _adsproc/runs/<run>.json says which run wrote what. SIGINT/SIGTERM stop it between \
+hours (exit 130).\n\nThe aggregation job recomputes the windows that start in the range (--from and --to on \
 window boundaries); the attribution job the orders whose first arrival's order_time is in it, reading the orders \
 archive first and then only the ad events of those orders' users and stores.",
     after_help = "Examples:\n  adsproc backfill --job aggregation --source ./archive --sink ./out \\\n      --from 2026-01-01T00:00:00Z --to 2026-01-02T00:00:00Z\n\n  # restatement after a bug fix: count every valid event, however late\n  adsproc backfill --job aggregation --source s3://ads-archive/raw --sink s3://ads-out/restated \\\n      --from 2026-01-01T00:00:00Z --to 2026-01-08T00:00:00Z --complete --max-rate 50000\n\n  # the orders of a day, joined to the ad events that led to them\n  adsproc backfill --job attribution --source ./archive --sink ./out \\\n      --from 2026-01-07T00:00:00Z --to 2026-01-08T00:00:00Z\n\nS3 settings come from AWS_* variables or --store-option (endpoint=..., allow_http=true, region=...).\nExit status: 0 on success, 1 when the audit does not balance, 2 on an error (bad arguments, unreadable input,\nfailed writes)."

@@ -184,6 +184,12 @@ impl HiveParquetSink {
     }
 }
 
+/// A complete partition's new rows: a table's sorted slices, or dead letters not yet sorted.
+enum Rows {
+    Sorted(Vec<RecordBatch>),
+    Dead(Vec<DeadLetter>),
+}
+
 /// The order of a file's rows.
 #[derive(Debug, Clone, Copy)]
 enum Order {
@@ -460,10 +466,10 @@ impl OutputSink for HiveParquetSink {
 
     fn complete_before(&mut self, records_before: i64, dead_letters_before: i64) -> anyhow::Result<()> {
         let done = |limit: i64| limit.saturating_sub(HOUR_MS - 1);
-        let mut complete: Vec<(Dest, i64, Vec<RecordBatch>)> = Vec::new();
+        let mut complete: Vec<(Dest, i64, Rows)> = Vec::new();
         for (t, buffer) in self.buffers.iter_mut().enumerate() {
             let later = buffer.split_off(&done(records_before));
-            complete.extend(std::mem::replace(buffer, later).into_iter().map(|(h, slices)| (Dest::Table(t), h, slices)));
+            complete.extend(std::mem::replace(buffer, later).into_iter().map(|(h, slices)| (Dest::Table(t), h, Rows::Sorted(slices))));
         }
         let later_dead = self.dead.split_off(&done(dead_letters_before));
         let dead = std::mem::replace(&mut self.dead, later_dead);
@@ -475,7 +481,7 @@ impl OutputSink for HiveParquetSink {
                 })?;
                 by_topic.entry(i).or_default().push(d);
             }
-            complete.extend(by_topic.into_iter().map(|(i, rows)| (Dest::DeadLetters(i), hour, vec![sorted_dead(rows)])));
+            complete.extend(by_topic.into_iter().map(|(i, rows)| (Dest::DeadLetters(i), hour, Rows::Dead(rows))));
         }
         self.write_partitions(complete)
     }
@@ -509,22 +515,30 @@ impl OutputSink for HiveParquetSink {
 impl HiveParquetSink {
     /// Writes complete partitions: each merged with the rows it keeps from its current file (if
     /// the range covers it in part), encoded (in parallel), and put as the partition's one file.
-    fn write_partitions(&mut self, partitions: Vec<(Dest, i64, Vec<RecordBatch>)>) -> anyhow::Result<()> {
+    fn write_partitions(&mut self, partitions: Vec<(Dest, i64, Rows)>) -> anyhow::Result<()> {
         if partitions.is_empty() {
             return Ok(());
         }
         let mut work = Vec::with_capacity(partitions.len());
-        for (dest, hour, mut slices) in partitions {
-            let rows: usize = slices.iter().map(RecordBatch::num_rows).sum();
+        for (dest, hour, rows) in partitions {
+            let n = match &rows {
+                Rows::Sorted(slices) => slices.iter().map(RecordBatch::num_rows).sum(),
+                Rows::Dead(d) => d.len(),
+            };
             let carried = self.carried(dest, hour)?;
             let kept: usize = carried.iter().map(RecordBatch::num_rows).sum();
-            slices.extend(carried);
-            work.push((dest, hour, rows, kept, slices, self.order(dest), self.properties(dest)));
+            work.push((dest, hour, n, kept, rows, carried, self.order(dest), self.properties(dest)));
         }
         let footer = self.run.footer();
         let encoded: Vec<(Dest, i64, usize, usize, Vec<u8>)> = work
             .into_par_iter()
-            .map(|(dest, hour, rows, kept, slices, order, props)| {
+            .map(|(dest, hour, rows, kept, new, carried, order, props)| {
+                // Dead letters are sorted here, on the pool, as the tables' slices are merged.
+                let mut slices = match new {
+                    Rows::Sorted(slices) => slices,
+                    Rows::Dead(d) => vec![sorted_dead(d)],
+                };
+                slices.extend(carried);
                 let bytes = encode(merge_sorted(order, slices)?, props, &footer)?;
                 Ok((dest, hour, rows, kept, bytes))
             })

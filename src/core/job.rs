@@ -187,10 +187,10 @@ pub trait Job: Sized + Send + Sync + 'static {
     /// Inputs the backfill decodes whole before the others, whose rows narrow what the others
     /// read ([`Job::read_filter`]).
     const EAGER_INPUTS: &'static [usize] = &[];
-    /// How a backfill's output files are named: `<FILE_PREFIX>-<from>-<to>[-complete]-<n>`.
-    /// A re-run of a range replaces the files of that name in each partition it writes, so the
-    /// name must be the job's own (jobs share the `dlq` table) and must not change between
-    /// versions (a renamed file would be left beside its replacement).
+    /// How a backfill's runs are named (`<FILE_PREFIX>-<from>-<to>[-complete]-<started>`, in
+    /// their manifests and files' footers), and how its output files were named before one file
+    /// per partition (`<FILE_PREFIX>-<from>-<to>…-<n>.parquet`): a run replaces such files of
+    /// its own job, so the prefix must stay the job's own (jobs share the `dlq` table).
     const FILE_PREFIX: &'static str = Self::NAME;
     /// Whether the stream runtime hands rows to the operator as they arrive instead of when
     /// the ingest watermark passes them: for a job whose results do not depend on how its
