@@ -141,7 +141,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let loc = open(&a.out, &a.store_options, true).map_err(|e| anyhow::anyhow!("--out: {e:#}"))?;
     clear_topics(&loc, rt.handle(), &[&spec.topic, &spec.orders_topic], a.replace, &a.out)?;
     let started = std::time::Instant::now();
-    let (files, rows) = spec.write(&loc, rt.handle())?;
+    tracing::info!("generating {} hours of {} and {} into {}", spec.hours, spec.topic, spec.orders_topic, a.out);
+    let progress = HourProgress::new(u64::from(spec.hours));
+    let written = spec.write_reporting(&loc, rt.handle(), &|files, messages| progress.hour_done(files, messages));
+    progress.end();
+    let (files, rows) = written?;
     println!(
         "wrote {rows} messages in {files} files to {}/{{{},{}}} (ingest hours {} to {}) in {:.1} s",
         a.out.trim_end_matches('/'),
@@ -152,6 +156,50 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Progress of gen, an hour at a time: a bar on a terminal, else a log line every 5 s.
+struct HourProgress {
+    bar: Option<indicatif::ProgressBar>,
+    state: std::sync::Mutex<(u64, u64, u64, std::time::Instant)>,
+    hours: u64,
+}
+
+impl HourProgress {
+    fn new(hours: u64) -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(hours);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} hours | {msg} | ETA {eta}").expect("valid template"),
+            );
+            bar
+        });
+        Self { bar, state: std::sync::Mutex::new((0, 0, 0, std::time::Instant::now())), hours }
+    }
+
+    fn hour_done(&self, files: u64, messages: u64) {
+        let mut s = self.state.lock().expect("not poisoned");
+        s.0 += 1;
+        s.1 += files;
+        s.2 += messages;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!("{} files, {} messages", s.1, s.2));
+                bar.inc(1);
+            }
+            None if s.3.elapsed() >= std::time::Duration::from_secs(5) => {
+                s.3 = std::time::Instant::now();
+                tracing::info!("{}/{} hours written, {} files, {} messages", s.0, self.hours, s.1, s.2);
+            }
+            None => {}
+        }
+    }
+
+    fn end(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// Refuses (or, with `replace`, empties) an archive root that already holds files of `topics`.

@@ -3,6 +3,7 @@
 mod archive;
 mod backfill;
 mod gen;
+mod help_files;
 mod load;
 mod produce;
 mod replay;
@@ -10,7 +11,7 @@ mod stream;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::contract::time::parse_rfc3339;
 use crate::core::job::Job;
@@ -34,6 +35,15 @@ pub struct Cli {
     /// Log filter (as RUST_LOG): error, warn, info, debug.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Log lines as text for people, or as JSON objects (one per line) for a log pipeline.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,6 +56,8 @@ enum Command {
     Archive(archive::Args),
     Load(load::Args),
     Demo(gen::DemoArgs),
+    Completions(help_files::CompletionsArgs),
+    Man(help_files::ManArgs),
 }
 
 /// `--job`: one of the registered jobs (`crate::jobs`).
@@ -83,10 +95,11 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     let result = match cli.command {
         Command::Backfill(a) => backfill::run(a),
         Command::Gen(a) => gen::run(a),
@@ -96,6 +109,8 @@ pub fn main() -> ExitCode {
         Command::Archive(a) => archive::run(a),
         Command::Load(a) => load::run(a),
         Command::Demo(a) => gen::demo(a),
+        Command::Completions(a) => help_files::completions(a, Cli::command()),
+        Command::Man(a) => help_files::man(a, Cli::command()),
     };
     match result {
         Ok(code) => code,
@@ -120,3 +135,8 @@ fn condensed(e: &anyhow::Error) -> String {
 }
 
 pub use crate::connector::store::tokio_runtime;
+
+/// The whole command-line interface, for tests and for generated help files.
+pub fn command() -> clap::Command {
+    Cli::command()
+}

@@ -160,6 +160,11 @@ impl GenSpec {
 
     /// Writes the archive of both topics; returns (files, rows).
     pub fn write(&self, location: &Location, rt: &Handle) -> anyhow::Result<(u64, u64)> {
+        self.write_reporting(location, rt, &|_, _| {})
+    }
+
+    /// [`write`](Self::write), calling `hour_done(files, messages)` as each hour is written.
+    pub fn write_reporting(&self, location: &Location, rt: &Handle, hour_done: &(dyn Fn(u64, u64) + Sync)) -> anyhow::Result<(u64, u64)> {
         anyhow::ensure!(
             self.hours > 0 && self.ads > 0 && self.regions > 0 && self.partitions > 0 && self.files_per_hour > 0 && self.order_partitions > 0,
             "hours, ads, regions, partitions and files per hour must be positive"
@@ -187,7 +192,9 @@ impl GenSpec {
                     write_archive_file(location, rt, &self.topic, hour_start, &format!("part-{f:03}-seed{}.parquet", self.seed), &batch)?;
                     files += 1;
                 }
-                Ok((files, (rows.len() + orders.len()) as u64))
+                let messages = (rows.len() + orders.len()) as u64;
+                hour_done(files, messages);
+                Ok((files, messages))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(results.into_iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)))
