@@ -1,4 +1,4 @@
-//! Layer 1: the external formats of `../shared/CONTRACTS.md`, and nothing else.
+//! Layer 1: the external formats (docs/contracts.md), and nothing else.
 //!
 //! Everything other teams produce or consume is described here: the columns of the input topics
 //! (`ad-events`, `orders`) and their archives, the output records (`ad-metrics`,
