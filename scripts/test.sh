@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need, then runs every test
 # (unit, property, replay fixtures, acceptance over generated archives, bad input, S3 on a
-# local moto server, restatements read back with pyarrow, the stream job against a local
-# Kafka-protocol broker, the load into a local PostgreSQL server).
+# local moto server, restatements read back with pyarrow, the diff report in headless Chromium,
+# the stream job against a local Kafka-protocol broker, the load into a local PostgreSQL server).
 #
 # The broker (Nisshi) is built once into ~/.cache/adsproc, beside the tests' own build. From
 # scratch on a slow 2-core VM the whole script took 59 minutes (the broker's build 56 of them);
@@ -17,6 +17,8 @@ if [ "${CI:-}" = "true" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
 fi
 scripts/ensure-moto.sh
 scripts/ensure-pyarrow.sh
+# Debian's chromium: the diff report's test renders its HTML page headless.
+scripts/ensure-chromium.sh >/dev/null
 # Debian's postgresql package (the tests run their own servers, scripts/postgres.sh): installed
 # once here rather than by tests racing each other to apt-get.
 scripts/ensure-postgres.sh >/dev/null

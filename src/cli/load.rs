@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     table: Option<String>,
     /// The records' table: ad-metrics or attributed-orders. Default: from the topic's name.
-    #[arg(long, value_parser = parse_kind)]
+    #[arg(long, value_parser = super::parse_kind)]
     kind: Option<TableKind>,
     /// Records per database transaction, at most.
     #[arg(long, default_value_t = 50_000)]
@@ -56,20 +56,9 @@ pub struct Args {
     kafka_options: Vec<(String, String)>,
 }
 
-fn parse_kind(s: &str) -> Result<TableKind, String> {
-    TableKind::parse(s).ok_or_else(|| {
-        let names: Vec<&str> = TableKind::ALL.iter().map(|k| k.name()).collect();
-        format!("'{s}' is not a table kind; possible values: {}", names.join(", "))
-    })
-}
-
-/// The table kind a topic name says: `ad-metrics…` or `attributed-orders…`.
-fn kind_of(topic: &str) -> Option<TableKind> {
-    TableKind::ALL.into_iter().find(|k| topic.starts_with(k.name()))
-}
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let kind = match a.kind.or_else(|| kind_of(&a.topic)) {
+    let kind = match a.kind.or_else(|| super::kind_of(&a.topic)) {
         Some(k) => k,
         None => anyhow::bail!("--kind is needed: the name {:?} does not say whether it holds ad-metrics or attributed-orders", a.topic),
     };

@@ -2,6 +2,8 @@
 
 mod archive;
 mod backfill;
+mod diff;
+mod diff_html;
 mod gen;
 mod help_files;
 mod load;
@@ -56,6 +58,7 @@ enum Command {
     Archive(archive::Args),
     Load(load::Args),
     Demo(gen::DemoArgs),
+    Diff(diff::Args),
     Completions(help_files::CompletionsArgs),
     Man(help_files::ManArgs),
 }
@@ -88,6 +91,20 @@ pub fn with_job<V: crate::jobs::JobVisitor<Output = anyhow::Result<ExitCode>>>(n
     crate::jobs::with_job(name, visitor).unwrap_or_else(|| anyhow::bail!("no job is named {name:?}"))
 }
 
+/// `--kind`: a table kind by its contract name.
+fn parse_kind(s: &str) -> Result<crate::contract::table::TableKind, String> {
+    use crate::contract::table::TableKind;
+    TableKind::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = TableKind::ALL.iter().map(|k| k.name()).collect();
+        format!("'{s}' is not a table kind; possible values: {}", names.join(", "))
+    })
+}
+
+/// The table kind a topic or table name says: `ad-metrics…` or `attributed-orders…`.
+fn kind_of(name: &str) -> Option<crate::contract::table::TableKind> {
+    crate::contract::table::TableKind::ALL.into_iter().find(|k| name.starts_with(k.name()))
+}
+
 pub fn parse_time(s: &str) -> Result<i64, String> {
     parse_rfc3339(s)
 }
@@ -109,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Archive(a) => archive::run(a),
         Command::Load(a) => load::run(a),
         Command::Demo(a) => gen::demo(a),
+        Command::Diff(a) => diff::run(a),
         Command::Completions(a) => help_files::completions(a, Cli::command()),
         Command::Man(a) => help_files::man(a, Cli::command()),
     };

@@ -82,7 +82,7 @@ pub fn describe_database(url: &str) -> String {
 }
 
 pub fn connect(url: &str) -> anyhow::Result<postgres::Client> {
-    let mut config: postgres::Config = url.parse().with_context(|| format!("{:?} is not a PostgreSQL URL (postgres://user@host:port/db)", redact(url)))?;
+    let mut config: postgres::Config = url.parse().with_context(|| format!("{:?} is not a PostgreSQL URL (postgres://user@host:port/db)", super::postgres::redacted(url)))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
@@ -94,15 +94,6 @@ pub fn connect(url: &str) -> anyhow::Result<postgres::Client> {
         .with_context(|| format!("cannot connect to {}", describe_database(url)))
 }
 
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
 
 pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
     let started = Instant::now();

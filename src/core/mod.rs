@@ -13,6 +13,7 @@ pub mod ad_event_rules;
 pub mod batch_view;
 pub mod config;
 pub mod dedupe;
+pub mod diff;
 pub mod interner;
 pub mod job;
 pub mod key_group;

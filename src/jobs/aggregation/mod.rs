@@ -79,6 +79,20 @@ impl Job for Aggregation {
     }
 }
 
+impl crate::core::diff::DiffRecord for AdMetric {
+    fn advertiser(&self) -> Option<&str> {
+        self.advertiser_id.as_deref()
+    }
+
+    fn campaign(&self) -> Option<&str> {
+        self.campaign_id.as_deref()
+    }
+
+    fn measures(&self) -> crate::core::diff::Measures {
+        crate::core::diff::Measures { impressions: self.impressions, clicks: self.clicks, ..Default::default() }
+    }
+}
+
 impl OutputRecord for AdMetric {
     fn record_uuid(&self) -> uuid::Uuid {
         self.record_uuid

@@ -95,6 +95,22 @@ impl Job for Attribution {
     }
 }
 
+/// An attributed order counts once, with its amount (its latest status's: a cancelled order
+/// still counts; its status change shows as a changed record).
+impl crate::core::diff::DiffRecord for AttributedOrder {
+    fn advertiser(&self) -> Option<&str> {
+        self.advertiser_id.as_deref()
+    }
+
+    fn campaign(&self) -> Option<&str> {
+        self.campaign_id.as_deref()
+    }
+
+    fn measures(&self) -> crate::core::diff::Measures {
+        crate::core::diff::Measures { attributed_orders: 1, amount_cents: self.amount_cents, ..Default::default() }
+    }
+}
+
 impl OutputRecord for AttributedOrder {
     fn record_uuid(&self) -> uuid::Uuid {
         self.record_uuid
