@@ -60,14 +60,27 @@ fn a_restatement_through_kafka_replaces_exactly_the_affected_rows_of_the_serving
     let archive = work.path().join("archive");
     adsproc(&["archive", "--topic", "ad-events", "--brokers", &broker.addr, "--sink", archive.to_str().unwrap(), "--until-caught-up"]);
     let (from, to) = (T0, T0 + HOUR);
+    // The README's workflow: recompute into a scratch root, see who is affected, restate,
+    // verify.
+    let fresh = work.path().join("fresh");
+    backfill(&archive, &fresh, from, to, &["--complete"]);
+    let impact = work.path().join("impact.json");
+    let range = ["--from", &rfc3339(from), "--to", &rfc3339(to)];
+    let diff = |extra: &[&str]| {
+        let mut args = vec!["diff", "--old", &pg.url, "--new", fresh.to_str().unwrap(), "--table", "ad-metrics"];
+        args.extend_from_slice(&range);
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_adsproc")).args(&args).output().unwrap()
+    };
+    let before_restating = diff(&["--json", impact.to_str().unwrap()]);
+    assert_eq!(before_restating.status.code(), Some(1), "the live table differs from the fix: {}", String::from_utf8_lossy(&before_restating.stderr));
+    let impact: serde_json::Value = serde_json::from_slice(&std::fs::read(&impact).unwrap()).unwrap();
     let restated = adsproc(&["backfill", "--job", "aggregation", "--quiet", "--complete", "--source", archive.to_str().unwrap(), "--sink",
         &format!("kafka://{}", broker.addr), "--from", &rfc3339(from), "--to", &rfc3339(to), "--max-rate", "20000"]);
     assert!(restated.contains("[balanced]") && restated.contains("Kafka topics ad-metrics"), "{restated}");
     load(&broker, &pg.url);
     let after = metrics_table(&pg.url, "ad_metrics");
 
-    let fresh = work.path().join("fresh");
-    backfill(&archive, &fresh, from, to, &["--complete"]);
     let expected: BTreeMap<uuid::Uuid, AdMetric> = read_table::<AdMetric>(&fresh, "ad-metrics").into_iter().map(|m| (m.record_uuid, m)).collect();
 
     // In the range, the table is the fixed job's backfill row for row; outside it, untouched.
@@ -86,6 +99,11 @@ fn a_restatement_through_kafka_replaces_exactly_the_affected_rows_of_the_serving
     let stray: Vec<_> = changed.iter().filter(|m| !touched.contains(&(m.region.to_string(), m.ad_id.to_string(), m.window_start))).take(3).collect();
     assert!(stray.is_empty(), "rows of windows no rejected event belongs to changed: {stray:?}");
     assert!(changed.len() > 50, "only {} rows changed", changed.len());
+    // The diff before the restatement predicted exactly these rows, and after it finds none.
+    assert_eq!(impact["total"]["removed"], 0);
+    assert_eq!(impact["total"]["added"].as_u64().unwrap() + impact["total"]["changed"].as_u64().unwrap(), changed.len() as u64, "{impact}");
+    let verified = diff(&[]);
+    assert_eq!(verified.status.code(), Some(0), "after the restatement: {}", String::from_utf8_lossy(&verified.stdout));
     assert!(changed.iter().all(|m| before.get(&m.record_uuid).is_none_or(|b| m.impressions + m.clicks > b.impressions + b.clicks)),
         "a restatement of a rule that rejected valid events can only add counts");
 
