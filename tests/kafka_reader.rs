@@ -153,7 +153,7 @@ fn the_archiver_archives_partitions_it_did_not_know_when_it_started() {
     let location = adsproc::connector::store::open(dir.path().to_str().unwrap(), &[], true).unwrap();
     let rt = adsproc::cli::tokio_runtime().unwrap();
     let mut reader = reader(&settings, "grown", &[0], "archiver-test");
-    let summary = archiver::run(&mut reader, Format::AdEvents, &location, rt.handle(), true, Duration::from_secs(60)).unwrap();
+    let summary = archiver::run(&mut reader, Format::AdEvents, &location, rt.handle(), true, Duration::from_secs(60), None).unwrap();
     assert_eq!(summary.messages, 7);
     assert_eq!(archiver::archived_positions(&location, "grown", rt.handle()).unwrap(), at([(0, 3), (1, 4)]));
 }

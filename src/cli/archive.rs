@@ -45,6 +45,10 @@ pub struct Args {
     /// Object store setting, key=value (repeatable), for an s3:// sink.
     #[arg(long = "store-option", value_parser = parse_key_value)]
     store_options: Vec<(String, String)>,
+    /// Serve Prometheus metrics on this address (host:port) at /metrics, with /healthz and
+    /// /readyz: consumer lag, messages read, rows archived, time since the last flush.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 pub fn parse_format(s: &str) -> Result<Format, String> {
@@ -65,7 +69,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let location = open(&a.sink, &a.store_options, true)?;
     let partitions = partitions.into_iter().map(|p| Source::new(0, p)).collect();
     let mut reader = TopicReader::new(&settings, &[(a.topic.clone(), format)], partitions, "adsproc-archiver")?;
-    let s = archiver::run(&mut reader, format, &location, rt.handle(), a.until_caught_up, a.flush_interval)?;
+    let metrics = super::serve_metrics("archive", a.metrics_addr.as_deref())?;
+    let s = archiver::run(&mut reader, format, &location, rt.handle(), a.until_caught_up, a.flush_interval, metrics.as_deref())?;
     println!("archived {} messages of {} as {} rows in {} files under {}", s.messages, a.topic, s.rows, s.files, a.sink);
     Ok(ExitCode::SUCCESS)
 }

@@ -54,6 +54,11 @@ pub struct Args {
     /// librdkafka property, key=value (repeatable), as in kcat.
     #[arg(short = 'X', value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
+    /// Serve Prometheus metrics on this address (host:port) at /metrics, with /healthz and
+    /// /readyz (the table is checked): consumer lag, records loaded, rows written, dead letters
+    /// by reason, transactions, time since the last commit.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 
@@ -82,6 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         linger: a.linger,
         stop_when_caught_up: a.stop_when_caught_up,
         shutdown,
+        metrics: super::serve_metrics("load", a.metrics_addr.as_deref())?,
     };
     let r = load::run(&settings)?;
     let reasons: Vec<String> = r.rejected_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();

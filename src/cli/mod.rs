@@ -105,6 +105,14 @@ fn kind_of(name: &str) -> Option<crate::contract::table::TableKind> {
     crate::contract::table::TableKind::ALL.into_iter().find(|k| name.starts_with(k.name()))
 }
 
+/// `--metrics-addr`: the metrics of `command`, served on `addr` (bound before any work).
+fn serve_metrics(command: &str, addr: Option<&str>) -> anyhow::Result<Option<std::sync::Arc<crate::runtime::metrics::Metrics>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let metrics = std::sync::Arc::new(crate::runtime::metrics::Metrics::new(command));
+    crate::connector::metrics_http::serve(addr, metrics.clone())?;
+    Ok(Some(metrics))
+}
+
 pub fn parse_time(s: &str) -> Result<i64, String> {
     parse_rfc3339(s)
 }

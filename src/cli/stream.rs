@@ -92,6 +92,11 @@ pub struct Args {
     /// slower than 50 000 and 5 000 slower still.
     #[arg(long, default_value_t = NonZeroUsize::new(50_000).expect("not zero"))]
     max_waiting_per_partition: NonZeroUsize,
+    /// Serve Prometheus metrics on this address (host:port) at /metrics, with /healthz
+    /// (liveness) and /readyz (owns its key groups, restored): consumer lag, records and dead
+    /// letters, watermark delay, checkpoints, transactions, state size.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
     /// librdkafka property for every client, key=value (repeatable), as in kcat.
     #[arg(short = 'X', value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
@@ -187,6 +192,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         StreamTopics { inputs, clusters, outputs, dlq, group: group.clone(), instance: a.instance.clone(), key_groups: a.key_groups, transaction_timeout };
     let rt = super::tokio_runtime()?;
     let store = ObjectCheckpoints::new(open(&a.checkpoint, &a.store_options, true)?, rt.handle().clone());
+    let metrics = super::serve_metrics("stream", a.metrics_addr.as_deref())?;
     let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -205,6 +211,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         // 436k -> 481k messages/s (faster in 5) for ~70 MB more peak RSS.
         max_poll: 50_000,
         max_waiting_per_partition: a.max_waiting_per_partition.get(),
+        metrics,
     };
     tracing::info!("stream: the {} job, {described} ({} source partitions) on {}, group {group}, instance {}", J::NAME, partitions.len(), a.brokers, a.instance);
     let summary = run_stream::<J>(&rules, &partitions, &mut broker, &store, &opts, &shutdown)?;

@@ -41,6 +41,8 @@ pub struct LoadSettings {
     pub stop_when_caught_up: bool,
     /// Set by SIGINT/SIGTERM: the batch in hand is committed, then the load stops.
     pub shutdown: Arc<AtomicBool>,
+    /// Where to record what the load does (`--metrics-addr`).
+    pub metrics: Option<Arc<crate::runtime::metrics::Metrics>>,
 }
 
 /// What a load did.
@@ -139,13 +141,24 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
     // COPY and merge are most of a batch's time, and the two overlap.
     let (to_writer, batches) = std::sync::mpsc::sync_channel::<Batch>(1);
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(m) = &s.metrics {
+        m.set_ready(true);
+    }
     let writer = {
         let written = written.clone();
+        let metrics = s.metrics.clone();
+        let table = s.table.key();
         let target = format!("{} on {}", s.table, describe_database(&s.database));
         std::thread::Builder::new().name("load-writer".into()).spawn(move || -> anyhow::Result<()> {
             for batch in batches {
+                let t = Instant::now();
                 let applied = upserter.apply(batch).with_context(|| format!("cannot write a batch to {target}"))?;
                 written.fetch_add(applied.written, Ordering::Relaxed);
+                if let Some(m) = &metrics {
+                    m.written(&table, applied.written);
+                    m.transaction("committed", 1);
+                    m.checkpointed(t.elapsed(), 0);
+                }
             }
             Ok(())
         })?
@@ -154,9 +167,23 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut last_log = Instant::now();
     let mut last_discovery = Instant::now();
+    let mut last_lag = Instant::now();
     loop {
         let stopping = s.shutdown.load(Ordering::Relaxed);
         let (batch, records) = if stopping { (Batch::default(), 0) } else { fill(&consumer, s, &known, &mut at_end) };
+        if let Some(m) = &s.metrics {
+            m.beat();
+            m.messages_read.inc_by(records);
+            for d in &batch.rejected {
+                m.dead_lettered(d.reason.split(':').next().unwrap_or(""), 1);
+            }
+            if last_lag.elapsed() >= Duration::from_secs(1) {
+                last_lag = Instant::now();
+                for (topic, partition, lag) in super::kafka::consumer_lag(&consumer) {
+                    m.lag(&topic, partition, lag);
+                }
+            }
+        }
         if !batch.next_offsets.is_empty() {
             report.records += records;
             report.rejected += batch.rejected.len() as u64;

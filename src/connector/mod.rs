@@ -6,6 +6,7 @@ pub mod checkpoint_store;
 pub mod hive_overwrite;
 pub mod kafka;
 pub mod load;
+pub mod metrics_http;
 pub mod output_tables;
 pub mod parquet_sink;
 pub mod postgres;

@@ -264,4 +264,9 @@ pub trait Operator: Send + Sync {
     fn first_emitted(&self) -> Option<i64>;
     /// The keyed state, for a checkpoint; everything emitted must have been drained.
     fn snapshot(&self) -> Self::State;
+    /// Entries of the keyed state by kind (dedupe entries, open windows, join state), for
+    /// metrics.
+    fn state_sizes(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

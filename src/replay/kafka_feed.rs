@@ -83,6 +83,7 @@ pub(crate) fn run_kafka_feed<J: Job>(s: &Scenario, rules: &J::Rules, brokers: &s
         stop_when_caught_up: true,
         max_poll: s.poll_size,
         max_waiting_per_partition: s.poll_size,
+        metrics: None,
     };
     let topics = StreamTopics {
         clusters: inputs.iter().map(|_| (LOCAL.to_string(), settings.clone())).collect(),

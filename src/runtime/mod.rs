@@ -4,6 +4,7 @@
 
 pub mod backfill;
 pub mod crash_point;
+pub mod metrics;
 pub mod progress;
 pub mod stream;
 pub mod throttle;

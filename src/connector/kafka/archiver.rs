@@ -67,6 +67,7 @@ pub fn run(
     rt: &Handle,
     until_caught_up: bool,
     flush_every: Duration,
+    metrics: Option<&crate::runtime::metrics::Metrics>,
 ) -> anyhow::Result<ArchiveSummary> {
     let topic = reader.topic(0).to_string();
     let topic = topic.as_str();
@@ -74,6 +75,10 @@ pub fn run(
     // What retention deleted before it was archived is logged by the reader: gone from
     // Kafka, nothing can archive it any more.
     reader.seek(&start)?;
+    if let Some(m) = metrics {
+        m.set_ready(true);
+    }
+    let mut last_lag = Instant::now();
     let mut summary = ArchiveSummary::default();
     let mut buffered: Vec<RecordBatch> = Vec::new();
     let mut last_flush = Instant::now();
@@ -85,14 +90,31 @@ pub fn run(
         }
         for (_, got) in reader.poll(50_000, Duration::from_millis(200))? {
             summary.messages += got.num_rows() as u64;
+            if let Some(m) = metrics {
+                m.messages_read.inc_by(got.num_rows() as u64);
+            }
             buffered.push(got);
+        }
+        if let Some(m) = metrics {
+            m.beat();
+            if last_lag.elapsed() >= Duration::from_secs(1) {
+                last_lag = Instant::now();
+                for (topic, partition, lag) in reader.lag() {
+                    m.lag(&topic, partition, lag);
+                }
+            }
         }
         // Caught up with the partitions it reads, and no partition added since the last look.
         let done = until_caught_up && reader.caught_up() && !discover(reader, &start);
         let buffered_rows: usize = buffered.iter().map(RecordBatch::num_rows).sum();
         if done || last_flush.elapsed() >= flush_every || buffered_rows >= 1_000_000 {
+            let (t, rows_before) = (Instant::now(), summary.rows);
             flush(&mut buffered, format, location, topic, rt, &mut summary)?;
             last_flush = Instant::now();
+            if let Some(m) = metrics {
+                m.written(topic, summary.rows - rows_before);
+                m.checkpointed(t.elapsed(), 0);
+            }
         }
         if done {
             return Ok(summary);

@@ -289,6 +289,10 @@ impl<R: OutputRecord> Broker<R> for KafkaBroker {
         self.reader.idle_partitions(for_at_least)
     }
 
+    fn lag(&self) -> Vec<(String, i32, i64)> {
+        self.reader.lag()
+    }
+
     fn caught_up(&self) -> bool {
         self.reader.caught_up()
     }

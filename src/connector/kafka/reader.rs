@@ -552,6 +552,11 @@ impl TopicReader {
         self.at_end.iter().filter(|(_, since)| since.elapsed() >= for_at_least).map(|(p, _)| *p).collect()
     }
 
+    /// Messages behind each partition's end ([`super::consumer_lag`]).
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        super::consumer_lag(&self.consumer)
+    }
+
     /// Whether every partition has reached its end since it last delivered.
     pub fn caught_up(&self) -> bool {
         self.partitions.iter().all(|p| self.at_end.contains_key(p))

@@ -250,6 +250,16 @@ impl ClusterReaders {
         self.clusters.iter().all(|c| c.reader.caught_up())
     }
 
+    /// Each cluster's [`TopicReader::lag`]; with several clusters, topics are named
+    /// `<region>/<topic>`.
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        let several = self.clusters.len() > 1;
+        self.clusters
+            .iter()
+            .flat_map(|c| c.reader.lag().into_iter().map(move |(t, p, l)| (if several { format!("{}/{t}", c.name) } else { t }, p, l)))
+            .collect()
+    }
+
     pub fn pause_only(&mut self, partitions: &BTreeSet<Source>) -> anyhow::Result<()> {
         let mut per = vec![BTreeSet::new(); self.clusters.len()];
         for s in partitions {

@@ -453,6 +453,10 @@ impl AggregationOperator {
 }
 
 impl Operator for AggregationOperator {
+    fn state_sizes(&self) -> Vec<(&'static str, u64)> {
+        vec![("dedupe_entries", self.dedupe.len() as u64), ("open_windows", self.windows.len() as u64)]
+    }
+
     type Record = AdMetric;
     type Audit = Audit;
     type State = OperatorState;

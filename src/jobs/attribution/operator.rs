@@ -518,6 +518,10 @@ impl AttributionOperator {
 }
 
 impl Operator for AttributionOperator {
+    fn state_sizes(&self) -> Vec<(&'static str, u64)> {
+        vec![("candidate_ad_events", self.candidates.len() as u64), ("orders", self.orders.len() as u64), ("retired_orders", self.retired.len() as u64)]
+    }
+
     type Record = AttributedOrder;
     type Audit = Audit;
     type State = AttributionState;

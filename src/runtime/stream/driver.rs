@@ -474,6 +474,17 @@ impl<J: Job> StreamDriver<J> {
             .collect()
     }
 
+    /// The owned groups' keyed state sizes, summed by kind.
+    pub fn state_sizes(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for t in self.groups.values() {
+            for (kind, n) in t.op.state_sizes() {
+                *out.entry(kind).or_default() += n;
+            }
+        }
+        out
+    }
+
     /// The owned groups' audits, summed.
     pub fn audit(&self) -> J::Audit {
         let mut a = J::Audit::default();

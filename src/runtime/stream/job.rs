@@ -87,6 +87,11 @@ pub trait Broker<R: OutputRecord> {
         self.send_records(records)?;
         self.poll(max, wait)
     }
+    /// Messages behind the end of each source partition read: (topic, partition, lag), from
+    /// what the client knows without asking the broker (empty where it cannot tell).
+    fn lag(&self) -> Vec<(String, i32, i64)> {
+        Vec::new()
+    }
     /// Commits each listed group's transaction with its checkpoint sequence number as the
     /// group's consumer offset. Each group's commit is atomic; groups commit independently, so
     /// a failure can leave some committed and some not, which a restart resolves group by
@@ -111,6 +116,8 @@ pub struct StreamOptions {
     /// Watermark alignment: a source partition with more rows than this waiting for the
     /// watermark is paused until it has half as many.
     pub max_waiting_per_partition: usize,
+    /// Where to record what the loop does (`--metrics-addr`).
+    pub metrics: Option<std::sync::Arc<crate::runtime::metrics::Metrics>>,
 }
 
 #[derive(Debug, Default)]
@@ -145,15 +152,24 @@ pub fn run<J: Job>(
     let mut last_checkpoint = Instant::now();
     let mut trigger = CheckpointTrigger::<J>::new(opts.checkpoint_interval, opts.min_checkpoint_pause, rules);
     let mut first_message: Option<Instant> = None;
+    let mut last_lag = Instant::now();
     // Records drained after a poll are sent while the next poll is read and decoded
     // (`send_and_poll`): sending is serial, and the cores would otherwise wait for it.
     let mut unsent: Vec<GroupRecords<J::Record>> = Vec::new();
     loop {
         let owned = driver.owned_groups().next().is_some();
         let wait = if owned { Duration::ZERO } else { Duration::from_millis(100) };
+        if let Some(metrics) = &opts.metrics {
+            metrics.beat();
+        }
         if let Some(groups) = broker.poll_membership(wait)? {
             // Fence first, then read what is committed: no earlier owner can commit after.
             broker.take_ownership(&groups)?;
+            if let Some(metrics) = &opts.metrics {
+                // The transactions of the groups owned until now were open, and are aborted.
+                metrics.transaction("aborted", seqs.len() as u64);
+                metrics.owned_key_groups.set(groups.len() as i64);
+            }
             CrashPoint::StreamAfterFence.reached();
             // Their transactions were just aborted; the restored checkpoints recompute them.
             unsent.clear();
@@ -186,6 +202,9 @@ pub fn run<J: Job>(
             for g in &groups {
                 broker.begin(*g)?;
             }
+            if let Some(metrics) = &opts.metrics {
+                metrics.set_ready(true);
+            }
             last_checkpoint = Instant::now();
             trigger.taken(driver.ingest_watermark());
             continue;
@@ -201,11 +220,25 @@ pub fn run<J: Job>(
             discover(&mut driver, &mut partitions, broker)?;
         }
         let batches = broker.send_and_poll(&unsent, opts.max_poll, Duration::from_millis(100))?;
+        record_sent::<J>(opts, &unsent);
         count_sent(&mut summary, &mut unsent);
         let polled: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         if polled > 0 {
             first_message.get_or_insert_with(Instant::now);
             summary.messages_polled += polled as u64;
+        }
+        if let Some(metrics) = &opts.metrics {
+            metrics.messages_read.inc_by(polled as u64);
+            if last_lag.elapsed() >= Duration::from_secs(1) {
+                last_lag = Instant::now();
+                for (topic, partition, lag) in broker.lag() {
+                    metrics.lag(&topic, partition, lag);
+                }
+                if let Some(w) = driver.ingest_watermark().filter(|w| *w > i64::MIN) {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
+                    metrics.watermark_delay_seconds.set((now - w) as f64 / 1000.0);
+                }
+            }
         }
         for (input, batch) in &batches {
             driver.on_batch(*input, batch);
@@ -234,13 +267,22 @@ pub fn run<J: Job>(
         if stop || trigger.due(last_checkpoint.elapsed(), driver.ingest_watermark()) {
             // A checkpoint's transactions carry every record drained before its snapshots.
             broker.send_records(&unsent)?;
+            record_sent::<J>(opts, &unsent);
             count_sent(&mut summary, &mut unsent);
             // The cadence counts from the start of a checkpoint, so that a record waits at
             // most one interval (plus one commit) for its transaction, however long a
             // checkpoint takes.
             let started = Instant::now();
-            let (encoding, writing, committing) = checkpoint_now(&driver, &mut seqs, broker, store)?;
+            let (encoding, writing, committing, bytes) = checkpoint_now(&driver, &mut seqs, broker, store)?;
             summary.checkpoints += 1;
+            if let Some(metrics) = &opts.metrics {
+                metrics.checkpointed(started.elapsed(), bytes);
+                metrics.transaction("committed", seqs.len() as u64);
+                metrics.set_audit(&driver.audit());
+                for (kind, n) in driver.state_sizes() {
+                    metrics.state(kind, n);
+                }
+            }
             summary.busy = first_message.map(|t| t.elapsed()).unwrap_or_default();
             last_checkpoint = started;
             trigger.taken(driver.ingest_watermark());
@@ -292,6 +334,19 @@ fn discover<J: Job>(driver: &mut StreamDriver<J>, partitions: &mut Vec<Source>, 
     Ok(true)
 }
 
+/// Records and dead letters handed to their transactions, for the metrics.
+fn record_sent<J: Job>(opts: &StreamOptions, sent: &[GroupRecords<J::Record>]) {
+    let Some(metrics) = &opts.metrics else { return };
+    for (_, records, dead) in sent {
+        if !records.is_empty() {
+            metrics.written(J::NAME, records.len() as u64);
+        }
+        for d in dead {
+            metrics.dead_lettered(d.reason_code(), 1);
+        }
+    }
+}
+
 fn count_sent<R, A>(summary: &mut StreamSummary<A>, sent: &mut Vec<GroupRecords<R>>) {
     for (_, records, dead) in sent.drain(..) {
         summary.records_sent += records.len() as u64;
@@ -326,13 +381,14 @@ fn aligned(
     want
 }
 
-/// Returns where the time went, for the debug log: encoding, writing, committing.
+/// Returns where the time went, for the debug log (encoding, writing, committing), and the
+/// snapshots' bytes.
 fn checkpoint_now<J: Job>(
     driver: &StreamDriver<J>,
     seqs: &mut BTreeMap<u32, u64>,
     broker: &mut dyn Broker<J::Record>,
     store: &dyn CheckpointStore,
-) -> anyhow::Result<(Duration, Duration, Duration)> {
+) -> anyhow::Result<(Duration, Duration, Duration, u64)> {
     let t0 = Instant::now();
     let next: BTreeMap<u32, u64> = driver.owned_groups().map(|g| (g, seqs.get(&g).copied().unwrap_or(0) + 1)).collect();
     // Snapshots are encoded on rayon threads (a group's keyed state can be large), then
@@ -342,13 +398,14 @@ fn checkpoint_now<J: Job>(
         .map(|(g, n)| (*g, *n, checkpoint::encode(&driver.snapshot_group(*g).expect("owned"))))
         .collect();
     let t1 = Instant::now();
+    let bytes: u64 = encoded.iter().map(|(_, _, b)| b.len() as u64).sum();
     CrashPoint::StreamBeforeSnapshot.reached();
     store.put_all(encoded)?;
     CrashPoint::StreamAfterSnapshot.reached();
     let t2 = Instant::now();
     broker.commit(&next)?;
     CrashPoint::StreamAfterCommit.reached();
-    let took = (t1 - t0, t2 - t1, t2.elapsed());
+    let took = (t1 - t0, t2 - t1, t2.elapsed(), bytes);
     for (g, n) in &next {
         seqs.insert(*g, *n);
         // Only the committed checkpoint should ever be restored now; two older ones stay as a
@@ -417,6 +474,7 @@ mod tests {
             stop_when_caught_up: true,
             max_poll: 4,
             max_waiting_per_partition: 1000,
+            metrics: None,
         }
     }
 
