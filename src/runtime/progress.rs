@@ -65,7 +65,13 @@ impl Progress for Bar {
     }
 
     fn end(&self) {
+        if self.bar.is_finished() {
+            return;
+        }
         self.bar.finish();
+        // indicatif leaves the cursor at the end of the bar's last line: end that line, so that
+        // what is printed next (the report's warnings) starts on its own.
+        eprintln!();
     }
 }
 
