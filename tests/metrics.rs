@@ -134,6 +134,23 @@ fn stream_archive_and_load_serve_metrics_that_move_as_data_flows() {
     archiver.wait().unwrap();
 }
 
+/// A backfill, throttled so that it runs for seconds, counts what it reads as it goes.
+#[test]
+fn a_long_backfill_serves_metrics_too() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("archive");
+    common::kafka::adsproc(&["gen", "--out", archive.to_str().unwrap(), "--events", "20000", "--hours", "2", "--ads", "50"]);
+    let addr = free_addr();
+    let mut backfill = spawn(
+        &["backfill", "--job", "aggregation", "--quiet", "--source", archive.to_str().unwrap(), "--sink", work.path().join("out").to_str().unwrap(),
+          "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T02:00:00Z", "--max-rate", "1000", "--metrics-addr", &addr],
+        &work.path().join("backfill.log"),
+    );
+    scrape_until(&addr, "the backfill read messages", |m| value(m, "adsproc_messages_read_total", &["command=\"backfill\""]) > 0.0);
+    assert_eq!(get(&addr, "/readyz").map(|r| r.0), Some(200));
+    assert!(backfill.wait().unwrap().success(), "{}", std::fs::read_to_string(work.path().join("backfill.log")).unwrap());
+}
+
 #[test]
 fn a_taken_metrics_port_is_a_clear_error_before_any_work() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -86,6 +86,10 @@ pub struct Args {
     /// instead of a warning: its messages would go uncounted.
     #[arg(long)]
     fail_on_gap: bool,
+    /// Serve Prometheus metrics on this address (host:port) at /metrics, with /healthz and
+    /// /readyz, while the backfill runs: messages read so far.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -172,7 +176,10 @@ fn run_union(a: Args) -> anyhow::Result<ExitCode> {
     use crate::jobs::union::Union;
 
     anyhow::ensure!(!a.complete, "--complete applies to the aggregation job's lateness rule; the union job has none");
-    anyhow::ensure!(a.topic.is_none() && a.max_rate.is_none(), "--topic and --max-rate do not apply to the union job's backfill");
+    anyhow::ensure!(
+        a.topic.is_none() && a.max_rate.is_none() && a.metrics_addr.is_none(),
+        "--topic, --max-rate and --metrics-addr do not apply to the union job's backfill"
+    );
     anyhow::ensure!(!a.sink.starts_with("kafka://"), "the union job's backfill writes Parquet tables; its topics are written by the union stream job");
     anyhow::ensure!(a.from < a.to, "--from must be before --to");
     let (rules, job_file_text) = super::load_rules_and_text::<Union>(a.job_file.as_deref())?;
@@ -303,7 +310,10 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         fail_on_gap: a.fail_on_gap,
         stop: Some(stop_on_signals()?),
     };
-    let progress = progress::for_stderr(a.quiet);
+    let mut progress = progress::for_stderr(a.quiet);
+    if let Some(metrics) = super::serve_metrics("backfill", a.metrics_addr.as_deref())? {
+        progress = Box::new(progress::WithMetrics { inner: progress, metrics });
+    }
     let report = match run_backfill::<J>(&rules, &sources, sink.as_mut(), &options, progress.as_ref()) {
         Ok(report) => report,
         Err(e) => {

@@ -130,3 +130,28 @@ impl Progress for LogLines {
 
     fn end(&self) {}
 }
+
+/// Another progress, with what it reports also counted in `--metrics-addr`'s metrics: a long
+/// backfill can be watched like the stream job.
+pub struct WithMetrics {
+    pub inner: Box<dyn Progress>,
+    pub metrics: std::sync::Arc<crate::runtime::metrics::Metrics>,
+}
+
+impl Progress for WithMetrics {
+    fn begin(&self, files: u64, bytes: u64) {
+        self.metrics.set_ready(true);
+        self.metrics.beat();
+        self.inner.begin(files, bytes);
+    }
+
+    fn advance(&self, files: u64, bytes: u64, events: u64) {
+        self.metrics.messages_read.inc_by(events);
+        self.metrics.beat();
+        self.inner.advance(files, bytes, events);
+    }
+
+    fn end(&self) {
+        self.inner.end();
+    }
+}
