@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::candidate::Candidate;
 use super::candidate_snapshot::CandidateSnapshot;
@@ -52,7 +53,9 @@ impl Lifetimes {
 
 #[derive(Debug, Clone, Default)]
 struct Pair {
-    candidates: Vec<Candidate>,
+    /// Most pairs (an eater at a store) hold one candidate: it is kept in place, without a
+    /// heap allocation of its own.
+    candidates: SmallVec<[Candidate; 1]>,
     /// The earliest expiry among them; the pair is listed in that one's bucket of
     /// [`CandidateStore::expiry`].
     earliest: i64,
@@ -99,7 +102,7 @@ impl CandidateStore {
     pub fn add(&mut self, pair: u128, c: Candidate) -> bool {
         let expires = self.lifetimes.expires_at(&c);
         let lifetimes = self.lifetimes;
-        let p = self.pairs.entry(pair).or_insert_with(|| Pair { candidates: Vec::new(), earliest: i64::MAX });
+        let p = self.pairs.entry(pair).or_insert_with(|| Pair { candidates: SmallVec::new(), earliest: i64::MAX });
         if p.candidates.iter().any(|x| x.event_id == c.event_id && lifetimes.expires_at(x) > c.ingest) {
             return false;
         }
