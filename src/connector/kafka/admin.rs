@@ -14,12 +14,17 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The topic's partition numbers, or None if it does not exist.
 pub fn partitions(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Option<Vec<i32>>> {
+    partitions_within(settings, topic, TIMEOUT)
+}
+
+/// [`partitions`], waiting at most `timeout` for the cluster to answer.
+pub fn partitions_within(settings: &KafkaSettings, topic: &str, timeout: Duration) -> anyhow::Result<Option<Vec<i32>>> {
     let consumer: BaseConsumer = settings
         .config(&[("allow.auto.create.topics", "false")])
         .create()
         .context("cannot create a Kafka client")?;
     let md = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
+        .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("cannot read metadata of topic {topic:?} from {}", settings.brokers))?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
     if let Some(e) = t.error() {

@@ -101,6 +101,10 @@ impl StreamTopics {
     }
 }
 
+/// How long a start-up waits for another region's cluster to answer before it goes on without
+/// it (and finds its topics later, by partition discovery).
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl KafkaBroker {
     /// Checks the input topics, creates the output and key-group topics if missing (one output
     /// partition per key group), and joins the group. Returns the broker and the inputs'
@@ -109,7 +113,17 @@ impl KafkaBroker {
         let mut partitions = Vec::new();
         for (input, (topic, _)) in t.inputs.iter().enumerate() {
             let (region, on) = &t.clusters[input];
-            let ps = match admin::partitions(on, topic).with_context(|| format!("region {region}"))? {
+            // Another region gets a few seconds: the others wait for its answer at start.
+            let found = match if region == LOCAL { admin::partitions(on, topic) } else { admin::partitions_within(on, topic, REMOTE_TIMEOUT) } {
+                // Another region that does not answer must not keep the others from flowing:
+                // its partitions are found by partition discovery once it does.
+                Err(e) if region != LOCAL => {
+                    tracing::warn!("region {region} does not answer ({e:#}): its {topic:?} is read once it does");
+                    Ok(Some(Vec::new()))
+                }
+                other => other,
+            };
+            let ps = match found.with_context(|| format!("region {region}"))? {
                 Some(ps) => ps,
                 // Another region's output that does not exist yet (that region does not run the
                 // job, or not yet): read once partition discovery finds it.

@@ -155,7 +155,9 @@ impl TopicReader {
         // The topics' leaders in the client's metadata cache before the first assign: without
         // them librdkafka starts each partition's offset query only after a fixed 500 ms retry
         // (`rd_kafka_toppar_offset_retry`), half a second before the first message on start-up.
-        for (topic, _) in topics {
+        // A reader that knows no partition yet (another region's, down at start) assigns none
+        // and waits for nothing: partition discovery finds them once its cluster answers.
+        for (topic, _) in topics.iter().filter(|_| !partitions.is_empty()) {
             consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).with_context(|| format!("cannot read the metadata of {topic:?}"))?;
         }
         // SAFETY: a live consumer with a group.id has a consumer queue (rust-rdkafka forwards
