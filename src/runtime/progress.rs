@@ -36,9 +36,51 @@ struct Bar {
     state: Mutex<(u64, u64, Instant)>,
 }
 
+/// The bar on the terminal now, if any: log lines are written around it
+/// ([`LogWriter`]), not into it.
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Where log lines go (tracing's writer): stderr, with the progress bar on the terminal
+/// cleared while a line is written and drawn again after it, so that a warning in the middle of
+/// a backfill gets a line of its own instead of being drawn over.
+pub struct LogWriter(Vec<u8>);
+
+impl LogWriter {
+    pub fn make() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.0);
+        let write = || {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &line);
+        };
+        match SHOWN.lock().ok().and_then(|b| b.clone()) {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
 impl Bar {
     fn new() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(mut shown) = SHOWN.lock() {
+            *shown = Some(bar.clone());
+        }
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} | {msg} | ETA {eta}",
@@ -72,6 +114,9 @@ impl Progress for Bar {
         // indicatif leaves the cursor at the end of the bar's last line: end that line, so that
         // what is printed next (the report's warnings) starts on its own.
         eprintln!();
+        if let Ok(mut shown) = SHOWN.lock() {
+            *shown = None;
+        }
     }
 }
 
