@@ -357,25 +357,18 @@ impl<R: OutputRecord> Broker<R> for KafkaBroker {
     /// waiting for orders) lost its number, and a restart restored an older checkpoint, or
     /// found it pruned and could not start. Apache Kafka needs no marker; it costs a record
     /// per group and checkpoint.
-    fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
-        let topic = self.membership.topic().to_string();
-        let cgm = self.membership.group_metadata()?;
+    fn prepare_commits(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
         let (marker_topic, n) = self.checkpoint_topic.clone();
         for (g, seq) in seqs {
             let marker = format!(r#"{{"key_group":{g},"checkpoint":{seq}}}"#);
             self.output(*g)?.send(&marker_topic, *g as i32 % n, format!("kg-{g}").as_bytes(), marker.as_bytes())?;
         }
-        // One after the other (a few ms each), although each group has its own producer:
-        // committing them concurrently made Nisshi's committed offsets of the consumer group
-        // go backwards under rebalances (the multi-process test then
-        // found an offset naming a long-pruned checkpoint): its concurrent TxnOffsetCommits to
-        // one group are not isolated from each other.
-        for (i, (g, seq)) in seqs.iter().enumerate() {
-            if i == 1 {
-                crate::runtime::crash_point::CrashPoint::StreamBetweenCommits.reached();
-            }
-            self.output(*g)?.commit(&topic, &BTreeMap::from([(*g, *seq)]), &cgm).with_context(|| format!("key group {g}"))?;
-        }
         Ok(())
+    }
+
+    fn commit_group(&mut self, g: u32, seq: u64) -> anyhow::Result<()> {
+        let topic = self.membership.topic().to_string();
+        let cgm = self.membership.group_metadata()?;
+        self.output(g)?.commit(&topic, &BTreeMap::from([(g, seq)]), &cgm).with_context(|| format!("key group {g}"))
     }
 }

@@ -230,16 +230,11 @@ impl<R: OutputRecord> Broker<R> for MemoryBroker<'_, R> {
         Ok(())
     }
 
-    fn commit(&mut self, seqs: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
-        for (i, (g, seq)) in seqs.iter().enumerate() {
-            if i == 1 {
-                crate::runtime::crash_point::CrashPoint::StreamBetweenCommits.reached();
-            }
-            let (records, dead) = std::mem::take(self.open.get_mut(g).expect("owned"));
-            self.topics.records.extend(records);
-            self.topics.dead_letters.extend(dead);
-            self.topics.committed.insert(*g, *seq);
-        }
+    fn commit_group(&mut self, g: u32, seq: u64) -> anyhow::Result<()> {
+        let (records, dead) = std::mem::take(self.open.get_mut(&g).expect("owned"));
+        self.topics.records.extend(records);
+        self.topics.dead_letters.extend(dead);
+        self.topics.committed.insert(g, seq);
         Ok(())
     }
 }
