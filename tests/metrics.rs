@@ -146,7 +146,9 @@ fn a_long_backfill_serves_metrics_too() {
           "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T02:00:00Z", "--max-rate", "1000", "--metrics-addr", &addr],
         &work.path().join("backfill.log"),
     );
-    scrape_until(&addr, "the backfill read messages", |m| value(m, "adsproc_messages_read_total", &["command=\"backfill\""]) > 0.0);
+    scrape_until(&addr, "the backfill read messages and wrote records", |m| {
+        value(m, "adsproc_messages_read_total", &["command=\"backfill\""]) > 0.0 && value(m, "adsproc_records_written_total", &["to=\"backfill\""]) > 0.0
+    });
     assert_eq!(get(&addr, "/readyz").map(|r| r.0), Some(200));
     assert!(backfill.wait().unwrap().success(), "{}", std::fs::read_to_string(work.path().join("backfill.log")).unwrap());
 }

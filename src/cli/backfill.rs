@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(long)]
     fail_on_gap: bool,
     /// Serve Prometheus metrics on this address (host:port) at /metrics, with /healthz and
-    /// /readyz, while the backfill runs: messages read so far.
+    /// /readyz, while the backfill runs: messages read and records written so far.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
 }
@@ -312,7 +312,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut progress = progress::for_stderr(a.quiet);
     if let Some(metrics) = super::serve_metrics("backfill", a.metrics_addr.as_deref())? {
-        progress = Box::new(progress::WithMetrics { inner: progress, metrics });
+        progress = Box::new(progress::WithMetrics::new(progress, metrics));
     }
     let report = match run_backfill::<J>(&rules, &sources, sink.as_mut(), &options, progress.as_ref()) {
         Ok(report) => report,

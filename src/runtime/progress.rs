@@ -10,6 +10,8 @@ pub trait Progress: Send + Sync {
     fn begin(&self, files: u64, bytes: u64);
     fn advance(&self, files: u64, bytes: u64, events: u64);
     fn end(&self);
+    /// Records and dead letters written so far, in all.
+    fn written(&self, _records: u64, _dead_letters: u64) {}
 }
 
 /// Chooses a bar when stderr is a terminal, else log lines every `interval`.
@@ -181,6 +183,14 @@ impl Progress for LogLines {
 pub struct WithMetrics {
     pub inner: Box<dyn Progress>,
     pub metrics: std::sync::Arc<crate::runtime::metrics::Metrics>,
+    /// What [`Progress::written`] said last: the counters grow by the difference.
+    pub counted: Mutex<(u64, u64)>,
+}
+
+impl WithMetrics {
+    pub fn new(inner: Box<dyn Progress>, metrics: std::sync::Arc<crate::runtime::metrics::Metrics>) -> Self {
+        Self { inner, metrics, counted: Mutex::new((0, 0)) }
+    }
 }
 
 impl Progress for WithMetrics {
@@ -198,5 +208,15 @@ impl Progress for WithMetrics {
 
     fn end(&self) {
         self.inner.end();
+    }
+
+    fn written(&self, records: u64, dead_letters: u64) {
+        let mut c = self.counted.lock().expect("not poisoned");
+        self.metrics.written("backfill", records.saturating_sub(c.0));
+        if dead_letters > c.1 {
+            self.metrics.dead_lettered("all", dead_letters - c.1);
+        }
+        *c = (records, dead_letters);
+        self.inner.written(records, dead_letters);
     }
 }

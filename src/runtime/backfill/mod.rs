@@ -337,6 +337,7 @@ pub fn run<J: Job>(
             }
             drop(inputs);
             write(drain::<J>(&mut operators, i64::MAX), sink, throttle.as_mut(), &mut written)?;
+            progress.written(written.0.iter().sum(), written.1);
             let final_before = operators.iter().map(|op| op.final_before()).min().unwrap_or(i64::MIN);
             sink.complete_before(final_before, hour + HOUR_MS)?;
         }
@@ -359,6 +360,7 @@ pub fn run<J: Job>(
     loop {
         options.check_stop("while writing the output")?;
         write(drained, sink, throttle.as_mut(), &mut written)?;
+        progress.written(written.0.iter().sum(), written.1);
         let done = hour_end.unwrap_or(i64::MAX);
         let next = next_hour_end::<J>(&operators);
         let (completed, next_drained) =
