@@ -260,6 +260,9 @@ impl JobVisitor for Backfill {
 }
 
 fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
+    // First, so that a signal during the set-up (opening an S3 sink takes a while) stops the
+    // run at its first check instead of killing it.
+    let stop = stop_on_signals()?;
     let (mut rules, job_file_text) = super::load_rules_and_text::<J>(a.job_file.as_deref())?;
     let inputs = J::inputs(&rules);
     if let Some(topic) = &a.topic {
@@ -308,7 +311,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
         parallelism: a.parallelism.unwrap_or_else(rayon::current_num_threads).max(1),
         max_rate: a.max_rate,
         fail_on_gap: a.fail_on_gap,
-        stop: Some(stop_on_signals()?),
+        stop: Some(stop),
     };
     let mut progress = progress::for_stderr(a.quiet);
     if let Some(metrics) = super::serve_metrics("backfill", a.metrics_addr.as_deref())? {
