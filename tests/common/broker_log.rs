@@ -4,12 +4,12 @@
 //! Nisshi hands the records of aborted transactions to read_committed consumers (it keeps no
 //! aborted-transaction index), so no Kafka client can tell them apart. Its sqlite storage
 //! can: each record keeps its producer id and epoch, and a committed transaction leaves a
-//! COMMIT control record in every partition it wrote. An abort leaves none, nor does a
-//! producer fenced by a newer epoch of its transactional id (both seen in broker.db: the
-//! transactions' status is ABORTED, their partitions hold no marker). So a transactional
-//! record is committed iff the next control record of its producer id and epoch in its
-//! partition is a COMMIT; a record written without a transaction is committed as it is
-//! written.
+//! COMMIT control record in every partition it wrote. A transaction cut short by a crash, whose
+//! producer the restarted process fenced with a newer epoch, leaves none (seen in broker.db:
+//! its status ABORTED, no marker in its partitions); an ABORT marker, were one written, says
+//! the same. So a transactional record is committed iff the next control record of its
+//! producer id and epoch in its partition is a COMMIT; a record written without a transaction
+//! is committed as it is written.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
