@@ -130,7 +130,10 @@ impl TableDiff {
                 d.groups.entry(key(o)).or_default().merge(&delta);
             }
         }
-        d.total.delta = Measures { ..d.new };
+        // The total's measures are new minus old, whole: per record, a record that moved to
+        // another group added its whole new value to the new group (and took its old value
+        // out of the old one), which the sum over records above counts once too often.
+        d.total.delta = d.new;
         d.total.delta.add(d.old, -1);
         d
     }
