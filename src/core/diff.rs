@@ -218,6 +218,21 @@ mod tests {
         assert_eq!(top.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(), ["z", "x"]);
     }
 
+    /// A record whose owner changed (a restated attribution, a corrected campaign) leaves its
+    /// old group and joins its new one; the total moves by the change of value only.
+    #[test]
+    fn a_record_that_changes_owner_moves_between_groups() {
+        let old = map(vec![m("a1", "x", 0, 10, 1)]);
+        let new = map(vec![AdMetric { advertiser_id: Some("y".into()), campaign_id: Some("c-y".into()), impressions: 12, ..m("a1", "x", 0, 10, 1) }]);
+        let d = TableDiff::of(&old, &new);
+        assert_eq!((d.total.changed, d.total.delta.impressions, d.total.delta.clicks), (1, 2, 0));
+        assert_eq!(d.groups[&("x".to_string(), "c-x".to_string(), 0)].delta.impressions, -10);
+        let y = d.groups[&("y".to_string(), "c-y".to_string(), 0)];
+        assert_eq!((y.changed, y.delta.impressions), (1, 12));
+        let sum: i64 = d.groups.values().map(|g| g.delta.impressions).sum();
+        assert_eq!(sum, d.total.delta.impressions, "the groups add up to the total");
+    }
+
     #[test]
     fn identical_versions_have_no_differences() {
         let old = map(vec![m("a1", "x", 0, 10, 1)]);
