@@ -21,7 +21,7 @@
 //! leaves a manifest, `_adsproc/runs/<run>.json`: range, mode, job file digest, status
 //! (`running` until it ends, then `complete`, `failed` or `interrupted`) and what it wrote.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::Context;
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
@@ -34,7 +34,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::runtime::Handle;
 
 use super::store::Location;
-use crate::contract::time::{floor_to, parse_hive_hour, rfc3339, HOUR_MS};
+use crate::contract::time::{rfc3339, HOUR_MS};
 
 /// The one data file of a partition.
 pub const DATA_FILE: &str = "data.parquet";
@@ -60,11 +60,16 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
+    /// `[from, to)`, for people.
+    pub fn range(&self) -> String {
+        format!("[{}, {})", rfc3339(self.from), rfc3339(self.to))
+    }
+
     /// The footer key-value pairs of a data file this run writes.
     pub fn footer(&self) -> Vec<(String, String)> {
         vec![
             ("adsproc.run".into(), self.id.clone()),
-            ("adsproc.range".into(), format!("[{}, {})", rfc3339(self.from), rfc3339(self.to))),
+            ("adsproc.range".into(), self.range()),
             ("adsproc.mode".into(), self.mode.clone()),
             ("adsproc.job_file_sha256".into(), self.job_file_sha256.clone()),
         ]
@@ -73,11 +78,6 @@ impl RunInfo {
     /// Whether the range covers the whole hour starting at `hour`.
     pub fn covers(&self, hour: i64) -> bool {
         self.from <= hour && hour + HOUR_MS <= self.to
-    }
-
-    /// The partition hours the range touches.
-    pub fn touches(&self, hour: i64) -> bool {
-        hour < self.to && hour + HOUR_MS > self.from
     }
 }
 
@@ -130,7 +130,7 @@ pub struct Owned<'a> {
 }
 
 impl Owned<'_> {
-    fn owns(&self, name: &str) -> bool {
+    pub fn owns(&self, name: &str) -> bool {
         name.ends_with(".parquet") && (name == self.file || (self.earlier)(name))
     }
 }
@@ -203,11 +203,6 @@ pub fn replace(loc: &Location, rt: &Handle, dir: &Path, owned: &Owned, bytes: Ve
     remove_others(loc, rt, dir, owned, Some(&path))
 }
 
-/// Whether the partition holds any file of the output.
-pub fn holds(loc: &Location, rt: &Handle, dir: &Path, owned: &Owned) -> anyhow::Result<bool> {
-    Ok(!files(loc, rt, dir, owned)?.is_empty())
-}
-
 /// Empties a partition of the output: deletes its files.
 pub fn empty(loc: &Location, rt: &Handle, dir: &Path, owned: &Owned) -> anyhow::Result<usize> {
     remove_others(loc, rt, dir, owned, None)
@@ -222,24 +217,4 @@ fn remove_others(loc: &Location, rt: &Handle, dir: &Path, owned: &Owned, keep: O
         }
     }
     Ok(removed)
-}
-
-/// The hour partitions a table holds under the sink: hour → directory.
-pub fn partitions(loc: &Location, rt: &Handle, table: &str) -> anyhow::Result<BTreeMap<i64, Path>> {
-    let root = loc.child(table);
-    let listed: Vec<ObjectMeta> =
-        rt.block_on(loc.store.list(Some(&root)).try_collect::<Vec<_>>()).with_context(|| format!("cannot list {}", url_of(loc, &root)))?;
-    let mut out = BTreeMap::new();
-    for meta in listed {
-        let parts: Vec<_> = meta.location.parts().collect();
-        let n = parts.len();
-        if n < 3 || !parts[n - 1].as_ref().ends_with(".parquet") {
-            continue;
-        }
-        if let Some(hour) = parse_hive_hour(parts[n - 3].as_ref(), parts[n - 2].as_ref()) {
-            let dir = Path::from_iter(parts[..n - 1].iter().cloned());
-            out.insert(floor_to(hour, HOUR_MS), dir);
-        }
-    }
-    Ok(out)
 }

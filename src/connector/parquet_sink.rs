@@ -28,14 +28,16 @@ use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use tokio::runtime::Handle;
 
+use super::archive::ParquetArchive;
 use super::hive_overwrite::{self, Manifest, Owned, Replaced, RunInfo};
 use super::store::Location;
 use crate::contract::attributed_orders;
 use crate::contract::columns::{DLQ_TABLE, RECORD_UUID};
+use crate::contract::format::Format;
 use crate::contract::outputs::{ad_metrics_col, ad_metrics_schema, dead_letter_batch, dead_letter_col, dead_letter_schema, DeadLetter};
 use crate::contract::table::{OutputTable, TableKind};
 use crate::contract::time::{floor_to, hive_hour_dir, HOUR_MS};
-use crate::runtime::backfill::OutputSink;
+use crate::runtime::backfill::{ArchiveSource, OutputSink};
 
 /// Where rows go: a job's output table, or the dead letters of one source topic (an index into
 /// the sink's dead-letter topics).
@@ -73,28 +75,14 @@ impl HiveParquetSink {
     }
 
     fn manifest(&self, status: &str, detail: Option<String>) -> anyhow::Result<()> {
-        let range = format!("[{}, {})", crate::contract::time::rfc3339(self.run.from), crate::contract::time::rfc3339(self.run.to));
-        hive_overwrite::write_manifest(&self.location, &self.rt, &Manifest { run: &self.run, range, status, detail, partitions: &self.replaced })
+        let manifest = Manifest { run: &self.run, range: self.run.range(), status, detail, partitions: &self.replaced };
+        hive_overwrite::write_manifest(&self.location, &self.rt, &manifest)
     }
 
     fn name(&self, dest: Dest) -> String {
         match dest {
             Dest::Table(t) => self.tables[t].name.clone(),
             Dest::DeadLetters(_) => DLQ_TABLE.to_string(),
-        }
-    }
-
-    fn schema(&self, dest: Dest) -> SchemaRef {
-        match dest {
-            Dest::Table(t) => self.tables[t].kind.schema(),
-            Dest::DeadLetters(_) => dead_letter_schema(),
-        }
-    }
-
-    fn time_column(&self, dest: Dest) -> usize {
-        match dest {
-            Dest::Table(t) => self.tables[t].kind.partition_column(),
-            Dest::DeadLetters(_) => dead_letter_col::KAFKA_TIMESTAMP,
         }
     }
 
@@ -131,9 +119,9 @@ impl HiveParquetSink {
         if self.run.covers(hour) {
             return Ok(Vec::new());
         }
-        let dir = self.dir(dest, hour);
+        let (dir, order) = (self.dir(dest, hour), self.order(dest));
         self.with_owned(dest, |owned| {
-            hive_overwrite::carried_rows(&self.location, &self.rt, &dir, owned, &self.schema(dest), self.time_column(dest), self.run.from, self.run.to)
+            hive_overwrite::carried_rows(&self.location, &self.rt, &dir, owned, &order.schema(), order.time_column(), self.run.from, self.run.to)
         })
     }
 
@@ -154,34 +142,23 @@ impl HiveParquetSink {
 
     /// Partitions in the range that hold earlier output and got no rows of this run: emptied,
     /// but for rows outside the range, which stay (INSERT OVERWRITE of the range's hours).
+    /// Only the range's days are listed, as a backfill lists an archive's.
     fn empty_the_rest(&mut self) -> anyhow::Result<()> {
+        let mut stale = Vec::new();
         for dest in self.dests() {
-            for (hour, dir) in hive_overwrite::partitions(&self.location, &self.rt, &self.name(dest))? {
-                if !self.run.touches(hour) || self.written.contains(&(dest, hour)) {
-                    continue;
-                }
-                if !self.with_owned(dest, |owned| hive_overwrite::holds(&self.location, &self.rt, &dir, owned))? {
-                    continue;
-                }
-                let carried = self.carried(dest, hour)?;
-                if carried.is_empty() {
-                    self.put_partition(dest, hour, 0, 0, None)?;
-                } else {
-                    let n = carried.iter().map(RecordBatch::num_rows).sum();
-                    let bytes = encode(merge_sorted(self.order(dest), carried)?, self.properties(dest), &self.run.footer())?;
-                    self.put_partition(dest, hour, 0, n, Some(bytes))?;
+            let listing = ParquetArchive::new(self.location.clone(), &self.name(dest), Format::Records, self.rt.clone());
+            for partition in listing.hours(floor_to(self.run.from, HOUR_MS), self.run.to)? {
+                let held = self.with_owned(dest, |owned| {
+                    partition.files.iter().any(|f| f.path.rsplit('/').next().is_some_and(|name| owned.owns(name)))
+                });
+                if held && !self.written.contains(&(dest, partition.hour)) {
+                    stale.push((dest, partition.hour, Rows::Sorted(Vec::new())));
                 }
             }
         }
-        Ok(())
+        self.write_partitions(stale)
     }
 
-    fn properties(&self, dest: Dest) -> &'static WriterProperties {
-        match dest {
-            Dest::Table(t) => table_properties(self.tables[t].kind),
-            Dest::DeadLetters(_) => dead_letter_properties(),
-        }
-    }
 }
 
 /// A complete partition's new rows: a table's sorted slices, or dead letters not yet sorted.
@@ -190,11 +167,35 @@ enum Rows {
     Dead(Vec<DeadLetter>),
 }
 
-/// The order of a file's rows.
+/// What a file holds: a table of a kind, or dead letters. It decides the file's schema, the
+/// column that places a row in its hour, the rows' order and the writer's settings.
 #[derive(Debug, Clone, Copy)]
 enum Order {
     Table(TableKind),
     DeadLetters,
+}
+
+impl Order {
+    fn schema(self) -> SchemaRef {
+        match self {
+            Order::Table(kind) => kind.schema(),
+            Order::DeadLetters => dead_letter_schema(),
+        }
+    }
+
+    fn time_column(self) -> usize {
+        match self {
+            Order::Table(kind) => kind.partition_column(),
+            Order::DeadLetters => dead_letter_col::KAFKA_TIMESTAMP,
+        }
+    }
+
+    fn properties(self) -> &'static WriterProperties {
+        match self {
+            Order::Table(kind) => table_properties(kind),
+            Order::DeadLetters => dead_letter_properties(),
+        }
+    }
 }
 
 /// (window_start, region, ad_id) of each row: the order of an ad-metrics file.
@@ -514,7 +515,8 @@ impl OutputSink for HiveParquetSink {
 
 impl HiveParquetSink {
     /// Writes complete partitions: each merged with the rows it keeps from its current file (if
-    /// the range covers it in part), encoded (in parallel), and put as the partition's one file.
+    /// the range covers it in part), encoded (in parallel), and put as the partition's one file;
+    /// a partition left with no rows at all is emptied.
     fn write_partitions(&mut self, partitions: Vec<(Dest, i64, Rows)>) -> anyhow::Result<()> {
         if partitions.is_empty() {
             return Ok(());
@@ -527,24 +529,27 @@ impl HiveParquetSink {
             };
             let carried = self.carried(dest, hour)?;
             let kept: usize = carried.iter().map(RecordBatch::num_rows).sum();
-            work.push((dest, hour, n, kept, rows, carried, self.order(dest), self.properties(dest)));
+            work.push((dest, hour, n, kept, rows, carried, self.order(dest)));
         }
         let footer = self.run.footer();
-        let encoded: Vec<(Dest, i64, usize, usize, Vec<u8>)> = work
+        let encoded: Vec<_> = work
             .into_par_iter()
-            .map(|(dest, hour, rows, kept, new, carried, order, props)| {
+            .map(|(dest, hour, rows, kept, new, carried, order)| {
+                if rows + kept == 0 {
+                    return Ok((dest, hour, 0, 0, None));
+                }
                 // Dead letters are sorted here, on the pool, as the tables' slices are merged.
                 let mut slices = match new {
                     Rows::Sorted(slices) => slices,
                     Rows::Dead(d) => vec![sorted_dead(d)],
                 };
                 slices.extend(carried);
-                let bytes = encode(merge_sorted(order, slices)?, props, &footer)?;
-                Ok((dest, hour, rows, kept, bytes))
+                let bytes = encode(merge_sorted(order, slices)?, order.properties(), &footer)?;
+                Ok((dest, hour, rows, kept, Some(bytes)))
             })
             .collect::<anyhow::Result<_>>()?;
         for (dest, hour, rows, kept, bytes) in encoded {
-            self.put_partition(dest, hour, rows, kept, Some(bytes))?;
+            self.put_partition(dest, hour, rows, kept, bytes)?;
         }
         Ok(())
     }
@@ -582,6 +587,62 @@ mod tests {
         assert!(column("reason").dictionary_page_offset().is_some());
         assert!(column("payload").statistics().is_none());
         assert!(column("offset").statistics().is_some());
+    }
+
+    /// A run replaces the partitions its range touches: hours it has no rows for are emptied,
+    /// and an hour it covers in part keeps the rows outside the range, rewritten as one file.
+    #[test]
+    fn a_run_overwrites_the_hours_of_its_range_and_keeps_rows_outside_it() {
+        use crate::contract::outputs::{ad_metrics_batch, AdMetric};
+        use crate::core::job::OutputRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let location = crate::connector::store::open(dir.path().to_str().unwrap(), &[], true).unwrap();
+        const H: i64 = HOUR_MS;
+        let metric = |start: i64, impressions: i64| AdMetric {
+            record_uuid: crate::contract::record_uuid::ad_metric("r", "ad", start),
+            region: "r".into(),
+            ad_id: "ad".into(),
+            campaign_id: None,
+            advertiser_id: None,
+            window_start: start,
+            window_end: start + 60_000,
+            impressions,
+            clicks: 0,
+        };
+        let run = |from: i64, to: i64, rows: &[AdMetric]| {
+            let info = RunInfo {
+                id: format!("test-{from}-{to}"),
+                job: "aggregation".into(),
+                mode: "default".into(),
+                from,
+                to,
+                job_file_sha256: String::new(),
+                file_prefix: "backfill".into(),
+            };
+            let tables = vec![OutputTable { name: "ad-metrics".into(), kind: TableKind::AdMetrics }];
+            let mut sink = HiveParquetSink::new(location.clone(), rt.handle().clone(), info, tables, vec!["ad-events".into()]).unwrap();
+            if !rows.is_empty() {
+                sink.write(0, ad_metrics_batch(rows)).unwrap();
+            }
+            sink.finish().unwrap()
+        };
+        let read = |hour: i64| -> Option<Vec<(i64, i64)>> {
+            let f = dir.path().join("ad-metrics").join(hive_hour_dir(hour)).join(hive_overwrite::DATA_FILE);
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).ok()?).unwrap().build().unwrap();
+            Some(reader.flat_map(|b| AdMetric::from_batch(0, &b.unwrap()).unwrap()).map(|m| (m.window_start, m.impressions)).collect())
+        };
+        run(0, 2 * H, &[metric(0, 1), metric(40 * 60_000, 2), metric(H, 3)]);
+        assert_eq!((read(0), read(H)), (Some(vec![(0, 1), (40 * 60_000, 2)]), Some(vec![(H, 3)])));
+        // [0:30, 2:00) with one window of hour 0 and none of hour 1: hour 1 is emptied, hour 0
+        // keeps its 0:00 window and takes the new 0:40 value.
+        let said = run(30 * 60_000, 2 * H, &[metric(40 * 60_000, 5)]);
+        assert_eq!(read(0), Some(vec![(0, 1), (40 * 60_000, 5)]));
+        assert_eq!(read(H), None, "{said}");
+        assert!(said.contains("1 emptied") && said.contains("1 rows outside the range kept"), "{said}");
+        // [0:30, 1:00) with nothing: hour 0 keeps only its rows outside the range.
+        run(30 * 60_000, H, &[]);
+        assert_eq!(read(0), Some(vec![(0, 1)]));
     }
 
     proptest! {
