@@ -22,7 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::kafka::reader::QuietEof;
 use super::kafka::{admin, KafkaSettings};
-use super::postgres::rows;
+use super::postgres::{connect, describe_database, rows};
 use super::postgres::table::{self, Prepared, TableName};
 use super::postgres::upsert::{Batch, Rejected, Upserter};
 use crate::contract::table::TableKind;
@@ -64,42 +64,9 @@ impl LoadReport {
     }
 }
 
-/// Where the database is, for messages: never the password.
-pub fn describe_database(url: &str) -> String {
-    match url.parse::<postgres::Config>() {
-        Ok(c) => {
-            let host = c
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    postgres::config::Host::Tcp(h) => h.clone(),
-                    postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let port = c.get_ports().first().copied().unwrap_or(5432);
-            format!("postgres://{host}:{port}/{}", c.get_dbname().unwrap_or(c.get_user().unwrap_or("")))
-        }
-        Err(_) => "the database".into(),
-    }
-}
-
-pub fn connect(url: &str) -> anyhow::Result<postgres::Client> {
-    let mut config: postgres::Config = url.parse().with_context(|| format!("{:?} is not a PostgreSQL URL (postgres://user@host:port/db)", super::postgres::redacted(url)))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    // CREATE … IF NOT EXISTS says NOTICE when the table exists: not worth a log line.
-    config
-        .options("-c client_min_messages=warning")
-        .application_name("adsproc load")
-        .connect(postgres::NoTls)
-        .with_context(|| format!("cannot connect to {}", describe_database(url)))
-}
-
-
 pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
     let started = Instant::now();
-    let mut client = connect(&s.database)?;
+    let mut client = connect(&s.database, "adsproc load")?;
     let created = table::prepare(&mut client, &s.table, s.kind)? == Prepared::Created;
     if created {
         tracing::info!("created table {} and its dead-letter table {}", s.table, s.table.dead_letters());

@@ -2,16 +2,11 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use super::table::TableName;
 use crate::contract::attributed_orders::{AttributedOrder, AttributionType};
 use crate::contract::outputs::AdMetric;
-
-fn connect(url: &str) -> anyhow::Result<Client> {
-    Client::connect(url, NoTls).with_context(|| format!("cannot connect to {}", super::redacted(url)))
-}
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -27,7 +22,7 @@ pub fn ad_metrics(url: &str, table: &TableName, from: i64, to: i64) -> anyhow::R
         "SELECT record_uuid, region, ad_id, campaign_id, advertiser_id, window_start, window_end, impressions, clicks FROM {table} \
          WHERE window_start >= $1 AND window_start < $2"
     );
-    let rows = connect(url)?.query(&sql, &[&at(from), &at(to)]).with_context(|| format!("cannot read {table}"))?;
+    let rows = super::connect(url, "adsproc diff")?.query(&sql, &[&at(from), &at(to)]).with_context(|| format!("cannot read {table}"))?;
     Ok(rows
         .iter()
         .map(|r| AdMetric {
@@ -50,7 +45,7 @@ pub fn attributed_orders(url: &str, table: &TableName, from: i64, to: i64) -> an
         "SELECT record_uuid, order_id, user_id, store_id, region, order_time, status, amount_cents, currency, ad_id, campaign_id, \
          advertiser_id, attributed_event_id, attribution_type, ad_event_time FROM {table} WHERE order_time >= $1 AND order_time < $2"
     );
-    let rows = connect(url)?.query(&sql, &[&at(from), &at(to)]).with_context(|| format!("cannot read {table}"))?;
+    let rows = super::connect(url, "adsproc diff")?.query(&sql, &[&at(from), &at(to)]).with_context(|| format!("cannot read {table}"))?;
     rows.iter()
         .map(|r| {
             let kind: String = r.get(13);
@@ -68,11 +63,8 @@ pub fn attributed_orders(url: &str, table: &TableName, from: i64, to: i64) -> an
                 campaign_id: r.get(10),
                 advertiser_id: r.get(11),
                 attributed_event_id: r.get(12),
-                attribution_type: match kind.as_str() {
-                    "click" => AttributionType::Click,
-                    "impression" => AttributionType::Impression,
-                    other => anyhow::bail!("{table}: attribution_type {other:?} is neither click nor impression"),
-                },
+                attribution_type: AttributionType::parse(&kind)
+                    .ok_or_else(|| anyhow::anyhow!("{table}: attribution_type {kind:?} is neither click nor impression"))?,
                 ad_event_time: ms(r.get(14)),
             })
         })
