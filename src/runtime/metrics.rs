@@ -5,7 +5,6 @@
 //! apply to it. The runtime and connectors record; nothing here does I/O.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -48,7 +47,6 @@ pub struct Metrics {
     last_checkpoint_ms: AtomicI64,
     heartbeat_ms: AtomicI64,
     ready: AtomicBool,
-    audit_buckets: Mutex<()>,
 }
 
 fn now_ms() -> i64 {
@@ -58,8 +56,8 @@ fn now_ms() -> i64 {
 impl Metrics {
     /// `command`: the adsproc command (a `command` label on every series).
     pub fn new(command: &str) -> Self {
-        let mut registry = Registry::with_prefix_and_labels("adsproc", [(std::borrow::Cow::Borrowed("command"), std::borrow::Cow::Owned(command.to_string()))].into_iter());
-        let m = Metrics {
+        let registry = Registry::with_prefix_and_labels("adsproc", [(std::borrow::Cow::Borrowed("command"), std::borrow::Cow::Owned(command.to_string()))].into_iter());
+        let mut m = Metrics {
             messages_read: Counter::default(),
             records_written: Family::default(),
             dead_letters: Family::default(),
@@ -75,22 +73,21 @@ impl Metrics {
             last_checkpoint_ms: AtomicI64::new(now_ms()),
             heartbeat_ms: AtomicI64::new(now_ms()),
             ready: AtomicBool::new(false),
-            audit_buckets: Mutex::new(()),
-            registry: Registry::default(),
+            registry,
         };
-        registry.register("messages_read", "Messages read from the input topics", m.messages_read.clone());
-        registry.register("records_written", "Records written, by job or table", m.records_written.clone());
-        registry.register("dead_letters", "Dead letters written, by reason code", m.dead_letters.clone());
-        registry.register("audit", "The job's audit of its owned key groups, by bucket (every message read lands in one)", m.audit.clone());
-        registry.register("consumer_lag_messages", "Messages behind the end of each input partition", m.consumer_lag.clone());
-        registry.register("watermark_delay_seconds", "Wall clock minus the ingest watermark", m.watermark_delay_seconds.clone());
-        registry.register("checkpoint_duration_seconds", "Time to snapshot, write and commit a checkpoint", m.checkpoint_duration_seconds.clone());
-        registry.register("checkpoint_bytes", "Bytes of the last checkpoint's snapshots", m.checkpoint_bytes.clone());
-        registry.register("checkpoint_age_seconds", "Seconds since the last checkpoint or commit completed", m.checkpoint_age_seconds.clone());
-        registry.register("transactions", "Transactions by outcome", m.transactions.clone());
-        registry.register("state_entries", "Entries of the job's keyed state, by kind", m.state_entries.clone());
-        registry.register("owned_key_groups", "Key groups this process owns", m.owned_key_groups.clone());
-        Metrics { registry, ..m }
+        m.registry.register("messages_read", "Messages read from the input topics", m.messages_read.clone());
+        m.registry.register("records_written", "Records written, by job or table", m.records_written.clone());
+        m.registry.register("dead_letters", "Dead letters written, by reason code", m.dead_letters.clone());
+        m.registry.register("audit", "The job's audit of its owned key groups, by bucket (every message read lands in one)", m.audit.clone());
+        m.registry.register("consumer_lag_messages", "Messages behind the end of each input partition", m.consumer_lag.clone());
+        m.registry.register("watermark_delay_seconds", "Wall clock minus the ingest watermark", m.watermark_delay_seconds.clone());
+        m.registry.register("checkpoint_duration_seconds", "Time to snapshot, write and commit a checkpoint", m.checkpoint_duration_seconds.clone());
+        m.registry.register("checkpoint_bytes", "Bytes of the last checkpoint's snapshots", m.checkpoint_bytes.clone());
+        m.registry.register("checkpoint_age_seconds", "Seconds since the last checkpoint or commit completed", m.checkpoint_age_seconds.clone());
+        m.registry.register("transactions", "Transactions by outcome", m.transactions.clone());
+        m.registry.register("state_entries", "Entries of the job's keyed state, by kind", m.state_entries.clone());
+        m.registry.register("owned_key_groups", "Key groups this process owns", m.owned_key_groups.clone());
+        m
     }
 
     /// The process is making progress: called from its main loop.
@@ -120,6 +117,11 @@ impl Metrics {
         self.beat();
     }
 
+    /// The ingest watermark is at `w` (epoch ms): how far behind the clock.
+    pub fn watermark(&self, w: i64) {
+        self.watermark_delay_seconds.set((now_ms() - w) as f64 / 1000.0);
+    }
+
     pub fn transaction(&self, outcome: &str, n: u64) {
         self.transactions.get_or_create(&labels(&[("outcome", outcome)])).inc_by(n);
     }
@@ -143,7 +145,6 @@ impl Metrics {
     /// The job's audit (any serializable audit): each numeric leaf becomes a bucket, nested
     /// maps (dead letters by reason) joined with `.`.
     pub fn set_audit(&self, audit: &impl serde::Serialize) {
-        let _one_at_a_time = self.audit_buckets.lock().expect("not poisoned");
         fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, i64)>) {
             match v {
                 serde_json::Value::Number(n) => out.push((prefix.to_string(), n.as_i64().unwrap_or_default())),

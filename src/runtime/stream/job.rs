@@ -225,8 +225,7 @@ pub fn run<J: Job>(
             discover(&mut driver, &mut partitions, broker)?;
         }
         let batches = broker.send_and_poll(&unsent, opts.max_poll, Duration::from_millis(100))?;
-        record_sent::<J>(opts, &unsent);
-        count_sent(&mut summary, &mut unsent);
+        count_sent::<J>(opts, &mut summary, &mut unsent);
         let polled: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
         if polled > 0 {
             first_message.get_or_insert_with(Instant::now);
@@ -240,8 +239,7 @@ pub fn run<J: Job>(
                     metrics.lag(&topic, partition, lag);
                 }
                 if let Some(w) = driver.ingest_watermark().filter(|w| *w > i64::MIN) {
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
-                    metrics.watermark_delay_seconds.set((now - w) as f64 / 1000.0);
+                    metrics.watermark(w);
                 }
             }
         }
@@ -272,8 +270,7 @@ pub fn run<J: Job>(
         if stop || trigger.due(last_checkpoint.elapsed(), driver.ingest_watermark()) {
             // A checkpoint's transactions carry every record drained before its snapshots.
             broker.send_records(&unsent)?;
-            record_sent::<J>(opts, &unsent);
-            count_sent(&mut summary, &mut unsent);
+            count_sent::<J>(opts, &mut summary, &mut unsent);
             // The cadence counts from the start of a checkpoint, so that a record waits at
             // most one interval (plus one commit) for its transaction, however long a
             // checkpoint takes.
@@ -339,23 +336,18 @@ fn discover<J: Job>(driver: &mut StreamDriver<J>, partitions: &mut Vec<Source>, 
     Ok(true)
 }
 
-/// Records and dead letters handed to their transactions, for the metrics.
-fn record_sent<J: Job>(opts: &StreamOptions, sent: &[GroupRecords<J::Record>]) {
-    let Some(metrics) = &opts.metrics else { return };
-    for (_, records, dead) in sent {
-        if !records.is_empty() {
-            metrics.written(J::NAME, records.len() as u64);
-        }
-        for d in dead {
-            metrics.dead_lettered(d.reason_code(), 1);
-        }
-    }
-}
-
-fn count_sent<R, A>(summary: &mut StreamSummary<A>, sent: &mut Vec<GroupRecords<R>>) {
+/// Counts the records and dead letters handed to their transactions (in the summary, and by
+/// reason in the metrics), and empties `sent`.
+fn count_sent<J: Job>(opts: &StreamOptions, summary: &mut StreamSummary<J::Audit>, sent: &mut Vec<GroupRecords<J::Record>>) {
     for (_, records, dead) in sent.drain(..) {
         summary.records_sent += records.len() as u64;
         summary.dead_letters_sent += dead.len() as u64;
+        if let Some(metrics) = &opts.metrics {
+            metrics.written(J::NAME, records.len() as u64);
+            for d in &dead {
+                metrics.dead_lettered(d.reason_code(), 1);
+            }
+        }
     }
 }
 
