@@ -128,15 +128,6 @@ fn report_file(a: &Args) -> anyhow::Result<Option<std::fs::File>> {
         .transpose()
 }
 
-/// SIGINT and SIGTERM set the flag the backfill checks between hours.
-fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
-    }
-    Ok(stop)
-}
-
 /// After a run that did not finish: the sink's manifest says why; an interrupted run exits
 /// 130 with what it leaves behind, any other failure is the error.
 fn ended_early(sink: &mut dyn OutputSink, e: anyhow::Error) -> anyhow::Result<ExitCode> {
@@ -262,7 +253,7 @@ impl JobVisitor for Backfill {
 fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     // First, so that a signal during the set-up (opening an S3 sink takes a while) stops the
     // run at its first check instead of killing it.
-    let stop = stop_on_signals()?;
+    let stop = super::stop_on_signals()?;
     let (mut rules, job_file_text) = super::load_rules_and_text::<J>(a.job_file.as_deref())?;
     let inputs = J::inputs(&rules);
     if let Some(topic) = &a.topic {

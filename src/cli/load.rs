@@ -1,9 +1,6 @@
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 
 use crate::connector::kafka::KafkaSettings;
 use crate::connector::load::{self, LoadSettings};
@@ -73,10 +70,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     .map_err(|e| anyhow::anyhow!("--table: {e}"))?;
     anyhow::ensure!(a.batch_rows > 0, "--batch-rows must be at least 1");
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handlers")?;
-    }
+    let shutdown = super::stop_on_signals()?;
     let settings = LoadSettings {
         kafka: KafkaSettings::new(&a.brokers, &a.kafka_options),
         topic: a.topic.clone(),

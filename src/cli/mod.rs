@@ -105,6 +105,16 @@ fn kind_of(name: &str) -> Option<crate::contract::table::TableKind> {
     crate::contract::table::TableKind::ALL.into_iter().find(|k| name.starts_with(k.name()))
 }
 
+/// A flag SIGINT and SIGTERM set: the long-running commands check it and stop cleanly.
+fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use anyhow::Context;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handlers")?;
+    }
+    Ok(stop)
+}
+
 /// `--metrics-addr`: the metrics of `command`, served on `addr` (bound before any work).
 fn serve_metrics(command: &str, addr: Option<&str>) -> anyhow::Result<Option<std::sync::Arc<crate::runtime::metrics::Metrics>>> {
     let Some(addr) = addr else { return Ok(None) };

@@ -1,8 +1,6 @@
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -195,10 +193,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     let metrics = super::serve_metrics("stream", a.metrics_addr.as_deref())?;
     let (mut broker, partitions) = KafkaBroker::connect(&settings, &topics)?;
 
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handlers")?;
-    }
+    let shutdown = super::stop_on_signals()?;
     let opts = StreamOptions {
         key_groups: a.key_groups,
         checkpoint_interval: a.checkpoint_interval,
