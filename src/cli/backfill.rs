@@ -119,15 +119,6 @@ fn run_info(job: &str, prefix: &str, a: &Args, job_file_text: &str) -> RunInfo {
     }
 }
 
-/// Opens --report-json for writing before any work, so that a bad path fails at once and by
-/// name rather than after the whole backfill.
-fn report_file(a: &Args) -> anyhow::Result<Option<std::fs::File>> {
-    a.report_json
-        .as_ref()
-        .map(|p| std::fs::File::create(p).map_err(|e| anyhow::anyhow!("--report-json {}: cannot write it: {e}", p.display())))
-        .transpose()
-}
-
 /// After a run that did not finish: the sink's manifest says why; an interrupted run exits
 /// 130 with what it leaves behind, any other failure is the error.
 fn ended_early(sink: &mut dyn OutputSink, e: anyhow::Error) -> anyhow::Result<ExitCode> {
@@ -174,7 +165,7 @@ fn run_union(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!a.sink.starts_with("kafka://"), "the union job's backfill writes Parquet tables; its topics are written by the union stream job");
     anyhow::ensure!(a.from < a.to, "--from must be before --to");
     let (rules, job_file_text) = super::load_rules_and_text::<Union>(a.job_file.as_deref())?;
-    let report = report_file(&a)?;
+    let report = super::create_output(a.report_json.as_deref(), "--report-json")?;
     anyhow::ensure!(report.is_none(), "--report-json is not written by the union job's backfill");
     let rt = super::tokio_runtime()?;
     let sources = a
@@ -278,7 +269,7 @@ fn run_job<J: Job>(a: Args) -> anyhow::Result<ExitCode> {
     let archives: Vec<ParquetArchive> =
         J::inputs(&rules).iter().map(|i| ParquetArchive::new(source_loc.clone(), &i.topic, i.format, rt.handle().clone())).collect();
     let sources: Vec<&dyn ArchiveSource> = archives.iter().map(|a| a as &dyn ArchiveSource).collect();
-    let report_out = report_file(&a)?;
+    let report_out = super::create_output(a.report_json.as_deref(), "--report-json")?;
     // After --topic: the topics as this run names them.
     let dead_letters: Vec<String> = J::inputs(&rules).iter().filter(|i| i.dead_letters).map(|i| i.topic.clone()).collect();
     let run_name = format!("{}-{}-{}{}", J::FILE_PREFIX, compact(a.from), compact(a.to), if a.complete { "-complete" } else { "" });

@@ -77,8 +77,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--store-option applies to s3:// locations, and neither --old nor --new is one");
     }
     // Paths to write are checked before the (possibly long) reading.
-    let json_out = create(&a.json, "--json")?;
-    let html_out = create(&a.html, "--html")?;
+    let json_out = super::create_output(a.json.as_deref(), "--json")?;
+    let html_out = super::create_output(a.html.as_deref(), "--html")?;
     let report = match kind {
         TableKind::AdMetrics => compare::<AdMetric>(&a, kind, from, to)?,
         TableKind::AttributedOrders => compare::<AttributedOrder>(&a, kind, from, to)?,
@@ -95,17 +95,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(if report.diff.total.affected() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn create(path: &Option<PathBuf>, flag: &str) -> anyhow::Result<Option<std::fs::File>> {
-    path.as_ref().map(|p| std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{flag} {}: cannot write it: {e}", p.display()))).transpose()
-}
-
 struct Report {
     diff: TableDiff,
     json: serde_json::Value,
 }
 
 /// The records of one side, one per record_uuid.
-fn side<R: DiffRecord + Readable>(a: &Args, which: &str, from: i64, to: i64) -> anyhow::Result<HashMap<Uuid, R>> {
+fn side<R: DiffRecord + Readable>(a: &Args, rt: &tokio::runtime::Handle, which: &str, from: i64, to: i64) -> anyhow::Result<HashMap<Uuid, R>> {
     let flag = if which == "old" { &a.old } else { &a.new };
     if flag.starts_with("postgres://") || flag.starts_with("postgresql://") {
         let name = match &a.pg_table {
@@ -115,19 +111,13 @@ fn side<R: DiffRecord + Readable>(a: &Args, which: &str, from: i64, to: i64) -> 
         let rows = R::from_postgres(flag, &name, from, to).with_context(|| format!("--{which}"))?;
         return Ok(rows.into_iter().map(|r| (r.record_uuid(), r)).collect());
     }
-    let rt = super::tokio_runtime()?;
     let loc = open(flag, &a.store_options, false).map_err(|e| anyhow::anyhow!("--{which}: {e:#}"))?;
-    let (rows, files) = read_table::<R>(&loc, rt.handle(), &a.table, from, to).with_context(|| format!("--{which}"))?;
+    let (rows, files) = read_table::<R>(&loc, rt, &a.table, from, to).with_context(|| format!("--{which}"))?;
     anyhow::ensure!(files > 0, "--{which} {flag}: no {} files (expected {flag}/{}/dt=…/hr=…/*.parquet)", a.table, a.table);
-    // An earlier layout could hold a record in two files of a partition: the newer file's wins.
-    let mut out: HashMap<Uuid, (i64, R)> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let uuid = row.record.record_uuid();
-        if out.get(&uuid).is_none_or(|(written, _)| *written <= row.written) {
-            out.insert(uuid, (row.written, row.record));
-        }
-    }
-    Ok(out.into_iter().map(|(u, (_, r))| (u, r)).collect())
+    // An earlier layout could hold a record in two files of a partition: the newer file's
+    // wins, as the union's backfill merges its regions' tables.
+    let merged = crate::jobs::union::merge::newest_per_uuid(rows.into_iter().map(|r| (r.written, r.file, r.record)));
+    Ok(merged.records.into_iter().map(|r| (r.record_uuid(), r)).collect())
 }
 
 /// Reading a table's records from PostgreSQL.
@@ -165,8 +155,9 @@ fn get(m: &Measures, field: &str) -> i64 {
 }
 
 fn compare<R: DiffRecord + Readable>(a: &Args, kind: TableKind, from: i64, to: i64) -> anyhow::Result<Report> {
-    let old = side::<R>(a, "old", from, to)?;
-    let new = side::<R>(a, "new", from, to)?;
+    let rt = super::tokio_runtime()?;
+    let old = side::<R>(a, rt.handle(), "old", from, to)?;
+    let new = side::<R>(a, rt.handle(), "new", from, to)?;
     let diff = TableDiff::of(&old, &new);
     let delta_json = |d: &Delta| {
         let mut v = serde_json::json!({ "added": d.added, "removed": d.removed, "changed": d.changed, "unchanged": d.unchanged });

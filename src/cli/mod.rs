@@ -105,6 +105,12 @@ fn kind_of(name: &str) -> Option<crate::contract::table::TableKind> {
     crate::contract::table::TableKind::ALL.into_iter().find(|k| name.starts_with(k.name()))
 }
 
+/// Opens a file a command writes at its end, now, before any work: a path that cannot be
+/// written fails at once, named with its flag, rather than after the work.
+fn create_output(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<std::fs::File>> {
+    path.map(|p| std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{flag} {}: cannot write it: {e}", p.display()))).transpose()
+}
+
 /// A flag SIGINT and SIGTERM set: the long-running commands check it and stop cleanly.
 fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use anyhow::Context;
