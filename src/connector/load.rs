@@ -134,7 +134,6 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut last_log = Instant::now();
     let mut last_discovery = Instant::now();
-    let mut last_lag = Instant::now();
     loop {
         let stopping = s.shutdown.load(Ordering::Relaxed);
         let (batch, records) = if stopping { (Batch::default(), 0) } else { fill(&consumer, s, &known, &mut at_end) };
@@ -144,12 +143,7 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
             for d in &batch.rejected {
                 m.dead_lettered(d.reason.split(':').next().unwrap_or(""), 1);
             }
-            if last_lag.elapsed() >= Duration::from_secs(1) {
-                last_lag = Instant::now();
-                for (topic, partition, lag) in super::kafka::consumer_lag(&consumer) {
-                    m.lag(&topic, partition, lag);
-                }
-            }
+            m.sample_lag(|| super::kafka::consumer_lag(&consumer));
         }
         if !batch.next_offsets.is_empty() {
             report.records += records;

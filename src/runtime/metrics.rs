@@ -46,6 +46,7 @@ pub struct Metrics {
     pub owned_key_groups: Gauge,
     last_checkpoint_ms: AtomicI64,
     heartbeat_ms: AtomicI64,
+    lag_sampled_ms: AtomicI64,
     ready: AtomicBool,
 }
 
@@ -72,6 +73,7 @@ impl Metrics {
             owned_key_groups: Gauge::default(),
             last_checkpoint_ms: AtomicI64::new(now_ms()),
             heartbeat_ms: AtomicI64::new(now_ms()),
+            lag_sampled_ms: AtomicI64::new(0),
             ready: AtomicBool::new(false),
             registry,
         };
@@ -132,6 +134,19 @@ impl Metrics {
 
     pub fn dead_lettered(&self, reason: &str, n: u64) {
         self.dead_letters.get_or_create(&labels(&[("reason", reason)])).inc_by(n);
+    }
+
+    /// Takes the consumer lag from `lags` (topic, partition, messages), at most once a second:
+    /// the loops that call it go round far more often.
+    pub fn sample_lag(&self, lags: impl FnOnce() -> Vec<(String, i32, i64)>) {
+        let now = now_ms();
+        if now - self.lag_sampled_ms.load(Ordering::Relaxed) < 1000 {
+            return;
+        }
+        self.lag_sampled_ms.store(now, Ordering::Relaxed);
+        for (topic, partition, lag) in lags() {
+            self.lag(&topic, partition, lag);
+        }
     }
 
     pub fn lag(&self, topic: &str, partition: i32, messages: i64) {

@@ -78,7 +78,6 @@ pub fn run(
     if let Some(m) = metrics {
         m.set_ready(true);
     }
-    let mut last_lag = Instant::now();
     let mut summary = ArchiveSummary::default();
     let mut buffered: Vec<RecordBatch> = Vec::new();
     let mut last_flush = Instant::now();
@@ -97,12 +96,7 @@ pub fn run(
         }
         if let Some(m) = metrics {
             m.beat();
-            if last_lag.elapsed() >= Duration::from_secs(1) {
-                last_lag = Instant::now();
-                for (topic, partition, lag) in reader.lag() {
-                    m.lag(&topic, partition, lag);
-                }
-            }
+            m.sample_lag(|| reader.lag());
         }
         // Caught up with the partitions it reads, and no partition added since the last look.
         let done = until_caught_up && reader.caught_up() && !discover(reader, &start);

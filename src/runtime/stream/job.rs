@@ -157,7 +157,6 @@ pub fn run<J: Job>(
     let mut last_checkpoint = Instant::now();
     let mut trigger = CheckpointTrigger::<J>::new(opts.checkpoint_interval, opts.min_checkpoint_pause, rules);
     let mut first_message: Option<Instant> = None;
-    let mut last_lag = Instant::now();
     // Records drained after a poll are sent while the next poll is read and decoded
     // (`send_and_poll`): sending is serial, and the cores would otherwise wait for it.
     let mut unsent: Vec<GroupRecords<J::Record>> = Vec::new();
@@ -233,14 +232,9 @@ pub fn run<J: Job>(
         }
         if let Some(metrics) = &opts.metrics {
             metrics.messages_read.inc_by(polled as u64);
-            if last_lag.elapsed() >= Duration::from_secs(1) {
-                last_lag = Instant::now();
-                for (topic, partition, lag) in broker.lag() {
-                    metrics.lag(&topic, partition, lag);
-                }
-                if let Some(w) = driver.ingest_watermark().filter(|w| *w > i64::MIN) {
-                    metrics.watermark(w);
-                }
+            metrics.sample_lag(|| broker.lag());
+            if let Some(w) = driver.ingest_watermark().filter(|w| *w > i64::MIN) {
+                metrics.watermark(w);
             }
         }
         for (input, batch) in &batches {
