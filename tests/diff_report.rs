@@ -59,6 +59,15 @@ fn write_table(root: &Path, records: &[AdMetric]) {
     }
 }
 
+/// The fixture's two versions, written as output roots `old` and `new` in a fresh directory.
+fn fixture_tables() -> (tempfile::TempDir, Vec<AdMetric>, Vec<AdMetric>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, new) = (records("old.jsonl"), records("new.jsonl"));
+    write_table(&tmp.path().join("old"), &old);
+    write_table(&tmp.path().join("new"), &new);
+    (tmp, old, new)
+}
+
 fn diff(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_adsproc")).arg("diff").args(args).current_dir(dir).output().unwrap()
 }
@@ -93,10 +102,7 @@ fn tag<'a>(dom: &'a str, id: &str) -> &'a str {
 
 #[test]
 fn the_report_of_a_restatement_says_who_is_affected_and_renders_in_a_browser() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (old, new) = (records("old.jsonl"), records("new.jsonl"));
-    write_table(&tmp.path().join("old"), &old);
-    write_table(&tmp.path().join("new"), &new);
+    let (tmp, old, new) = fixture_tables();
 
     // The summary, as a person reads it.
     let o = diff(tmp.path(), &["--old", "old", "--new", "new", "--json", "report.json", "--html", "report.html"]);
@@ -148,10 +154,7 @@ fn the_report_of_a_restatement_says_who_is_affected_and_renders_in_a_browser() {
 
 #[test]
 fn a_loaded_postgres_table_gives_the_same_report_as_its_parquet_form() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (old, new) = (records("old.jsonl"), records("new.jsonl"));
-    write_table(&tmp.path().join("old"), &old);
-    write_table(&tmp.path().join("new"), &new);
+    let (tmp, old, _) = fixture_tables();
     // The old version in PostgreSQL, in the table `adsproc load` creates.
     let pg = Postgres::start();
     let mut client = pg.client();

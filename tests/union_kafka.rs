@@ -284,8 +284,7 @@ fn a_region_that_goes_away_does_not_stop_the_others_and_is_caught_up_on_return()
     wait_until("the union forwarded region a's records", 60, &|| forwarded_all(&a));
 
     // Region b goes away; region a's traffic goes on, and its new windows still reach the union.
-    let stopped = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh")).args(["stop", b.dir.path().to_str().unwrap()]).output().unwrap();
-    assert!(stopped.status.success());
+    b.stop();
     let more = spawn(
         &["produce", "--brokers", &a.addr, "--start", &rfc3339(T0 + 4 * 3_600_000), "--partitions", "4", "--regions", "1", "--events", "30000",
           "--hours", "1", "--ads", "150", "--seed", "3", "--rate", "1500", "--watermark-tick"],
@@ -298,8 +297,7 @@ fn a_region_that_goes_away_does_not_stop_the_others_and_is_caught_up_on_return()
     assert!(union.try_wait().unwrap().is_none(), "the union stopped while region b was away:\n{}", std::fs::read_to_string(&log).unwrap());
 
     // Region b returns, on its storage, with more traffic of its own.
-    let started = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh")).args(["restart", b.dir.path().to_str().unwrap()]).output().unwrap();
-    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    b.restart();
     adsproc(&["produce", "--brokers", &b.addr, "--start", &rfc3339(T0 + 4 * 3_600_000), "--partitions", "4", "--regions", "1", "--first-region", "1",
         "--events", "10000", "--hours", "1", "--ads", "150", "--seed", "4", "--watermark-tick"]);
     let ckpt_b = work.path().join("ckpt-aggregation-1");
@@ -341,9 +339,7 @@ fn a_region_down_at_start_is_read_once_it_answers() {
     let work = tempfile::tempdir().unwrap();
     region(&a, "0", "1", work.path(), None);
     region(&b, "1", "2", work.path(), None);
-    let broker_sh = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh");
-    let stopped = std::process::Command::new(broker_sh).args(["stop", b.dir.path().to_str().unwrap()]).output().unwrap();
-    assert!(stopped.status.success());
+    b.stop();
 
     let (ckpt, log) = (work.path().join("union-a"), work.path().join("union-a.log"));
     let mut args = union_args(&a.addr, ckpt.to_str().unwrap(), &a.addr, &b.addr);
@@ -356,8 +352,7 @@ fn a_region_down_at_start_is_read_once_it_answers() {
     assert!(std::fs::read_to_string(&log).unwrap().contains("region region-b does not answer"));
     assert!(union.try_wait().unwrap().is_none(), "the union stopped:\n{}", std::fs::read_to_string(&log).unwrap());
 
-    let restarted = std::process::Command::new(broker_sh).args(["restart", b.dir.path().to_str().unwrap()]).output().unwrap();
-    assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
+    b.restart();
     wait_until(&log, "region b's records were forwarded once it answered", 90, &|| forwarded_all(&a, &b));
     unsafe { libc::kill(union.id() as i32, libc::SIGTERM) };
     assert!(union.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());

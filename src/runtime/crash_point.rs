@@ -2,7 +2,7 @@
 //! make it die on purpose (`ADSPROC_CRASH_AT=<point>:<n>` aborts the process the n-th time it
 //! passes `<point>`). A random SIGKILL rarely lands in the narrow window between two steps of a
 //! protocol; these land there every time. Each protocol step gets a point here, and the tests
-//! walk [`CrashPoint::ALL`], so a new step is a new case.
+//! walk [`CrashPoint::STREAM`] and [`CrashPoint::LOAD`], so a new step is a new case.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,16 +31,6 @@ pub enum CrashPoint {
 }
 
 impl CrashPoint {
-    pub const ALL: &'static [CrashPoint] = &[
-        Self::StreamAfterFence,
-        Self::StreamAfterRestore,
-        Self::StreamBeforeSnapshot,
-        Self::StreamAfterSnapshot,
-        Self::StreamBetweenCommits,
-        Self::StreamAfterCommit,
-        Self::LoadBeforeCommit,
-        Self::LoadAfterCommit,
-    ];
     /// The stream loop: a key-group assignment, then a checkpoint, in protocol order.
     pub const STREAM: &'static [CrashPoint] = &[
         Self::StreamAfterFence,

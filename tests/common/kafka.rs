@@ -36,6 +36,11 @@ impl Broker {
         assert_eq!(addr, self.addr);
     }
 
+    /// Stops the broker (until [`restart`](Self::restart)): a region that goes away.
+    pub fn stop(&self) {
+        script(&["stop", self.dir.path().to_str().unwrap()]);
+    }
+
     /// SIGKILLs the broker and starts it again on its port and storage: a crash.
     pub fn crash(&self) {
         let addr = script(&["crash", self.dir.path().to_str().unwrap()]);
