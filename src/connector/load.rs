@@ -124,7 +124,7 @@ pub fn run(s: &LoadSettings) -> anyhow::Result<LoadReport> {
                 if let Some(m) = &metrics {
                     m.written(&table, applied.written);
                     m.transaction("committed", 1);
-                    m.checkpointed(t.elapsed(), 0);
+                    m.checkpointed(t.elapsed(), None);
                 }
             }
             Ok(())

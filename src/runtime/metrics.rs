@@ -112,9 +112,13 @@ impl Metrics {
         now_ms() - self.heartbeat_ms.load(Ordering::Relaxed) <= within_ms
     }
 
-    pub fn checkpointed(&self, took: std::time::Duration, bytes: u64) {
+    /// A checkpoint (the load: a batch's commit; the archiver: a flush) completed in `took`,
+    /// its snapshots `bytes` long where it has any.
+    pub fn checkpointed(&self, took: std::time::Duration, bytes: Option<u64>) {
         self.checkpoint_duration_seconds.observe(took.as_secs_f64());
-        self.checkpoint_bytes.set(bytes as i64);
+        if let Some(bytes) = bytes {
+            self.checkpoint_bytes.set(bytes as i64);
+        }
         self.last_checkpoint_ms.store(now_ms(), Ordering::Relaxed);
         self.beat();
     }
@@ -208,7 +212,7 @@ mod tests {
         m.lag("ad-events", 1, 42);
         m.transaction("committed", 1);
         m.set_audit(&serde_json::json!({"read": 5, "counted": 3, "dead_lettered": {"late": 2}}));
-        m.checkpointed(std::time::Duration::from_millis(20), 1234);
+        m.checkpointed(std::time::Duration::from_millis(20), Some(1234));
         let text = m.encode();
         for line in [
             "adsproc_messages_read_total{command=\"stream\"} 5",

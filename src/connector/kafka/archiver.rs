@@ -107,7 +107,7 @@ pub fn run(
             last_flush = Instant::now();
             if let Some(m) = metrics {
                 m.written(topic, summary.rows - rows_before);
-                m.checkpointed(t.elapsed(), 0);
+                m.checkpointed(t.elapsed(), None);
             }
         }
         if done {

@@ -272,7 +272,7 @@ pub fn run<J: Job>(
             let (encoding, writing, committing, bytes) = checkpoint_now(&driver, &mut seqs, broker, store)?;
             summary.checkpoints += 1;
             if let Some(metrics) = &opts.metrics {
-                metrics.checkpointed(started.elapsed(), bytes);
+                metrics.checkpointed(started.elapsed(), Some(bytes));
                 metrics.transaction("committed", seqs.len() as u64);
                 metrics.set_audit(&driver.audit());
                 for (kind, n) in driver.state_sizes() {
