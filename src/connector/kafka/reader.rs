@@ -110,6 +110,12 @@ pub struct LostRange {
 pub struct TopicReader {
     queue: ConsumerQueue,
     consumer: BaseConsumer<QuietEof>,
+    /// A client of its own for metadata and offset lookups. The broker answers the requests of
+    /// one connection in order, and the consumer's connection mostly holds a fetch waiting up
+    /// to `fetch.wait.max.ms` for data: a lookup sent there waited behind it (75-100 ms per
+    /// topic against Nisshi, so each look for new partitions held the job loop up ~0.2 s, and
+    /// `--stop-when-caught-up` took that long to confirm the end).
+    lookups: BaseConsumer,
     /// The topics read and their formats, by input index.
     topics: Vec<(String, Format)>,
     /// librdkafka's topic handles seen so far and their input: a message names its topic by
@@ -160,6 +166,10 @@ impl TopicReader {
         for (topic, _) in topics.iter().filter(|_| !partitions.is_empty()) {
             consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).with_context(|| format!("cannot read the metadata of {topic:?}"))?;
         }
+        let lookups: BaseConsumer = settings
+            .config(&[("client.id", &format!("{client_id}-lookups"))])
+            .create()
+            .context("cannot create the Kafka reader's metadata client")?;
         // SAFETY: a live consumer with a group.id has a consumer queue (rust-rdkafka forwards
         // its main queue there); the handle is released before the consumer (field order).
         let queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) })
@@ -170,6 +180,7 @@ impl TopicReader {
         Ok(Self {
             queue,
             consumer,
+            lookups,
             topics: topics.to_vec(),
             handles: Vec::new(),
             partitions,
@@ -206,7 +217,7 @@ impl TopicReader {
         let mut new = Vec::new();
         for (input, (topic, _)) in self.topics.iter().enumerate() {
             let md = self
-                .consumer
+                .lookups
                 .fetch_metadata(Some(topic), timeout)
                 .with_context(|| format!("cannot read the metadata of {topic:?}"))?;
             let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { continue };
@@ -320,7 +331,7 @@ impl TopicReader {
             return Ok(Vec::new());
         }
         let first = self
-            .consumer
+            .lookups
             .offsets_for_times(tpl, Duration::from_secs(30))
             .with_context(|| format!("cannot list the offsets of {:?}", self.topic_names()))?;
         let mut lost = Vec::new();
