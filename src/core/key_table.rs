@@ -157,15 +157,42 @@ impl KeyTable {
         if key == 0 {
             return self.zero;
         }
+        self.find(key).map(|i| [self.slots[i][2], self.slots[i][3]])
+    }
+
+    pub fn get_mut(&mut self, key: u128) -> Option<&mut [u64; 2]> {
+        if key == 0 {
+            return self.zero.as_mut();
+        }
+        let i = self.find(key)?;
+        Some(self.slots[i].last_chunk_mut::<2>().expect("a slot holds a value"))
+    }
+
+    /// Removes `key`; whether it was there.
+    pub fn remove(&mut self, key: u128) -> bool {
+        if key == 0 {
+            return self.zero.take().is_some();
+        }
+        match self.find(key) {
+            Some(i) => {
+                self.remove_at(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The slot of a key other than zero.
+    fn find(&self, key: u128) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
         let (lo, hi) = split(key);
         let mut i = self.home(lo);
         loop {
-            let s = self.slots[i];
+            let s = &self.slots[i];
             if s[0] == lo && s[1] == hi {
-                return Some([s[2], s[3]]);
+                return Some(i);
             }
             if s[0] | s[1] == 0 {
                 return None;
@@ -240,6 +267,9 @@ mod tests {
         Get(u128),
         /// Removes keys whose value is below the threshold.
         RetainAtLeast(u64),
+        Remove(u128),
+        /// Adds to the key's value in place.
+        Bump(u128, u64),
         Reserve(usize),
     }
 
@@ -258,6 +288,8 @@ mod tests {
             6 => (key(), 0u64..100).prop_map(|(k, v)| Op::Insert(k, v)),
             3 => key().prop_map(Op::Get),
             1 => (0u64..100).prop_map(Op::RetainAtLeast),
+            2 => key().prop_map(Op::Remove),
+            2 => (key(), 1u64..10).prop_map(|(k, d)| Op::Bump(k, d)),
             1 => (0usize..50).prop_map(Op::Reserve),
         ]
     }
@@ -282,6 +314,15 @@ mod tests {
                         m.retain(|_, v| *v >= min);
                     }
                     Op::Reserve(n) => t.reserve(n),
+                    Op::Remove(k) => prop_assert_eq!(t.remove(k), m.remove(&k).is_some()),
+                    Op::Bump(k, d) => {
+                        if let Some(v) = t.get_mut(k) {
+                            *v = [v[0] + d, !(v[0] + d)];
+                        }
+                        if let Some(v) = m.get_mut(&k) {
+                            *v += d;
+                        }
+                    }
                 }
                 prop_assert_eq!(t.len(), m.len());
             }

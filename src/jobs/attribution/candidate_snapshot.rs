@@ -19,8 +19,11 @@ const CLICK: u8 = 1;
 const UUID: u8 = 2;
 
 impl CandidateSnapshot {
-    /// `pairs`: every pair with its candidates.
-    pub fn encode<'a>(pairs: impl Iterator<Item = (u128, &'a [Candidate])>, capacity: usize) -> Self {
+    /// `pairs`: every pair with its candidates, in the order they were added.
+    pub fn encode<'a, C>(pairs: impl Iterator<Item = (u128, C)>, capacity: usize) -> Self
+    where
+        C: ExactSizeIterator<Item = &'a Candidate>,
+    {
         let mut out = Vec::with_capacity(capacity);
         for (key, candidates) in pairs {
             out.extend_from_slice(&key.to_le_bytes());
@@ -195,7 +198,7 @@ mod tests {
         #[test]
         fn candidates_decode_as_encoded(pairs in prop::collection::vec((any::<u128>(), prop::collection::vec(candidate(), 0..4)), 0..6)) {
             let bound: usize = pairs.iter().map(|(_, c)| CandidateSnapshot::PAIR_BOUND + c.iter().map(|c| CandidateSnapshot::bound(c.event_id.to_string().len())).sum::<usize>()).sum();
-            let snap = CandidateSnapshot::encode(pairs.iter().map(|(k, c)| (*k, c.as_slice())), 0);
+            let snap = CandidateSnapshot::encode(pairs.iter().map(|(k, c)| (*k, c.iter())), 0);
             prop_assert!(snap.encoded_len() <= bound);
             let mut back = Vec::new();
             snap.decode(|k, c| back.push((k, c))).unwrap();

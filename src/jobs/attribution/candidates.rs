@@ -19,12 +19,12 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::candidate::Candidate;
 use super::candidate_snapshot::CandidateSnapshot;
 use super::event_id::EventId;
+use crate::core::key_table::KeyTable;
 
 /// How long candidates live, from the job's rules.
 #[derive(Debug, Clone, Copy)]
@@ -51,16 +51,6 @@ impl Lifetimes {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct Pair {
-    /// Most pairs (an eater at a store) hold one candidate: it is kept in place, without a
-    /// heap allocation of its own.
-    candidates: SmallVec<[Candidate; 1]>,
-    /// The earliest expiry among them; the pair is listed in that one's bucket of
-    /// [`CandidateStore::expiry`].
-    earliest: i64,
-}
-
 /// Width of an expiry bucket. Expiry is checked per bucket of pairs rather than per pair in an
 /// ordered set: adding a pair is a push, not a tree insert (a tenth of the stream job's time
 /// went to the set's upkeep).
@@ -70,11 +60,80 @@ fn bucket(t: i64) -> i64 {
     t.div_euclid(BUCKET_MS)
 }
 
+/// No node: the end of a pair's list.
+const NIL: u32 = u32::MAX;
+
+/// A candidate and the next (older) one of its pair.
+#[derive(Debug, Clone)]
+struct Node {
+    c: Candidate,
+    next: u32,
+}
+
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The candidates of a store, in chunks of a fixed size: growing never moves a candidate (a
+/// doubling vector copied them all, into fresh pages), and a freed slot is reused.
+#[derive(Debug, Clone, Default)]
+struct Nodes {
+    chunks: Vec<Vec<Node>>,
+    free: Vec<u32>,
+}
+
+impl Nodes {
+    fn get(&self, i: u32) -> &Node {
+        &self.chunks[(i >> CHUNK_BITS) as usize][i as usize & (CHUNK - 1)]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut Node {
+        &mut self.chunks[(i >> CHUNK_BITS) as usize][i as usize & (CHUNK - 1)]
+    }
+
+    /// The index the next [`alloc`](Self::alloc) returns.
+    fn next_index(&self) -> u32 {
+        match (self.free.last(), self.chunks.last()) {
+            (Some(&i), _) => i,
+            (None, Some(last)) if last.len() < CHUNK => ((self.chunks.len() - 1) * CHUNK + last.len()) as u32,
+            (None, _) => (self.chunks.len() * CHUNK) as u32,
+        }
+    }
+
+    fn alloc(&mut self, node: Node) -> u32 {
+        if let Some(i) = self.free.pop() {
+            *self.get_mut(i) = node;
+            return i;
+        }
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let n = self.chunks.len() - 1;
+        let last = self.chunks.last_mut().expect("just ensured");
+        last.push(node);
+        u32::try_from(n * CHUNK + last.len() - 1).expect("fewer than 2^32 candidates in a key group")
+    }
+
+    /// Frees slot `i`, dropping its candidate's id.
+    fn free(&mut self, i: u32) {
+        self.get_mut(i).c.event_id = EventId::Uuid([0; 16]);
+        self.free.push(i);
+    }
+}
+
 /// The candidates of one key group.
+///
+/// Pairs are keys of a [`KeyTable`] (open addressing, 32-byte slots, prefetchable): the value
+/// is the pair's newest node and the earliest expiry among its candidates, whose bucket of
+/// [`CandidateStore::expiry`] lists the pair. A pair's candidates are a list of nodes, newest
+/// first. Nearly every ad event is a pair's first: a general-purpose map kept each pair's
+/// candidates in its 96-byte entry, and doubled it whole as it grew (a fifth of the stream
+/// job's CPU samples were those inserts and rehashes, and most of its fresh memory).
 #[derive(Debug, Clone)]
 pub struct CandidateStore {
     lifetimes: Lifetimes,
-    pairs: FxHashMap<u128, Pair>,
+    /// Pair → [newest node, earliest expiry as u64].
+    pairs: KeyTable,
+    nodes: Nodes,
     /// Pairs by the bucket of their earliest expiry. A pair whose earliest expiry moved to an
     /// earlier bucket is listed in both; the later entry is skipped when its bucket is due.
     expiry: BTreeMap<i64, Vec<u128>>,
@@ -83,9 +142,16 @@ pub struct CandidateStore {
     text_bytes: usize,
 }
 
+fn text_len(c: &Candidate) -> usize {
+    match &c.event_id {
+        EventId::Text(t) => t.len(),
+        EventId::Uuid(_) => 0,
+    }
+}
+
 impl CandidateStore {
     pub fn new(lifetimes: Lifetimes) -> Self {
-        Self { lifetimes, pairs: FxHashMap::default(), expiry: BTreeMap::new(), len: 0, text_bytes: 0 }
+        Self { lifetimes, pairs: KeyTable::default(), nodes: Nodes::default(), expiry: BTreeMap::new(), len: 0, text_bytes: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -96,28 +162,46 @@ impl CandidateStore {
         self.len == 0
     }
 
+    /// Starts fetching the table slot of `pair`, for an [`add`](Self::add) a few arrivals on.
+    pub fn prefetch(&self, pair: u128) {
+        self.pairs.prefetch(pair);
+    }
+
     /// Adds an arrival of `pair`, unless an earlier arrival of its event is a candidate there
     /// that lives at its ingest time: whether it was added. Arrivals must come in (ingest
     /// time, partition, offset) order.
     pub fn add(&mut self, pair: u128, c: Candidate) -> bool {
-        let expires = self.lifetimes.expires_at(&c);
         let lifetimes = self.lifetimes;
-        let p = self.pairs.entry(pair).or_insert_with(|| Pair { candidates: SmallVec::new(), earliest: i64::MAX });
-        if p.candidates.iter().any(|x| x.event_id == c.event_id && lifetimes.expires_at(x) > c.ingest) {
-            return false;
-        }
-        if let EventId::Text(t) = &c.event_id {
-            self.text_bytes += t.len();
-        }
-        p.candidates.push(c);
-        if expires < p.earliest {
-            let listed = p.earliest != i64::MAX && bucket(p.earliest) == bucket(expires);
-            p.earliest = expires;
-            if !listed {
-                self.expiry.entry(bucket(expires)).or_default().push(pair);
+        let expires = lifetimes.expires_at(&c);
+        let text = text_len(&c);
+        let Self { pairs, nodes, expiry, .. } = self;
+        let at = nodes.next_index();
+        match pairs.get_or_insert(pair, [u64::from(at), expires as u64]) {
+            None => {
+                nodes.alloc(Node { c, next: NIL });
+                expiry.entry(bucket(expires)).or_default().push(pair);
+            }
+            Some(v) => {
+                let mut i = v[0] as u32;
+                while i != NIL {
+                    let n = nodes.get(i);
+                    if n.c.event_id == c.event_id && lifetimes.expires_at(&n.c) > c.ingest {
+                        return false;
+                    }
+                    i = n.next;
+                }
+                v[0] = u64::from(nodes.alloc(Node { c, next: v[0] as u32 }));
+                let earliest = v[1] as i64;
+                if expires < earliest {
+                    v[1] = expires as u64;
+                    if bucket(earliest) != bucket(expires) {
+                        expiry.entry(bucket(expires)).or_default().push(pair);
+                    }
+                }
             }
         }
         self.len += 1;
+        self.text_bytes += text;
         true
     }
 
@@ -133,37 +217,43 @@ impl CandidateStore {
                 break;
             }
             for pair in entry.remove() {
-                let Some(p) = self.pairs.get_mut(&pair) else { continue };
-                if bucket(p.earliest) != b || p.earliest > w {
-                    if bucket(p.earliest) == b {
+                let Some(v) = self.pairs.get_mut(pair) else { continue };
+                let earliest = v[1] as i64;
+                if bucket(earliest) != b || earliest > w {
+                    if bucket(earliest) == b {
                         keep.push(pair);
                     }
                     // Else a stale entry: the pair is listed in its earliest's bucket too.
                     continue;
                 }
-                let before = p.candidates.len();
-                let mut text_bytes = 0;
-                p.candidates.retain(|c| {
-                    let alive = lifetimes.expires_at(c) > w;
-                    if let (false, EventId::Text(t)) = (alive, &c.event_id) {
-                        text_bytes += t.len();
-                    }
-                    alive
-                });
-                self.len -= before - p.candidates.len();
-                self.text_bytes -= text_bytes;
-                match p.candidates.iter().map(|c| lifetimes.expires_at(c)).min() {
-                    Some(next) => {
-                        p.earliest = next;
-                        if bucket(next) == b {
-                            keep.push(pair);
+                let (mut prev, mut i, mut next) = (NIL, v[0] as u32, i64::MAX);
+                while i != NIL {
+                    let n = self.nodes.get(i);
+                    let (after, expires, text) = (n.next, lifetimes.expires_at(&n.c), text_len(&n.c));
+                    if expires > w {
+                        next = next.min(expires);
+                        prev = i;
+                    } else {
+                        if prev == NIL {
+                            v[0] = u64::from(after);
                         } else {
-                            self.expiry.entry(bucket(next)).or_default().push(pair);
+                            self.nodes.get_mut(prev).next = after;
                         }
+                        self.text_bytes -= text;
+                        self.len -= 1;
+                        self.nodes.free(i);
                     }
-                    None => {
-                        self.pairs.remove(&pair);
-                    }
+                    i = after;
+                }
+                if next == i64::MAX {
+                    self.pairs.remove(pair);
+                    continue;
+                }
+                v[1] = next as u64;
+                if bucket(next) == b {
+                    keep.push(pair);
+                } else {
+                    self.expiry.entry(bucket(next)).or_default().push(pair);
                 }
             }
         }
@@ -172,27 +262,51 @@ impl CandidateStore {
         }
     }
 
+    /// A pair's candidates, newest first.
+    fn candidates(&self, head: u32) -> impl Iterator<Item = &Candidate> + '_ {
+        let mut i = head;
+        std::iter::from_fn(move || {
+            (i != NIL).then(|| {
+                let n = self.nodes.get(i);
+                i = n.next;
+                &n.c
+            })
+        })
+    }
+
     /// The candidate an order of `pair` placed at `order_time` and ingested so that only
     /// events ingested before `ingested_before` count: the latest click within the click
     /// window before the order, else the latest impression within the impression window;
-    /// ties to the smallest event_id.
+    /// ties to the smallest event_id (between arrivals of one event, to the newest).
     pub fn best(&self, pair: u128, order_time: i64, ingested_before: i64) -> Option<&Candidate> {
-        let p = self.pairs.get(&pair)?;
+        let head = self.pairs.get(pair)?[0] as u32;
         let pick = |click: bool| {
             let window = self.lifetimes.window(click);
-            p.candidates
-                .iter()
-                .filter(|c| {
-                    c.click == click && c.ingest < ingested_before && c.event_time <= order_time && c.event_time > order_time.saturating_sub(window)
-                })
-                .max_by(|a, b| a.event_time.cmp(&b.event_time).then_with(|| b.event_id.cmp(&a.event_id)))
+            let mut best: Option<&Candidate> = None;
+            for c in self.candidates(head) {
+                if c.click == click && c.ingest < ingested_before && c.event_time <= order_time && c.event_time > order_time.saturating_sub(window) {
+                    // Newest first: an equal one found later is older and loses.
+                    if best.is_none_or(|b| (c.event_time, &b.event_id) > (b.event_time, &c.event_id)) {
+                        best = Some(c);
+                    }
+                }
+            }
+            best
         };
         pick(true).or_else(|| pick(false))
     }
 
-    /// Every pair's candidates, for a checkpoint (in no particular order).
+    /// Every pair's candidates, for a checkpoint (pairs in no particular order; a pair's
+    /// candidates in the order they were added).
     pub fn snapshot(&self) -> CandidateSnapshot {
-        CandidateSnapshot::encode(self.pairs.iter().map(|(k, p)| (*k, p.candidates.as_slice())), self.encoded_len_bound())
+        CandidateSnapshot::encode(
+            self.pairs.iter().map(|(k, v)| {
+                let mut oldest_first: SmallVec<[&Candidate; 4]> = self.candidates(v[0] as u32).collect();
+                oldest_first.reverse();
+                (k, oldest_first.into_iter())
+            }),
+            self.encoded_len_bound(),
+        )
     }
 
     pub fn restore(lifetimes: Lifetimes, snapshot: &CandidateSnapshot) -> Self {
