@@ -25,6 +25,7 @@ use super::candidate::Candidate;
 use super::candidate_snapshot::CandidateSnapshot;
 use super::event_id::EventId;
 use crate::core::key_table::KeyTable;
+use crate::core::prefetch::prefetch;
 
 /// How long candidates live, from the job's rules.
 #[derive(Debug, Clone, Copy)]
@@ -299,8 +300,14 @@ impl CandidateStore {
     /// Every pair's candidates, for a checkpoint (pairs in no particular order; a pair's
     /// candidates in the order they were added).
     pub fn snapshot(&self) -> CandidateSnapshot {
+        // The pairs come in slot order, their nodes in no order: each pair's newest node is
+        // fetched a few pairs ahead (without, the reads of the nodes were half a checkpoint).
+        let mut ahead = self.pairs.iter().skip(8);
         CandidateSnapshot::encode(
             self.pairs.iter().map(|(k, v)| {
+                if let Some((_, next)) = ahead.next() {
+                    prefetch(self.nodes.get(next[0] as u32));
+                }
                 let mut oldest_first: SmallVec<[&Candidate; 4]> = self.candidates(v[0] as u32).collect();
                 oldest_first.reverse();
                 (k, oldest_first.into_iter())
