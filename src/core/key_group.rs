@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type};
 
+use rayon::prelude::*;
+
 use super::batch_view::Strings;
 use crate::contract::schema::col;
 
@@ -45,12 +47,20 @@ pub fn split_rows_by_pair(users: &ArrayRef, stores: &ArrayRef, groups: usize) ->
     let n = users.len();
     let mut out: Vec<Vec<u32>> = (0..groups).map(|_| Vec::with_capacity(n / groups + 1)).collect();
     let (users, stores) = (Strings::new(users), Strings::new(stores));
-    for row in 0..n {
-        let g = match (users.present(row), stores.present(row)) {
-            (Some(u), Some(s)) if groups > 1 => group_of_pair(pair_key(u, s), groups),
-            _ => 0,
-        };
-        out[g].push(row as u32);
+    // The rows' groups are hashed on rayon threads: the stream runtime routes each poll on its
+    // loop's thread, while the cores would otherwise wait (a hash of two strings per row).
+    let mut group_of_row = vec![0u32; n];
+    group_of_row.par_chunks_mut(8192).enumerate().for_each(|(chunk, out)| {
+        for (i, g) in out.iter_mut().enumerate() {
+            let row = chunk * 8192 + i;
+            *g = match (users.present(row), stores.present(row)) {
+                (Some(u), Some(s)) if groups > 1 => group_of_pair(pair_key(u, s), groups) as u32,
+                _ => 0,
+            };
+        }
+    });
+    for (row, &g) in group_of_row.iter().enumerate() {
+        out[g as usize].push(row as u32);
     }
     out
 }
