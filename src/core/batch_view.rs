@@ -185,6 +185,12 @@ impl<'a> Strings<'a> {
     pub fn present(self, row: usize) -> Option<&'a str> {
         self.get(row).filter(|s| !s.is_empty())
     }
+
+    /// Starts fetching the row's bytes, for a read a few rows on.
+    #[inline]
+    pub fn prefetch(self, row: usize) {
+        super::prefetch::prefetch(self.value(row).as_ptr());
+    }
 }
 
 /// Impression/click code of each event_type dictionary value, computed once per batch.
