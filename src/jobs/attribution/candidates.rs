@@ -281,18 +281,15 @@ impl CandidateStore {
     /// ties to the smallest event_id (between arrivals of one event, to the newest).
     pub fn best(&self, pair: u128, order_time: i64, ingested_before: i64) -> Option<&Candidate> {
         let head = self.pairs.get(pair)?[0] as u32;
+        let rank = |a: &Candidate, b: &Candidate| a.event_time.cmp(&b.event_time).then_with(|| b.event_id.cmp(&a.event_id));
         let pick = |click: bool| {
             let window = self.lifetimes.window(click);
-            let mut best: Option<&Candidate> = None;
-            for c in self.candidates(head) {
-                if c.click == click && c.ingest < ingested_before && c.event_time <= order_time && c.event_time > order_time.saturating_sub(window) {
-                    // Newest first: an equal one found later is older and loses.
-                    if best.is_none_or(|b| (c.event_time, &b.event_id) > (b.event_time, &c.event_id)) {
-                        best = Some(c);
-                    }
-                }
-            }
-            best
+            self.candidates(head)
+                .filter(|c| {
+                    c.click == click && c.ingest < ingested_before && c.event_time <= order_time && c.event_time > order_time.saturating_sub(window)
+                })
+                // Newest first: an equal one found later is older and loses.
+                .reduce(|best, c| if rank(c, best).is_gt() { c } else { best })
         };
         pick(true).or_else(|| pick(false))
     }

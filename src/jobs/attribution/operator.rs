@@ -305,10 +305,10 @@ impl AttributionOperator {
         // Nearly every add is a cache miss in a large table: the slot of the arrival a few
         // ahead is fetched meanwhile.
         const AHEAD: usize = 8;
-        let pairs: Vec<u128> = arrivals.iter().map(|a| a.1).collect();
-        for (i, (_, pair, c)) in arrivals.into_iter().enumerate() {
-            if let Some(&next) = pairs.get(i + AHEAD) {
-                self.candidates.prefetch(next);
+        let mut rest = arrivals.into_iter();
+        while let Some((_, pair, c)) = rest.next() {
+            if let Some(next) = rest.as_slice().get(AHEAD - 1) {
+                self.candidates.prefetch(next.1);
             }
             if self.candidates.add(pair, c) {
                 self.audit.candidates += 1;
