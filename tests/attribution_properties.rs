@@ -322,7 +322,12 @@ fn stream(ads: &[AdEvent], orders: &[Order], groups: u32, poll: usize, order: &[
         records.extend(m);
         dead.extend(d);
         if restarts.contains(&(turn as u16)) {
-            let snapshots: Vec<Vec<u8>> = (0..groups).map(|g| checkpoint::encode(&driver.snapshot_group(g).unwrap())).collect();
+            // The operator writes its checkpoint in place (candidates and all): the very bytes
+            // of its state's encoding.
+            let snapshots: Vec<Vec<u8>> = (0..groups).map(|g| driver.encode_group(g).unwrap()).collect();
+            for (g, bytes) in snapshots.iter().enumerate() {
+                assert!(*bytes == checkpoint::encode(&driver.snapshot_group(g as u32).unwrap()), "group {g}'s checkpoint bytes");
+            }
             driver = new_driver();
             for bytes in snapshots {
                 driver.restore_group(checkpoint::decode(&bytes).unwrap()).unwrap();

@@ -25,27 +25,59 @@ impl CandidateSnapshot {
         C: ExactSizeIterator<Item = &'a Candidate>,
     {
         let mut out = Vec::with_capacity(capacity);
+        Self::encode_into(pairs, &mut out);
+        Self(out)
+    }
+
+    /// The bytes postcard writes for the snapshot of `pairs` ([`Self::encode`]), a byte string:
+    /// its length as a varint, then the bytes. Written in place after `out`'s end, which
+    /// spares a checkpoint the snapshot's own buffer and the copy of it (the candidates are
+    /// most of an attribution checkpoint: tens of MB of fresh memory each). `bound` is at
+    /// least the bytes' length: the length's varint takes that one's width, and the bytes are
+    /// moved only in the rare case where their own length is narrower.
+    pub fn encode_postcard_into<'a, C>(pairs: impl Iterator<Item = (u128, C)>, bound: usize, out: &mut Vec<u8>)
+    where
+        C: ExactSizeIterator<Item = &'a Candidate>,
+    {
+        let width = varint_width(bound as u64);
+        let at = out.len();
+        out.reserve(width + bound);
+        out.resize(at + width, 0);
+        Self::encode_into(pairs, out);
+        let len = out.len() - at - width;
+        let mut prefix = Vec::with_capacity(10);
+        put_varint(&mut prefix, len as u64);
+        if prefix.len() < width {
+            out.copy_within(at + width.., at + prefix.len());
+            out.truncate(out.len() - (width - prefix.len()));
+        }
+        out[at..at + prefix.len()].copy_from_slice(&prefix);
+    }
+
+    fn encode_into<'a, C>(pairs: impl Iterator<Item = (u128, C)>, out: &mut Vec<u8>)
+    where
+        C: ExactSizeIterator<Item = &'a Candidate>,
+    {
         for (key, candidates) in pairs {
             out.extend_from_slice(&key.to_le_bytes());
-            put_varint(&mut out, candidates.len() as u64);
+            put_varint(out, candidates.len() as u64);
             for c in candidates {
                 let flags = if c.click { CLICK } else { 0 } | if matches!(c.event_id, EventId::Uuid(_)) { UUID } else { 0 };
                 out.push(flags);
-                put_varint(&mut out, zigzag(c.event_time));
-                put_varint(&mut out, zigzag(c.ingest.wrapping_sub(c.event_time)));
+                put_varint(out, zigzag(c.event_time));
+                put_varint(out, zigzag(c.ingest.wrapping_sub(c.event_time)));
                 for id in [c.ad, c.campaign, c.advertiser] {
-                    put_varint(&mut out, id as u64);
+                    put_varint(out, id as u64);
                 }
                 match &c.event_id {
                     EventId::Uuid(b) => out.extend_from_slice(b),
                     EventId::Text(s) => {
-                        put_varint(&mut out, s.len() as u64);
+                        put_varint(out, s.len() as u64);
                         out.extend_from_slice(s.as_bytes());
                     }
                 }
             }
         }
-        Self(out)
     }
 
     /// At most the encoded size of a candidate with an id of `id_len` bytes, and of a pair.
@@ -108,6 +140,10 @@ fn zigzag(v: i64) -> u64 {
 
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn varint_width(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -202,9 +238,17 @@ mod tests {
             prop_assert!(snap.encoded_len() <= bound);
             let mut back = Vec::new();
             snap.decode(|k, c| back.push((k, c))).unwrap();
-            prop_assert_eq!(back, pairs);
+            prop_assert_eq!(&back, &pairs);
             let bytes = postcard::to_allocvec(&snap).unwrap();
             prop_assert_eq!(postcard::from_bytes::<CandidateSnapshot>(&bytes).unwrap(), snap.clone());
+            // In place, after what came before, as postcard writes it: with the bound, and
+            // with bounds whose varints are wider than the length's (the bytes then move).
+            for slack in [0, 1 << 7, 1 << 14, 1 << 30] {
+                let mut out = vec![7u8; 3];
+                CandidateSnapshot::encode_postcard_into(pairs.iter().map(|(k, c)| (*k, c.iter())), bound + slack, &mut out);
+                prop_assert_eq!(&out[..3], &[7u8; 3]);
+                prop_assert_eq!(&out[3..], &bytes[..]);
+            }
             if snap.encoded_len() > 0 {
                 let cut = CandidateSnapshot(snap.0[..snap.0.len() - 1].to_vec());
                 prop_assert!(postcard::from_bytes::<CandidateSnapshot>(&postcard::to_allocvec(&cut).unwrap()).is_err());

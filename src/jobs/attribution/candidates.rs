@@ -297,20 +297,27 @@ impl CandidateStore {
     /// Every pair's candidates, for a checkpoint (pairs in no particular order; a pair's
     /// candidates in the order they were added).
     pub fn snapshot(&self) -> CandidateSnapshot {
-        // The pairs come in slot order, their nodes in no order: each pair's newest node is
-        // fetched a few pairs ahead (without, the reads of the nodes were half a checkpoint).
+        CandidateSnapshot::encode(self.pairs_oldest_first(), self.encoded_len_bound())
+    }
+
+    /// [`Self::snapshot`] as postcard encodes it, written straight after `out`'s end.
+    pub fn encode_snapshot_into(&self, out: &mut Vec<u8>) {
+        CandidateSnapshot::encode_postcard_into(self.pairs_oldest_first(), self.encoded_len_bound(), out);
+    }
+
+    /// Every pair with its candidates, oldest first. The pairs come in slot order, their nodes
+    /// in no order: each pair's newest node is fetched a few pairs ahead (without, the reads of
+    /// the nodes were half a checkpoint).
+    fn pairs_oldest_first(&self) -> impl Iterator<Item = (u128, smallvec::IntoIter<[&Candidate; 4]>)> {
         let mut ahead = self.pairs.iter().skip(8);
-        CandidateSnapshot::encode(
-            self.pairs.iter().map(|(k, v)| {
-                if let Some((_, next)) = ahead.next() {
-                    prefetch(self.nodes.get(next[0] as u32));
-                }
-                let mut oldest_first: SmallVec<[&Candidate; 4]> = self.candidates(v[0] as u32).collect();
-                oldest_first.reverse();
-                (k, oldest_first.into_iter())
-            }),
-            self.encoded_len_bound(),
-        )
+        self.pairs.iter().map(move |(k, v)| {
+            if let Some((_, next)) = ahead.next() {
+                prefetch(self.nodes.get(next[0] as u32));
+            }
+            let mut oldest_first: SmallVec<[&Candidate; 4]> = self.candidates(v[0] as u32).collect();
+            oldest_first.reverse();
+            (k, oldest_first.into_iter())
+        })
     }
 
     pub fn restore(lifetimes: Lifetimes, snapshot: &CandidateSnapshot) -> Self {

@@ -126,7 +126,8 @@ pub struct OrderState {
     pub owned: Option<Box<Owned>>,
 }
 
-/// A key group's state, as a checkpoint stores it.
+/// A key group's state, as a checkpoint stores it. `AttributionOperator::encode_snapshot`
+/// writes these fields one by one, in this order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttributionState {
     /// Interned strings in id order; candidates refer to them by id.
@@ -251,6 +252,23 @@ impl AttributionOperator {
         g == self.settings.key_group as usize
     }
 
+    /// The state but its candidates (left empty).
+    fn snapshot_but_candidates(&self) -> AttributionState {
+        assert!(self.emitted.is_empty() && self.dead.is_empty(), "snapshot before drain");
+        let mut orders: Vec<(u128, OrderState)> = self.orders.iter().map(|(k, s)| (*k, s.clone())).collect();
+        orders.sort_unstable_by_key(|(k, _)| *k);
+        let mut retired: Vec<(u128, Box<Owned>)> = self.retired.iter().map(|((k, _), o)| (*k, o.clone())).collect();
+        retired.sort_unstable_by_key(|(k, o)| (*k, o.ingest));
+        AttributionState {
+            strings: self.strings.names().map(str::to_string).collect(),
+            candidates: CandidateSnapshot::default(),
+            orders,
+            retired,
+            ingest_watermark: self.ingest_watermark,
+            audit: self.audit.clone(),
+        }
+    }
+
     /// Sizes of the keyed state: (candidates, orders, of which owned).
     pub fn state_size(&self) -> (usize, usize, usize) {
         (self.candidates.len(), self.orders.len(), self.orders.values().filter(|o| o.owned.is_some()).count())
@@ -258,7 +276,7 @@ impl AttributionOperator {
 
     fn ad_events(&mut self, input: &EpochInput<'_>) {
         // (position, pair, candidate) of the valid arrivals with a user and a store.
-        let mut arrivals: Vec<((i64, i32, i64), u128, Candidate)> = Vec::new();
+        let mut arrivals: Vec<((i64, i32, i64), u128, Candidate)> = Vec::with_capacity(input.num_rows());
         for (batch, rows) in input.selections() {
             let mut view = BatchView::new(batch);
             view.resolve(rows, &mut self.strings);
@@ -300,8 +318,11 @@ impl AttributionOperator {
                 arrivals.push((pos, pair_key(user, store), candidate));
             }
         }
-        // The epoch's arrivals as a set: the earliest position of an event wins.
-        arrivals.sort_unstable_by_key(|a| a.0);
+        // The epoch's arrivals as a set: the earliest position of an event wins. Positions are
+        // unique, so a stable sort gives the same order as an unstable one; it also merges the
+        // runs the rows come in (a poll hands out each partition's messages in order), where
+        // pdqsort partitioned them all over again (2.3 % of the stream job's samples, 1.0 %).
+        arrivals.sort_by_key(|a| a.0);
         // Nearly every add is a cache miss in a large table: the slot of the arrival a few
         // ahead is fetched meanwhile.
         const AHEAD: usize = 8;
@@ -614,18 +635,17 @@ impl Operator for AttributionOperator {
     }
 
     fn snapshot(&self) -> AttributionState {
-        assert!(self.emitted.is_empty() && self.dead.is_empty(), "snapshot before drain");
-        let mut orders: Vec<(u128, OrderState)> = self.orders.iter().map(|(k, s)| (*k, s.clone())).collect();
-        orders.sort_unstable_by_key(|(k, _)| *k);
-        let mut retired: Vec<(u128, Box<Owned>)> = self.retired.iter().map(|((k, _), o)| (*k, o.clone())).collect();
-        retired.sort_unstable_by_key(|(k, o)| (*k, o.ingest));
-        AttributionState {
-            strings: self.strings.names().map(str::to_string).collect(),
-            candidates: self.candidates.snapshot(),
-            orders,
-            retired,
-            ingest_watermark: self.ingest_watermark,
-            audit: self.audit.clone(),
-        }
+        AttributionState { candidates: self.candidates.snapshot(), ..self.snapshot_but_candidates() }
+    }
+
+    fn encode_snapshot(&self, out: &mut Vec<u8>) {
+        let state = self.snapshot_but_candidates();
+        out.reserve(state.encoded_len_bound());
+        // Field by field, as postcard writes the struct, with the candidates' bytes written in
+        // place (tests/attribution_properties.rs holds them equal at every restart).
+        let AttributionState { strings, candidates: _, orders, retired, ingest_watermark, audit } = &state;
+        *out = postcard::to_extend(strings, std::mem::take(out)).expect("states serialize");
+        self.candidates.encode_snapshot_into(out);
+        *out = postcard::to_extend(&(orders, retired, ingest_watermark, audit), std::mem::take(out)).expect("states serialize");
     }
 }

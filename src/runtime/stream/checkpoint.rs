@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::driver::GroupSnapshot;
+use super::driver::{GroupHead, GroupSnapshot};
 use crate::core::job::StateSize;
 
 const MAGIC: &[u8; 8] = b"ADSPCKPT";
@@ -46,11 +46,22 @@ pub enum CheckpointError {
 /// dedupe entries, so they count too: with 10,000 ads they ran past a fixed margin, and the
 /// buffer doubled as the entries, most of a snapshot's bytes, were appended.
 pub fn encode<S: Serialize + StateSize>(snap: &GroupSnapshot<S>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded_len_bound(snap));
+    let head = GroupHead { job: &snap.job, key_group: snap.key_group, key_groups: snap.key_groups, topics: &snap.topics, clocks: &snap.clocks };
+    encode_with(&head, |out| {
+        out.reserve(snap.operator.encoded_len_bound());
+        *out = postcard::to_extend(&snap.operator, std::mem::take(out)).expect("snapshots serialize");
+    })
+}
+
+/// [`encode`] of the snapshot whose fields before the operator state are `head`; `operator`
+/// appends the state's postcard bytes (and reserves room for them).
+pub fn encode_with(head: &GroupHead<'_>, operator: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head_len_bound(head));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.resize(HEADER, 0);
-    let mut out = postcard::to_extend(snap, out).expect("snapshots serialize");
+    let mut out = postcard::to_extend(head, out).expect("snapshots serialize");
+    operator(&mut out);
     let len = (out.len() - HEADER) as u64;
     let crc = crc32fast::hash(&out[HEADER..]);
     out[12..20].copy_from_slice(&len.to_le_bytes());
@@ -58,12 +69,12 @@ pub fn encode<S: Serialize + StateSize>(snap: &GroupSnapshot<S>) -> Vec<u8> {
     out
 }
 
-/// At least the length of [`encode`]'s output.
-fn encoded_len_bound<S: StateSize>(snap: &GroupSnapshot<S>) -> usize {
+/// At least the header's and `head`'s encoded length.
+fn head_len_bound(head: &GroupHead<'_>) -> usize {
     // Varints take at most 5 bytes (u32) or 10 (i64): a string is its bytes and a length, a
     // partition's clock with its key 37 bytes. The rest (names, counts) fits in 4 KiB.
-    let names: usize = snap.job.len() + snap.topics.iter().map(|t| t.len() + 5).sum::<usize>();
-    HEADER + 4096 + names + snap.clocks.len() * 40 + snap.operator.encoded_len_bound()
+    let names: usize = head.job.len() + head.topics.iter().map(|t| t.len() + 5).sum::<usize>();
+    HEADER + 4096 + names + head.clocks.len() * 40
 }
 
 pub fn decode<S: DeserializeOwned>(bytes: &[u8]) -> Result<GroupSnapshot<S>, CheckpointError> {
@@ -171,8 +182,12 @@ mod tests {
         let snap = d.snapshot_group(0).unwrap();
         assert!(snap.operator.strings.len() > 8_000 && !snap.operator.windows.is_empty());
         let bytes = encode(&snap);
-        assert!(bytes.len() <= encoded_len_bound(&snap), "{} bytes, bound {}", bytes.len(), encoded_len_bound(&snap));
+        let head = GroupHead { job: &snap.job, key_group: snap.key_group, key_groups: snap.key_groups, topics: &snap.topics, clocks: &snap.clocks };
+        let bound = head_len_bound(&head) + snap.operator.encoded_len_bound();
+        assert!(bytes.len() <= bound, "{} bytes, bound {bound}", bytes.len());
         assert_eq!(decode::<OperatorState>(&bytes).unwrap(), snap);
+        // The runtime's path, the operator writing its own state: the same bytes.
+        assert!(d.encode_group(0).unwrap() == bytes);
     }
 
     #[test]

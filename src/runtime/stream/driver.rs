@@ -31,6 +31,7 @@ use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint;
 use crate::contract::format::{decode, MetaColumns};
 use crate::contract::outputs::DeadLetter;
 use crate::contract::raw::RawMessage;
@@ -107,6 +108,18 @@ pub struct GroupSnapshot<S> {
     /// Per source partition: resume offset, and the running maximum timestamp before it.
     pub clocks: BTreeMap<Source, PartitionClock>,
     pub operator: S,
+}
+
+/// A [`GroupSnapshot`]'s fields before its operator state, borrowed: postcard writes a
+/// struct as its fields one after the other, so these bytes followed by the state's are the
+/// snapshot's.
+#[derive(Serialize)]
+pub struct GroupHead<'a> {
+    pub job: &'a str,
+    pub key_group: u32,
+    pub key_groups: u32,
+    pub topics: &'a [String],
+    pub clocks: &'a BTreeMap<Source, PartitionClock>,
 }
 
 pub struct StreamDriver<J: Job> {
@@ -239,6 +252,16 @@ impl<J: Job> StreamDriver<J> {
             clocks,
             operator: t.op.snapshot(),
         })
+    }
+
+    /// The checkpoint file's bytes of [`snapshot_group`](Self::snapshot_group), written with
+    /// the operator's [`Operator::encode_snapshot`].
+    pub fn encode_group(&self, g: u32) -> Option<Vec<u8>> {
+        let t = self.groups.get(&g)?;
+        let clocks = self.resume_clocks(g);
+        let topics: Vec<String> = self.inputs.iter().map(checkpoint_name).collect();
+        let head = GroupHead { job: J::NAME, key_group: g, key_groups: self.key_groups, topics: &topics, clocks: &clocks };
+        Some(checkpoint::encode_with(&head, |out| t.op.encode_snapshot(out)))
     }
 
     /// Takes one poll's messages of input `input` (in offset order per partition); processes

@@ -389,7 +389,7 @@ fn checkpoint_now<J: Job>(
     // written together.
     let encoded: Vec<_> = next
         .par_iter()
-        .map(|(g, n)| (*g, *n, checkpoint::encode(&driver.snapshot_group(*g).expect("owned"))))
+        .map(|(g, n)| (*g, *n, driver.encode_group(*g).expect("owned")))
         .collect();
     let t1 = Instant::now();
     let bytes: u64 = encoded.iter().map(|(_, _, b)| b.len() as u64).sum();
