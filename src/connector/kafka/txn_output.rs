@@ -64,8 +64,12 @@ impl TxnOutput {
                 // sends what lingers at once (`deliver_all`), so lingering costs no latency;
                 // larger batches cost the producers' threads and the broker less per record.
                 // 100 ms instead of 5, 9 alternating pairs on the 1M bench: sustained median
-                // 358k -> 378k messages/s (faster in 8), job CPU ~3.8 -> ~3.55 s.
-                ("linger.ms", "100"),
+                // 358k -> 378k messages/s (faster in 8), job CPU ~3.8 -> ~3.55 s. 1 s instead
+                // of 100 ms: Nisshi's CPU per produce request does not shrink with the request
+                // (it copies its storage's version map), and a stream job of eight key groups
+                // sent 56 small ones a second; the 1M attribution bench, 4 alternating pairs:
+                // broker CPU 0.31-0.34 -> 0.26-0.32 s. A full batch still goes at once.
+                ("linger.ms", "1000"),
                 ("batch.num.messages", "10000"),
                 ("queue.buffering.max.messages", "1000000"),
                 // See `transaction_timeout`.
