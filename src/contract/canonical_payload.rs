@@ -5,7 +5,7 @@
 //! the contract's nine fields in byte order of their names, compact, an absent one as `null`,
 //! strings as `serde_json` writes them. That is what `serde_json` writes for a map of the
 //! fields, and what `adsproc produce` sends. The stream decoder keeps a message's bytes only
-//! when they may differ from this re-creation (see `flat_json::parse`), so a dead letter's
+//! when they may differ from this re-creation (see `flat_json::parse_predicting`), so a dead letter's
 //! payload is the message as received either way; for messages sent in this form, that saves
 //! copying every payload into each poll's batch.
 

@@ -17,11 +17,40 @@ use super::columns as c;
 use super::raw::{Fields, Scalar};
 use super::short_str::same_short;
 
-/// The contract's fields of `text`, if it is a flat object this parser reads.
+/// [`parse_predicting`] with the default prediction.
+#[cfg(test)]
+pub(super) fn parse(text: &str) -> Option<Fields<'_>> {
+    parse_predicting(text, &mut KeyOrder::default())
+}
+
+/// For each place of a key in an object, the field whose name it held in the last message read
+/// there. A producer writes its fields in one order, so a key is nearly always the name its
+/// place predicts: one comparison of its bytes then reads it, instead of a scan for its closing
+/// quote and a look-up of its name (the keys were about a fifth of the decoder's time). Only
+/// a speed-up: a key read by prediction is the key the scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KeyOrder([u8; NAMES.len()]);
+
+/// No prediction for a place.
+const UNKNOWN: u8 = u8::MAX;
+
+impl Default for KeyOrder {
+    /// The order `canonical_payload::write` writes, which is serde_json's (sorted keys).
+    fn default() -> Self {
+        let mut order = [UNKNOWN; NAMES.len()];
+        for (slot, &field) in order.iter_mut().zip(&WRITTEN_ORDER) {
+            *slot = field as u8;
+        }
+        Self(order)
+    }
+}
+
+/// The contract's fields of `text`, if it is a flat object this parser reads. The keys `order`
+/// predicts are read by comparison; `order` is updated where it missed.
 ///
 /// `text` must be the whole payload, already checked to be UTF-8: serde_json accepts invalid
 /// UTF-8 inside an ignored string, so a payload that is not UTF-8 is left to the general path.
-pub(super) fn parse(text: &str) -> Option<Fields<'_>> {
+pub(super) fn parse_predicting<'a>(text: &'a str, order: &mut KeyOrder) -> Option<Fields<'a>> {
     let mut r = Reader { text, at: 0 };
     let mut fields = Fields::default();
     // Whether the payload is laid out as `canonical_payload::write` writes its fields: no
@@ -39,12 +68,21 @@ pub(super) fn parse(text: &str) -> Option<Fields<'_>> {
     } else {
         loop {
             spaced |= r.whitespace();
-            let key = r.string()?;
+            let predicted = order.0.get(keys).copied().unwrap_or(UNKNOWN);
+            let field = match r.key_named(predicted) {
+                Some(f) => Some(f),
+                None => {
+                    let field = field_of(r.string()?);
+                    if let Some(slot) = order.0.get_mut(keys) {
+                        *slot = field.map_or(UNKNOWN, |f| f as u8);
+                    }
+                    field
+                }
+            };
             spaced |= r.whitespace();
             r.expect(b':')?;
             spaced |= r.whitespace();
             let value = r.scalar()?;
-            let field = field_of(key);
             in_order &= field.is_some() && WRITTEN_ORDER.get(keys).copied() == field;
             keys += 1;
             // The last of repeated keys wins, as in the general path.
@@ -134,6 +172,19 @@ impl<'a> Reader<'a> {
             self.at += 1;
         }
         self.at > start
+    }
+
+    /// Reads the key `"<name of field>"` if that is what comes next; `field` may be
+    /// [`UNKNOWN`]. A name has no quote, backslash or control character, so this reads
+    /// exactly what [`Self::string`] would.
+    fn key_named(&mut self, field: u8) -> Option<usize> {
+        let name = NAMES.get(usize::from(field))?.as_bytes();
+        let rest = self.text.as_bytes().get(self.at..)?;
+        let matches = rest.len() > name.len() + 1 && rest[0] == b'"' && rest[name.len() + 1] == b'"' && same_short(&rest[1..=name.len()], name);
+        matches.then(|| {
+            self.at += name.len() + 2;
+            usize::from(field)
+        })
     }
 
     /// A string without escapes or control characters, borrowed.
