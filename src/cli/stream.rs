@@ -85,9 +85,11 @@ pub struct Args {
     /// Watermark alignment: a partition with more rows than this waiting for the slower
     /// partitions is paused until it has half as many. Bounds the rows held in memory to about
     /// this many per partition (each holds its decoded fields, ~0.15 KB, and its payload's bytes
-    /// unless the fields re-create them, ~0.25 KB more for a 250-byte payload); lower it for
-    /// many partitions on little memory. On the 1M-message bench, 20 000 ran ~10 %
-    /// slower than 50 000 and 5 000 slower still.
+    /// unless the fields re-create them, ~0.25 KB more for a 250-byte payload), though a poll's
+    /// decoded batch is kept whole while any of its rows waits (at the end of the 1M-message
+    /// bench's backlog, 40 rows waiting kept 31 MB); lower it for many partitions on little
+    /// memory. On the 1M-message bench, 20 000 ran ~10 % slower than 50 000 and 5 000 slower
+    /// still.
     #[arg(long, default_value_t = NonZeroUsize::new(50_000).expect("not zero"))]
     max_waiting_per_partition: NonZeroUsize,
     /// Serve Prometheus metrics on this address (host:port) at /metrics, with /healthz
