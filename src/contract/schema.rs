@@ -139,7 +139,7 @@ pub fn normalize(batch: &RecordBatch) -> Result<(RecordBatch, MissingColumns), C
 }
 
 /// Brings `batch` into `target`, column by column by name: a column of the target's type is
-/// kept, one of another type cast losslessly ([`castable`]) or refused by name, a missing one
+/// kept, one of another type cast losslessly (`castable`) or refused by name, a missing one
 /// filled with nulls. Missing columns among the first `archived` of the target (the ones an
 /// archive holds; the rest are in-memory extras) are reported.
 pub fn conform(batch: &RecordBatch, target: SchemaRef, archived: usize) -> Result<(RecordBatch, MissingColumns), ColumnTypeError> {

@@ -1,7 +1,7 @@
 //! Layer 3: the jobs, one module each, pure like the core they build on. Each implements
 //! [`crate::core::job::Job`]; the runtimes, sinks, replay and the command line reach them only
 //! through that trait and the registry below, so a new job is its module, its job file
-//! (`jobs/<name>.toml`) and one line in [`registered!`].
+//! (`jobs/<name>.toml`) and one line in `registered!`.
 
 pub mod aggregation;
 pub mod attribution;

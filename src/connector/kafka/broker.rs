@@ -39,7 +39,7 @@ pub struct KafkaBroker {
     pub output_topics: Vec<OutTopic>,
     /// The dead-letter topic of each dead-lettered input, by the input's topic name.
     pub dlq_topics: BTreeMap<String, OutTopic>,
-    /// Where each checkpoint's transaction writes its marker (see [`KafkaBroker::commit`]).
+    /// Where each checkpoint's transaction writes its marker (see `KafkaBroker`'s `prepare_commits`).
     pub checkpoint_topic: OutTopic,
     /// The record being sent, encoded (reused).
     value: Vec<u8>,
@@ -95,7 +95,7 @@ impl StreamTopics {
         format!("{}.key-groups", self.group)
     }
 
-    /// One marker record per checkpoint and key group: see [`KafkaBroker::commit`].
+    /// One marker record per checkpoint and key group: see `KafkaBroker`'s `prepare_commits`.
     pub fn checkpoint_topic(&self) -> String {
         format!("{}.checkpoints", self.group)
     }

@@ -6,12 +6,12 @@
 //! a window's second event comes after many others. A general-purpose map waits for each miss
 //! in turn; [`WindowTable::add_all`](super::windows::WindowTable::add_all) names the key it
 //! will count some events ahead, so that their misses overlap (as the dedupe does with
-//! [`KeyTable`](super::key_table::KeyTable)).
+//! [`KeyTable`](crate::core::key_table::KeyTable)).
 //!
 //! Open addressing with linear probing, a power-of-two number of 48-byte slots, the home slot
 //! from the top bits of the key times a large odd constant (the ids are small dense integers,
 //! and multiplication carries their low bits up). A slot whose region is `EMPTY` (u32::MAX)
-//! is empty: the interner hands out ids below [`ABSENT`](super::batch_view::ABSENT), one
+//! is empty: the interner hands out ids below [`ABSENT`](crate::core::batch_view::ABSENT), one
 //! below it.
 
 use crate::core::prefetch::prefetch;

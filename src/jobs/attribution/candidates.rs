@@ -125,7 +125,7 @@ impl Nodes {
 ///
 /// Pairs are keys of a [`KeyTable`] (open addressing, 32-byte slots, prefetchable): the value
 /// is the pair's newest node and the earliest expiry among its candidates, whose bucket of
-/// [`CandidateStore::expiry`] lists the pair. A pair's candidates are a list of nodes, newest
+/// `expiry` lists the pair. A pair's candidates are a list of nodes, newest
 /// first. Nearly every ad event is a pair's first: a general-purpose map kept each pair's
 /// candidates in its 96-byte entry, and doubled it whole as it grew (a fifth of the stream
 /// job's CPU samples were those inserts and rehashes, and most of its fresh memory).

@@ -99,7 +99,7 @@ pub trait Broker<R: OutputRecord> {
     }
     /// Commits group `g`'s transaction with its checkpoint sequence number `seq` as the
     /// group's consumer offset, atomically. Groups commit one after the other
-    /// ([`checkpoint_now`]), so a failure can leave some committed and some not, which a
+    /// (`checkpoint_now`), so a failure can leave some committed and some not, which a
     /// restart resolves group by group.
     fn commit_group(&mut self, g: u32, seq: u64) -> anyhow::Result<()>;
 }
