@@ -142,6 +142,17 @@ pub trait StateSize {
     fn encoded_len_bound(&self) -> usize;
 }
 
+/// Appends `value`'s postcard encoding to `out`.
+pub fn append_postcard<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    *out = postcard::to_extend(value, std::mem::take(out)).expect("states serialize");
+}
+
+/// Appends `state`'s postcard encoding to `out`, room for it reserved first.
+pub fn append_state<S: Serialize + StateSize>(state: &S, out: &mut Vec<u8>) {
+    out.reserve(state.encoded_len_bound());
+    append_postcard(state, out);
+}
+
 /// Narrows what a backfill decodes of an input's files: rows whose `columns` (decoded first)
 /// `keep` rejects are never decoded further. Columns are given in the file's types.
 #[derive(Clone)]
@@ -272,9 +283,7 @@ pub trait Operator: Send + Sync {
     where
         Self::State: Serialize + StateSize,
     {
-        let state = self.snapshot();
-        out.reserve(state.encoded_len_bound());
-        *out = postcard::to_extend(&state, std::mem::take(out)).expect("states serialize");
+        append_state(&self.snapshot(), out);
     }
     /// Entries of the keyed state by kind (dedupe entries, open windows, join state), for
     /// metrics.

@@ -62,10 +62,11 @@ pub fn split_rows_by_pair(users: &ArrayRef, stores: &ArrayRef, groups: usize) ->
     let (users, stores) = (Strings::new(users), Strings::new(stores));
     // The rows' groups are hashed on rayon threads: the stream runtime routes each poll on its
     // loop's thread, while the cores would otherwise wait (a hash of two strings per row).
+    const CHUNK: usize = 8192;
     let mut group_of_row = vec![0u32; n];
-    group_of_row.par_chunks_mut(8192).enumerate().for_each(|(chunk, out)| {
+    group_of_row.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, out)| {
         for (i, g) in out.iter_mut().enumerate() {
-            let row = chunk * 8192 + i;
+            let row = chunk * CHUNK + i;
             *g = match (users.present(row), stores.present(row)) {
                 (Some(u), Some(s)) if groups > 1 => group_of_pair(pair_key(u, s), groups) as u32,
                 _ => 0,

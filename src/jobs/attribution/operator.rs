@@ -42,7 +42,7 @@ use crate::contract::record_uuid;
 use crate::core::ad_event_rules;
 use crate::core::batch_view::{BatchView, ABSENT};
 use crate::core::interner::Interner;
-use crate::core::job::{Emit, EpochInput, Operator, RunSettings, StateSize};
+use crate::core::job::{append_postcard, Emit, EpochInput, Operator, RunSettings, StateSize};
 use crate::core::key_group::{group_of_pair, pair_key};
 use crate::core::reason::Reject;
 
@@ -644,8 +644,8 @@ impl Operator for AttributionOperator {
         // Field by field, as postcard writes the struct, with the candidates' bytes written in
         // place (tests/attribution_properties.rs holds them equal at every restart).
         let AttributionState { strings, candidates: _, orders, retired, ingest_watermark, audit } = &state;
-        *out = postcard::to_extend(strings, std::mem::take(out)).expect("states serialize");
+        append_postcard(strings, out);
         self.candidates.encode_snapshot_into(out);
-        *out = postcard::to_extend(&(orders, retired, ingest_watermark, audit), std::mem::take(out)).expect("states serialize");
+        append_postcard(&(orders, retired, ingest_watermark, audit), out);
     }
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::driver::{GroupHead, GroupSnapshot};
-use crate::core::job::StateSize;
+use crate::core::job::{append_state, StateSize};
 
 const MAGIC: &[u8; 8] = b"ADSPCKPT";
 /// 2: dedupe entries hold the counted arrival's ingest time only.
@@ -46,11 +46,7 @@ pub enum CheckpointError {
 /// dedupe entries, so they count too: with 10,000 ads they ran past a fixed margin, and the
 /// buffer doubled as the entries, most of a snapshot's bytes, were appended.
 pub fn encode<S: Serialize + StateSize>(snap: &GroupSnapshot<S>) -> Vec<u8> {
-    let head = GroupHead { job: &snap.job, key_group: snap.key_group, key_groups: snap.key_groups, topics: &snap.topics, clocks: &snap.clocks };
-    encode_with(&head, |out| {
-        out.reserve(snap.operator.encoded_len_bound());
-        *out = postcard::to_extend(&snap.operator, std::mem::take(out)).expect("snapshots serialize");
-    })
+    encode_with(&snap.head(), |out| append_state(&snap.operator, out))
 }
 
 /// [`encode`] of the snapshot whose fields before the operator state are `head`; `operator`
@@ -182,8 +178,7 @@ mod tests {
         let snap = d.snapshot_group(0).unwrap();
         assert!(snap.operator.strings.len() > 8_000 && !snap.operator.windows.is_empty());
         let bytes = encode(&snap);
-        let head = GroupHead { job: &snap.job, key_group: snap.key_group, key_groups: snap.key_groups, topics: &snap.topics, clocks: &snap.clocks };
-        let bound = head_len_bound(&head) + snap.operator.encoded_len_bound();
+        let bound = head_len_bound(&snap.head()) + snap.operator.encoded_len_bound();
         assert!(bytes.len() <= bound, "{} bytes, bound {bound}", bytes.len());
         assert_eq!(decode::<OperatorState>(&bytes).unwrap(), snap);
         // The runtime's path, the operator writing its own state: the same bytes.

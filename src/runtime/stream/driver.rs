@@ -110,6 +110,13 @@ pub struct GroupSnapshot<S> {
     pub operator: S,
 }
 
+impl<S> GroupSnapshot<S> {
+    /// The fields before the operator state, as `checkpoint::encode_with` takes them.
+    pub fn head(&self) -> GroupHead<'_> {
+        GroupHead { job: &self.job, key_group: self.key_group, key_groups: self.key_groups, topics: &self.topics, clocks: &self.clocks }
+    }
+}
+
 /// A [`GroupSnapshot`]'s fields before its operator state, borrowed: postcard writes a
 /// struct as its fields one after the other, so these bytes followed by the state's are the
 /// snapshot's.
